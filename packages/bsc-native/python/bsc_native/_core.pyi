@@ -1,0 +1,92 @@
+"""Type stubs for the compiled ``bsc_native._core`` module."""
+
+from typing import final
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+MIN_CODE_BITS: int
+MAX_CODE_BITS: int
+
+class BscError(Exception):
+    """Base class of every error bsc raises on purpose."""
+
+class IndexFullError(BscError):
+    """An index cannot address more entries."""
+
+EntryTuple = tuple[int, int | None, bytes, float, float, int]
+
+@final
+class BinaryIndex:
+    """An index of binary codes searched by Hamming distance.
+
+    Codes are ``uint64`` arrays of ``code_bits / 64`` words. Ids are non-negative integers,
+    stable for the life of an entry and never reused for another entry; a removed entry's slot
+    is reused by the next insert. Searches release the GIL and may run from many threads.
+    """
+
+    def __init__(self, code_bits: int = 256) -> None:
+        """Create an empty index; ``code_bits`` is a multiple of 64 from 64 to 4096."""
+    @property
+    def code_bits(self) -> int:
+        """Bits per code."""
+    def __len__(self) -> int: ...
+    def __contains__(self, id: int) -> bool: ...
+    def add(self, codes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """Add C-contiguous codes of shape ``(n, code_bits // 64)`` (or one code of shape
+        ``(code_bits // 64,)``); return their ids in order."""
+    def remove(self, id: int) -> bool:
+        """Remove an entry; return whether it was present."""
+    def clear(self) -> None:
+        """Remove every entry. Ids handed out before stay dead."""
+    def get(self, id: int) -> npt.NDArray[np.uint64] | None:
+        """The stored code of an entry, or ``None``."""
+    def ids(self) -> npt.NDArray[np.int64]:
+        """Ids of all entries, in storage order."""
+    def search(
+        self, query: npt.NDArray[np.uint64], k: int = 1, max_distance: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """The ``k`` nearest codes to ``query`` (shape ``(code_bits // 64,)``), optionally only
+        those within ``max_distance``: ``(ids, distances)``, nearest first, ties by id."""
+    def memory_bytes(self) -> int:
+        """Bytes held by the index's buffers."""
+
+@final
+class CacheStore:
+    """A bounded store of codes with payload bytes, access metadata and LRU eviction.
+
+    Entry tuples are ``(id, distance, payload, created_at, last_accessed, access_count)``;
+    times are seconds since the Unix epoch.
+    """
+
+    def __init__(self, code_bits: int = 256, max_entries: int = 1000) -> None: ...
+    @property
+    def code_bits(self) -> int: ...
+    @property
+    def max_entries(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, id: int) -> bool: ...
+    def put(self, code: npt.NDArray[np.uint64], payload: bytes) -> int:
+        """Store one code with its payload, evicting least-recently-used entries when full;
+        return the new id."""
+    def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> EntryTuple | None:
+        """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss."""
+    def search(
+        self, code: npt.NDArray[np.uint64], k: int = 1, max_distance: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """The ``k`` nearest entries, without marking them used or counting."""
+    def peek(self, id: int) -> EntryTuple | None:
+        """An entry without marking it used (its distance is ``None``)."""
+    def get_code(self, id: int) -> npt.NDArray[np.uint64] | None:
+        """The stored code of an entry, or ``None``."""
+    def delete(self, id: int) -> bool:
+        """Remove an entry; return whether it was present."""
+    def clear(self) -> None:
+        """Remove every entry; counters are kept."""
+    def lru_ids(self) -> npt.NDArray[np.int64]:
+        """Live ids from most to least recently used."""
+    def memory_bytes(self) -> int:
+        """Bytes held: codes, metadata and payloads."""
+    def stats(self) -> dict[str, int]:
+        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes``."""

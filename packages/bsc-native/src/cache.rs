@@ -1,0 +1,316 @@
+//! A bounded cache over [`CodeIndex`]: payload bytes, access metadata and O(1) LRU eviction.
+//!
+//! Side tables are indexed by the index's stable *handles*, so they never move when the index
+//! compacts its code rows. The LRU order is an intrusive doubly linked list over handles.
+
+use crate::error::{Error, Result};
+use crate::index::{CodeIndex, Hit, Id, MAX_ENTRIES};
+
+const NIL: u32 = u32::MAX;
+
+/// A copy of one entry's stored state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryView {
+    pub id: Id,
+    pub payload: Vec<u8>,
+    pub created_at: f64,
+    pub last_accessed: f64,
+    pub access_count: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheCore {
+    index: CodeIndex,
+    max_entries: usize,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    created_at: Vec<f64>,
+    last_accessed: Vec<f64>,
+    access_count: Vec<u64>,
+    payloads: Vec<Box<[u8]>>,
+    /// Most recently used handle.
+    head: u32,
+    /// Least recently used handle: the next to evict.
+    tail: u32,
+    payload_bytes: usize,
+}
+
+impl CacheCore {
+    pub fn new(code_bits: usize, max_entries: usize) -> Result<Self> {
+        if max_entries == 0 || max_entries > MAX_ENTRIES {
+            return Err(Error::InvalidMaxEntries(max_entries));
+        }
+        Ok(Self {
+            index: CodeIndex::new(code_bits)?,
+            max_entries,
+            prev: Vec::new(),
+            next: Vec::new(),
+            created_at: Vec::new(),
+            last_accessed: Vec::new(),
+            access_count: Vec::new(),
+            payloads: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            payload_bytes: 0,
+        })
+    }
+
+    pub fn code_bits(&self) -> usize {
+        self.index.code_bits()
+    }
+
+    pub fn words(&self) -> usize {
+        self.index.words()
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn contains(&self, id: Id) -> bool {
+        self.index.contains(id)
+    }
+
+    fn unlink(&mut self, handle: u32) {
+        let h = handle as usize;
+        let (p, n) = (self.prev[h], self.next[h]);
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.next[p as usize] = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.prev[n as usize] = p;
+        }
+    }
+
+    fn link_front(&mut self, handle: u32) {
+        let h = handle as usize;
+        self.prev[h] = NIL;
+        self.next[h] = self.head;
+        if self.head == NIL {
+            self.tail = handle;
+        } else {
+            self.prev[self.head as usize] = handle;
+        }
+        self.head = handle;
+    }
+
+    /// Stores a code with its payload, evicting least-recently-used entries first if the cache
+    /// is full. Returns the new id and the ids it evicted. On error nothing changes.
+    pub fn put(&mut self, code: &[u64], payload: &[u8], now: f64) -> Result<(Id, Vec<Id>)> {
+        if code.len() != self.words() {
+            return Err(Error::BadCodeLength {
+                expected_words: self.words(),
+                got_words: code.len(),
+            });
+        }
+        let mut evicted = Vec::new();
+        while self.len() >= self.max_entries {
+            let victim = self.index.id_of_handle(self.tail);
+            self.delete(victim);
+            evicted.push(victim);
+        }
+        let id = self.index.push_row(code);
+        let handle = self.index.handle_of(id).expect("a fresh id is live");
+        let h = handle as usize;
+        if h == self.prev.len() {
+            self.prev.push(NIL);
+            self.next.push(NIL);
+            self.created_at.push(now);
+            self.last_accessed.push(now);
+            self.access_count.push(0);
+            self.payloads.push(Box::default());
+        }
+        self.created_at[h] = now;
+        self.last_accessed[h] = now;
+        self.access_count[h] = 0;
+        self.payloads[h] = payload.into();
+        self.payload_bytes += payload.len();
+        self.link_front(handle);
+        Ok((id, evicted))
+    }
+
+    /// The nearest entry within `max_distance`, without touching it.
+    pub fn nearest(&self, query: &[u64], max_distance: u32) -> Result<Option<Hit>> {
+        Ok(self.index.search(query, 1, max_distance)?.into_iter().next())
+    }
+
+    /// The `k` nearest entries within `max_distance`, without touching them.
+    pub fn search(&self, query: &[u64], k: usize, max_distance: u32) -> Result<Vec<Hit>> {
+        self.index.search(query, k, max_distance)
+    }
+
+    fn view(&self, id: Id, handle: u32) -> EntryView {
+        let h = handle as usize;
+        EntryView {
+            id,
+            payload: self.payloads[h].to_vec(),
+            created_at: self.created_at[h],
+            last_accessed: self.last_accessed[h],
+            access_count: self.access_count[h],
+        }
+    }
+
+    /// Marks an entry as used now (moves it to the front of the LRU order) and returns it.
+    pub fn touch(&mut self, id: Id, now: f64) -> Option<EntryView> {
+        let handle = self.index.handle_of(id)?;
+        let h = handle as usize;
+        self.last_accessed[h] = now;
+        self.access_count[h] += 1;
+        if self.head != handle {
+            self.unlink(handle);
+            self.link_front(handle);
+        }
+        Some(self.view(id, handle))
+    }
+
+    /// An entry's state, without touching it.
+    pub fn peek(&self, id: Id) -> Option<EntryView> {
+        let handle = self.index.handle_of(id)?;
+        Some(self.view(id, handle))
+    }
+
+    /// The stored code of an entry.
+    pub fn code(&self, id: Id) -> Option<&[u64]> {
+        self.index.code(id)
+    }
+
+    pub fn delete(&mut self, id: Id) -> bool {
+        let Some(handle) = self.index.handle_of(id) else {
+            return false;
+        };
+        self.unlink(handle);
+        let payload = std::mem::take(&mut self.payloads[handle as usize]);
+        self.payload_bytes -= payload.len();
+        self.index.remove(id);
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.index.clear();
+        for payload in &mut self.payloads {
+            *payload = Box::default();
+        }
+        self.head = NIL;
+        self.tail = NIL;
+        self.payload_bytes = 0;
+    }
+
+    /// Live ids from most to least recently used.
+    pub fn lru_order(&self) -> Vec<Id> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut handle = self.head;
+        while handle != NIL {
+            out.push(self.index.id_of_handle(handle));
+            handle = self.next[handle as usize];
+        }
+        out
+    }
+
+    /// Bytes held: index buffers, side tables and payloads.
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_bytes()
+            + (self.prev.capacity() + self.next.capacity()) * 4
+            + (self.created_at.capacity() + self.last_accessed.capacity() + self.access_count.capacity()) * 8
+            + self.payloads.capacity() * std::mem::size_of::<Box<[u8]>>()
+            + self.payload_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rejects_bad_max_entries() {
+        assert_eq!(CacheCore::new(256, 0).unwrap_err(), Error::InvalidMaxEntries(0));
+        assert!(CacheCore::new(100, 10).is_err());
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut cache = CacheCore::new(64, 2).unwrap();
+        let (a, _) = cache.put(&[1], b"a", 1.0).unwrap();
+        let (b, _) = cache.put(&[2], b"b", 2.0).unwrap();
+        // Using `a` makes `b` the least recently used.
+        let seen = cache.touch(a, 3.0).unwrap();
+        assert_eq!(
+            (seen.payload.as_slice(), seen.access_count, seen.last_accessed),
+            (&b"a"[..], 1, 3.0)
+        );
+        let (c, evicted) = cache.put(&[3], b"c", 4.0).unwrap();
+        assert_eq!(evicted, vec![b]);
+        assert_eq!(cache.lru_order(), vec![c, a]);
+        assert!(cache.peek(b).is_none());
+        assert_eq!(cache.peek(a).unwrap().created_at, 1.0);
+    }
+
+    #[test]
+    fn bad_code_leaves_cache_unchanged() {
+        let mut cache = CacheCore::new(128, 1).unwrap();
+        let (a, _) = cache.put(&[1, 1], b"a", 0.0).unwrap();
+        assert!(cache.put(&[1], b"b", 0.0).is_err());
+        assert_eq!(cache.lru_order(), vec![a]);
+    }
+
+    #[test]
+    fn delete_and_clear_free_payloads() {
+        let mut cache = CacheCore::new(64, 10).unwrap();
+        let base = cache.memory_bytes();
+        let (a, _) = cache.put(&[1], &[0u8; 1000], 0.0).unwrap();
+        assert!(cache.memory_bytes() >= base + 1000);
+        assert!(cache.delete(a));
+        assert!(!cache.delete(a));
+        assert!(cache.memory_bytes() < base + 1000);
+        cache.put(&[1], b"x", 0.0).unwrap();
+        cache.clear();
+        assert!(cache.is_empty());
+        assert!(cache.lru_order().is_empty());
+        assert_eq!(cache.nearest(&[1], 64).unwrap(), None);
+    }
+
+    proptest! {
+        // LRU order always matches a reference list, and len never exceeds max_entries.
+        #[test]
+        fn lru_matches_reference(max in 1usize..6, ops in prop::collection::vec((0u8..3, any::<usize>()), 1..80)) {
+            let mut cache = CacheCore::new(64, max).unwrap();
+            let mut order: Vec<Id> = Vec::new(); // most recent first
+            for (step, (kind, pick)) in ops.into_iter().enumerate() {
+                match kind {
+                    0 => {
+                        let (id, evicted) = cache.put(&[step as u64], &[step as u8], step as f64).unwrap();
+                        for victim in &evicted {
+                            prop_assert_eq!(Some(victim), order.last());
+                            order.pop();
+                        }
+                        order.insert(0, id);
+                    }
+                    1 if !order.is_empty() => {
+                        let id = order.remove(pick % order.len());
+                        prop_assert!(cache.touch(id, step as f64).is_some());
+                        order.insert(0, id);
+                    }
+                    2 if !order.is_empty() => {
+                        let id = order.remove(pick % order.len());
+                        prop_assert!(cache.delete(id));
+                    }
+                    _ => {}
+                }
+                prop_assert!(cache.len() <= max);
+                prop_assert_eq!(cache.lru_order(), order.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from bsc_native import CacheStore
+
+
+def code(value: int, words: int = 4) -> np.ndarray:
+    out = np.zeros(words, dtype=np.uint64)
+    out[0] = value
+    return out
+
+
+def test_put_lookup_and_metadata():
+    store = CacheStore(code_bits=256, max_entries=10)
+    before = time.time()
+    entry_id = store.put(code(0b1011), b"payload")
+    found = store.lookup(code(0b1001), max_distance=1)
+    assert found is not None
+    got_id, distance, payload, created, accessed, count = found
+    assert (got_id, distance, payload, count) == (entry_id, 1, b"payload", 1)
+    assert before <= created <= accessed <= time.time()
+    assert store.lookup(code(0b0100), max_distance=1) is None
+    stats = store.stats()
+    assert (stats["hits"], stats["misses"], stats["size"], stats["max_entries"]) == (1, 1, 1, 10)
+
+
+def test_lru_eviction_order():
+    store = CacheStore(code_bits=64, max_entries=3)
+    a, b, c = (store.put(code(v, 1), bytes([v])) for v in (1, 2, 4))
+    assert store.lookup(code(1, 1), max_distance=0) is not None  # a is now most recent
+    d = store.put(code(8, 1), b"d")
+    assert b not in store and {a, c, d} == set(store.lru_ids().tolist())
+    assert store.lru_ids().tolist() == [d, a, c]
+    assert store.stats()["evictions"] == 1
+    assert len(store) == 3
+
+
+def test_peek_does_not_touch():
+    store = CacheStore(code_bits=64, max_entries=2)
+    a = store.put(code(1, 1), b"a")
+    b = store.put(code(2, 1), b"b")
+    assert store.peek(a)[2] == b"a"
+    assert store.lru_ids().tolist() == [b, a]
+    assert store.peek(12345) is None
+    assert store.stats()["hits"] == 0
+
+
+def test_delete_clear_and_memory():
+    store = CacheStore(code_bits=64, max_entries=100)
+    empty = store.memory_bytes()
+    ids = [store.put(code(i, 1), b"x" * 1000) for i in range(10)]
+    assert store.memory_bytes() >= empty + 10_000
+    assert store.delete(ids[0]) and not store.delete(ids[0])
+    np.testing.assert_array_equal(store.get_code(ids[1]), code(1, 1))
+    store.clear()
+    assert len(store) == 0 and all(i not in store for i in ids)
+    assert store.memory_bytes() < empty + 10_000
+
+
+def test_search_does_not_count():
+    store = CacheStore(code_bits=64, max_entries=5)
+    ids = [store.put(code(v, 1), b"") for v in (0, 1, 3)]
+    found, dist = store.search(code(0, 1), k=5)
+    assert found.tolist() == ids and dist.tolist() == [0, 1, 2]
+    assert store.stats()["hits"] == 0
+
+
+@pytest.mark.parametrize("max_entries", [0, -1])
+def test_bad_max_entries(max_entries):
+    with pytest.raises((ValueError, OverflowError)):
+        CacheStore(code_bits=256, max_entries=max_entries)
+
+
+def test_bad_code_changes_nothing():
+    store = CacheStore(code_bits=256, max_entries=1)
+    store.put(code(1), b"a")
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        store.put(np.zeros(2, dtype=np.uint64), b"b")
+    with pytest.raises(TypeError):
+        store.put(code(1), "not bytes")  # type: ignore[arg-type]
+    assert len(store) == 1 and store.stats()["evictions"] == 0
+    assert repr(store) == "CacheStore(code_bits=256, max_entries=1, len=1)"
