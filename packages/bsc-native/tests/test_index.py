@@ -26,7 +26,9 @@ def popcount_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def reference_search(ids, codes, query, k, max_distance):
     d = popcount_distances(codes, query)
-    order = sorted((int(dist), int(i)) for dist, i in zip(d, ids) if max_distance is None or dist <= max_distance)
+    order = sorted(
+        (int(dist), int(i)) for dist, i in zip(d, ids, strict=False) if max_distance is None or dist <= max_distance
+    )
     return order[:k]
 
 
@@ -115,7 +117,7 @@ def test_all_code_lengths_match_numpy(code_bits):
     query = random_codes(1, words, rng)[0]
     found, dist = index.search(query, k=7)
     expect = reference_search(ids, codes, query, 7, None)
-    assert list(zip(dist.tolist(), found.tolist())) == expect
+    assert list(zip(dist.tolist(), found.tolist(), strict=False)) == expect
 
 
 @pytest.mark.parametrize("bad", [0, 32, 65, 100, 4160, 8192])
@@ -212,7 +214,7 @@ def test_matches_numpy_reference(ops, seed):
     for op in ops:
         if op[0] == "add":
             codes = rng.integers(0, 16, size=(op[1], 2), dtype=np.uint64)
-            for i, code in zip(index.add(codes).tolist(), codes):
+            for i, code in zip(index.add(codes).tolist(), codes, strict=False):
                 assert i not in model
                 model[i] = code
         elif op[0] == "remove" and model:
@@ -227,7 +229,7 @@ def test_matches_numpy_reference(ops, seed):
                 expect = reference_search(ids, np.stack([model[i] for i in ids]), query, op[1], op[2])
             else:
                 expect = []
-            assert list(zip(dist.tolist(), found.tolist())) == expect
+            assert list(zip(dist.tolist(), found.tolist(), strict=False)) == expect
         assert len(index) == len(model)
 
 

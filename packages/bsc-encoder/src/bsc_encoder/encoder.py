@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ class BinaryEncoder:
     compared.
     """
 
-    __slots__ = ("_code_bits", "_dim", "_fingerprint", "_projection", "_seed")
+    __slots__ = ("_code_bits", "_dim", "_projection", "_seed")
 
     def __init__(self, embedding_dim: int, code_bits: int = 256, seed: int = 42) -> None:
         dim = _positive_int(embedding_dim, "embedding_dim")
@@ -54,7 +53,6 @@ class BinaryEncoder:
         self._seed = int(seed)
         self._projection = gaussian_projection(bits, dim, self._seed)
         self._projection.flags.writeable = False
-        self._fingerprint: str | None = None
 
     @property
     def embedding_dim(self) -> int:
@@ -82,14 +80,13 @@ class BinaryEncoder:
         return f"BinaryEncoder(embedding_dim={self._dim}, code_bits={self._code_bits}, seed={self._seed})"
 
     def fingerprint(self) -> str:
-        """Identifies the encoding: algorithm version, dim, bits, seed and a digest of the
-        projection itself (which catches a generator that drifted)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(self._projection.astype("<f8").tobytes()).hexdigest()[:16]
-            self._fingerprint = (
-                f"bsc-srp{ALGORITHM_VERSION}:dim={self._dim}:bits={self._code_bits}:seed={self._seed}:{digest}"
-            )
-        return self._fingerprint
+        """Identifies the encoding: algorithm version, dim, bits and seed. Codes with different
+        fingerprints are not comparable.
+
+        It names the inputs of the generator rather than hashing the projection, whose last
+        float bits may differ between CPUs (numpy's SIMD ``log``/``cos``) without changing codes.
+        """
+        return f"bsc-srp{ALGORITHM_VERSION}:dim={self._dim}:bits={self._code_bits}:seed={self._seed}"
 
     def _as_embeddings(self, embedding: Any) -> npt.NDArray[np.float64]:
         if isinstance(embedding, np.ndarray):

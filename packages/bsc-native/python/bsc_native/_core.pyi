@@ -5,6 +5,8 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["BinaryIndex", "BscError", "CacheStore", "IndexFullError", "MAX_CODE_BITS", "MIN_CODE_BITS", "__version__"]
+
 __version__: str
 MIN_CODE_BITS: int
 MAX_CODE_BITS: int
@@ -15,7 +17,7 @@ class BscError(Exception):
 class IndexFullError(BscError):
     """An index cannot address more entries."""
 
-EntryTuple = tuple[int, int | None, bytes, float, float, int]
+_EntryTuple = tuple[int, int | None, bytes, float, float, int]
 
 @final
 class BinaryIndex:
@@ -26,13 +28,13 @@ class BinaryIndex:
     is reused by the next insert. Searches release the GIL and may run from many threads.
     """
 
-    def __init__(self, code_bits: int = 256) -> None:
+    def __new__(cls, code_bits: int = 256) -> BinaryIndex:
         """Create an empty index; ``code_bits`` is a multiple of 64 from 64 to 4096."""
     @property
     def code_bits(self) -> int:
         """Bits per code."""
     def __len__(self) -> int: ...
-    def __contains__(self, id: int) -> bool: ...
+    def __contains__(self, id: int, /) -> bool: ...
     def add(self, codes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """Add C-contiguous codes of shape ``(n, code_bits // 64)`` (or one code of shape
         ``(code_bits // 64,)``); return their ids in order."""
@@ -60,23 +62,23 @@ class CacheStore:
     times are seconds since the Unix epoch.
     """
 
-    def __init__(self, code_bits: int = 256, max_entries: int = 1000) -> None: ...
+    def __new__(cls, code_bits: int = 256, max_entries: int = 1000) -> CacheStore: ...
     @property
     def code_bits(self) -> int: ...
     @property
     def max_entries(self) -> int: ...
     def __len__(self) -> int: ...
-    def __contains__(self, id: int) -> bool: ...
+    def __contains__(self, id: int, /) -> bool: ...
     def put(self, code: npt.NDArray[np.uint64], payload: bytes) -> int:
         """Store one code with its payload, evicting least-recently-used entries when full;
         return the new id."""
-    def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> EntryTuple | None:
+    def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> _EntryTuple | None:
         """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss."""
     def search(
         self, code: npt.NDArray[np.uint64], k: int = 1, max_distance: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """The ``k`` nearest entries, without marking them used or counting."""
-    def peek(self, id: int) -> EntryTuple | None:
+    def peek(self, id: int) -> _EntryTuple | None:
         """An entry without marking it used (its distance is ``None``)."""
     def get_code(self, id: int) -> npt.NDArray[np.uint64] | None:
         """The stored code of an entry, or ``None``."""

@@ -7,7 +7,6 @@ answers, not errors, so the check is strict (as polars does between its facade a
 from __future__ import annotations
 
 import bsc_native
-
 from bsc._version import NATIVE_VERSION, __version__
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
-from bsc_native import CacheStore
 
 from bsc._codec import decode_response, encode_response
+from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
+from bsc_native import CacheStore
 
 __all__ = ["BinarySemanticCache", "CacheEntry", "CacheStats"]
 
