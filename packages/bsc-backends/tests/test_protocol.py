@@ -51,6 +51,11 @@ def test_conforming_embedder_contract():
     np.testing.assert_array_equal(asyncio.run(embedder.aembed_text("hello")), one)
 
 
+def test_normalize_huge_and_tiny_values():
+    np.testing.assert_allclose(normalize(np.full(4, 1e200)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(normalize(np.full(4, 1e-200)), 0.5, rtol=1e-6)
+
+
 def test_normalize():
     out = normalize([3.0, 4.0])
     assert out.dtype == np.float32

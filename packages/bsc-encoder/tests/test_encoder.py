@@ -65,7 +65,7 @@ def test_batch_equals_single_and_float32_equals_float64():
     batch = np.random.default_rng(0).standard_normal((20, 32)).astype(np.float32)
     codes = encoder.encode(batch)
     assert codes.shape == (20, 4) and codes.dtype == np.uint64
-    for row, code in zip(batch, codes, strict=False):
+    for row, code in zip(batch, codes, strict=True):
         np.testing.assert_array_equal(encoder.encode(row), code)
         np.testing.assert_array_equal(encoder.encode(row.astype(np.float64)), code)
     np.testing.assert_array_equal(encoder.encode_batch(batch), codes)

@@ -6,13 +6,12 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use numpy::{
-    dtype, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
+    dtype, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
 use crate::cache::{CacheCore, EntryView};
 use crate::error::Error;
@@ -59,14 +58,12 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Borrows a C-contiguous `uint64` array of shape `(n, words)` (or `(words,)` when
-/// `allow_1d`), with errors that name what was expected.
-fn borrow_codes<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    words: usize,
-    batch: bool,
-) -> PyResult<PyReadonlyArrayDyn<'py, u64>> {
+/// Copies a C-contiguous `uint64` array of shape `(n, words)` (or `(words,)`; only that when
+/// `batch` is false), with errors that name what was expected.
+///
+/// The copy is taken while attached to the interpreter: once detached, another Python thread
+/// may write to the array, and Rust must not be reading it then.
+fn codes_arg(obj: &Bound<'_, PyAny>, name: &str, words: usize, batch: bool) -> PyResult<Vec<u64>> {
     let bits = words * 64;
     let expected = if batch {
         format!("(n, {words})")
@@ -108,9 +105,10 @@ fn borrow_codes<'py>(
         )));
     }
     let typed = array.cast::<PyArrayDyn<u64>>()?;
-    typed
+    let borrowed = typed
         .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("{name} cannot be read: {e}")))
+        .map_err(|e| PyValueError::new_err(format!("{name} cannot be read: {e}")))?;
+    Ok(borrowed.as_slice()?.to_vec())
 }
 
 /// A shape as Python prints it: `(3, 4)`, `(4,)`.
@@ -124,14 +122,61 @@ fn shape_str(shape: &[usize]) -> String {
     }
 }
 
-fn radius(max_distance: Option<i64>, code_bits: usize) -> PyResult<u32> {
+/// An integer argument: a non-integer is a `TypeError`; an integer beyond 64 bits is `None`.
+fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!("{name} must be an int, got bool")));
+    }
+    match obj.extract::<i64>() {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.is_instance_of::<PyOverflowError>(obj.py()) => Ok(None),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got {}",
+            obj.get_type().name()?
+        ))),
+    }
+}
+
+/// An integer argument within `min..=max`, or a `ValueError` that names it.
+fn bounded_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64, max: i64) -> PyResult<i64> {
+    match int_arg(obj, name)? {
+        Some(value) if (min..=max).contains(&value) => Ok(value),
+        _ => Err(PyValueError::new_err(format!(
+            "{name} must be between {min} and {max}, got {obj}"
+        ))),
+    }
+}
+
+fn k_arg(k: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    k.map_or(Ok(1), |k| bounded_arg(k, "k", 1, i64::MAX).map(|k| k as usize))
+}
+
+/// `max_distance`, `None` meaning unbounded; values above `code_bits` are clamped.
+fn radius_arg(max_distance: Option<&Bound<'_, PyAny>>, code_bits: usize) -> PyResult<u32> {
     match max_distance {
         None => Ok(u32::MAX),
-        Some(d) if d < 0 => Err(PyValueError::new_err(format!(
-            "max_distance must be >= 0, got {d}"
-        ))),
-        Some(d) => Ok(d.min(code_bits as i64) as u32),
+        Some(d) => bounded_arg(d, "max_distance", 0, i64::MAX).map(|d| d.min(code_bits as i64) as u32),
     }
+}
+
+/// An id argument; integers that cannot be ids (negative, beyond 64 bits) are `None`.
+fn id_arg(id: &Bound<'_, PyAny>) -> PyResult<Option<Id>> {
+    Ok(int_arg(id, "id")?.and_then(|id| u64::try_from(id).ok()))
+}
+
+/// `code_bits`, checked as the core checks it, with the same message for any bad integer.
+fn code_bits_arg(code_bits: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let bits = int_arg(code_bits, "code_bits")?.and_then(|b| usize::try_from(b).ok());
+    match bits {
+        Some(bits) if crate::index::words_for_bits(bits).is_ok() => Ok(bits),
+        _ => Err(PyValueError::new_err(format!(
+            "code_bits must be a multiple of 64 between 64 and 4096, got {code_bits}"
+        ))),
+    }
+}
+
+fn ids_array(py: Python<'_>, ids: Vec<Id>) -> Bound<'_, PyArray1<i64>> {
+    PyArray1::from_vec(py, ids.into_iter().map(|id| id as i64).collect())
 }
 
 /// Search results as `(ids int64, distances int32)` arrays.
@@ -147,9 +192,10 @@ fn hits_tuple<'py>(py: Python<'py>, hits: &[Hit]) -> PyResult<Bound<'py, PyTuple
     )
 }
 
-fn id_arg(id: i64) -> Option<Id> {
-    u64::try_from(id).ok()
-}
+// Every method converts its arguments while attached, then detaches (`py.detach`) before it
+// takes a lock, and builds Python objects only after the lock is released: a thread holding
+// the GIL never waits for a lock, and no Python code (a finalizer run by the garbage collector
+// while building a result) can run while this thread holds one.
 
 /// A binary-code index: add codes, remove them by id, search by Hamming distance.
 #[pyclass(frozen, name = "BinaryIndex", module = "bsc_native")]
@@ -158,11 +204,22 @@ pub struct PyBinaryIndex {
     code_bits: usize,
 }
 
+impl PyBinaryIndex {
+    fn with_read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&CodeIndex) -> R + Send) -> PyResult<R> {
+        py.detach(|| Ok(f(&*read(&self.inner)?)))
+    }
+
+    fn with_write<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut CodeIndex) -> R + Send) -> PyResult<R> {
+        py.detach(|| Ok(f(&mut *write(&self.inner)?)))
+    }
+}
+
 #[pymethods]
 impl PyBinaryIndex {
     #[new]
-    #[pyo3(signature = (code_bits = 256))]
-    fn new(code_bits: usize) -> PyResult<Self> {
+    #[pyo3(signature = (code_bits = None))]
+    fn new(code_bits: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let code_bits = code_bits.map_or(Ok(256), code_bits_arg)?;
         let index = CodeIndex::new(code_bits).map_err(to_py)?;
         Ok(Self {
             inner: RwLock::new(index),
@@ -175,88 +232,82 @@ impl PyBinaryIndex {
         self.code_bits
     }
 
-    fn __len__(&self) -> PyResult<usize> {
-        Ok(read(&self.inner)?.len())
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_read(py, |index| index.len())
     }
 
-    fn __contains__(&self, id: i64) -> PyResult<bool> {
-        Ok(id_arg(id).is_some_and(|id| read(&self.inner).map(|i| i.contains(id)).unwrap_or(false)))
+    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id_arg(id)? {
+            Some(id) => self.with_read(py, |index| index.contains(id)),
+            None => Ok(false),
+        }
     }
 
-    fn __repr__(&self) -> PyResult<String> {
-        Ok(format!(
-            "BinaryIndex(code_bits={}, len={})",
-            self.code_bits,
-            read(&self.inner)?.len()
-        ))
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let len = self.__len__(py)?;
+        Ok(format!("BinaryIndex(code_bits={}, len={len})", self.code_bits))
     }
 
     /// Adds codes of shape `(n, code_bits / 64)` (or one code of shape `(code_bits / 64,)`);
     /// returns their ids as an `int64` array.
     fn add<'py>(&self, py: Python<'py>, codes: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let borrowed = borrow_codes(codes, "codes", self.code_bits / 64, true)?;
-        let slice = borrowed.as_slice()?;
-        let ids = py.detach(|| -> PyResult<Vec<Id>> { write(&self.inner)?.add(slice).map_err(to_py) })?;
-        Ok(PyArray1::from_vec(
-            py,
-            ids.into_iter().map(|id| id as i64).collect(),
-        ))
+        let codes = codes_arg(codes, "codes", self.code_bits / 64, true)?;
+        let ids = self.with_write(py, |index| index.add(&codes))?.map_err(to_py)?;
+        Ok(ids_array(py, ids))
     }
 
     /// Removes an entry; returns whether the id was present.
-    fn remove(&self, py: Python<'_>, id: i64) -> PyResult<bool> {
-        let Some(id) = id_arg(id) else { return Ok(false) };
-        py.detach(|| Ok(write(&self.inner)?.remove(id).is_some()))
+    fn remove(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id_arg(id)? {
+            Some(id) => self.with_write(py, |index| index.remove(id).is_some()),
+            None => Ok(false),
+        }
     }
 
-    /// Removes every entry; ids handed out before never come back.
+    /// Removes every entry; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
-            write(&self.inner)?.clear();
-            Ok(())
-        })
+        self.with_write(py, |index| index.clear())
     }
 
     /// The stored code of an entry.
-    fn get<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
-        let index = read(&self.inner)?;
-        Ok(id_arg(id)
-            .and_then(|id| index.code(id))
-            .map(|code| PyArray1::from_slice(py, code)))
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+        let Some(id) = id_arg(id)? else { return Ok(None) };
+        let code = self.with_read(py, |index| index.code(id).map(<[u64]>::to_vec))?;
+        Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
     /// Ids of all entries, in storage order.
     fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = read(&self.inner)?.ids();
-        Ok(PyArray1::from_vec(
-            py,
-            ids.into_iter().map(|id| id as i64).collect(),
-        ))
+        let ids = self.with_read(py, |index| index.ids())?;
+        Ok(ids_array(py, ids))
     }
 
     /// The `k` nearest codes to `query`, optionally only those within `max_distance`.
     /// Returns `(ids, distances)`: `int64` and `int32` arrays, nearest first, ties by id.
-    #[pyo3(signature = (query, k = 1, max_distance = None))]
+    #[pyo3(signature = (query, k = None, max_distance = None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
         query: &Bound<'py, PyAny>,
-        k: usize,
-        max_distance: Option<i64>,
+        k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        if k == 0 {
-            return Err(PyValueError::new_err("k must be >= 1, got 0"));
-        }
-        let borrowed = borrow_codes(query, "query", self.code_bits / 64, false)?;
-        let query = borrowed.as_slice()?.to_vec();
-        let max_distance = radius(max_distance, self.code_bits)?;
-        let hits = py.detach(|| read(&self.inner)?.search(&query, k, max_distance).map_err(to_py))?;
+        let k = k_arg(k)?;
+        let query = codes_arg(query, "query", self.code_bits / 64, false)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let hits = self
+            .with_read(py, |index| index.search(&query, k, max_distance))?
+            .map_err(to_py)?;
         hits_tuple(py, &hits)
     }
 
     /// Bytes held by the index's buffers.
-    fn memory_bytes(&self) -> PyResult<usize> {
-        Ok(read(&self.inner)?.memory_bytes())
+    fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_read(py, |index| index.memory_bytes())
     }
 }
 
@@ -270,6 +321,16 @@ pub struct PyCacheStore {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+}
+
+impl PyCacheStore {
+    fn with_read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&CacheCore) -> R + Send) -> PyResult<R> {
+        py.detach(|| Ok(f(&*read(&self.inner)?)))
+    }
+
+    fn with_write<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut CacheCore) -> R + Send) -> PyResult<R> {
+        py.detach(|| Ok(f(&mut *write(&self.inner)?)))
+    }
 }
 
 fn entry_tuple<'py>(
@@ -291,8 +352,11 @@ fn entry_tuple<'py>(
 #[pymethods]
 impl PyCacheStore {
     #[new]
-    #[pyo3(signature = (code_bits = 256, max_entries = 1000))]
-    fn new(code_bits: usize, max_entries: usize) -> PyResult<Self> {
+    #[pyo3(signature = (code_bits = None, max_entries = None))]
+    fn new(code_bits: Option<&Bound<'_, PyAny>>, max_entries: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let code_bits = code_bits.map_or(Ok(256), code_bits_arg)?;
+        let limit = crate::index::MAX_ENTRIES as i64;
+        let max_entries = max_entries.map_or(Ok(1000), |m| bounded_arg(m, "max_entries", 1, limit))? as usize;
         let core = CacheCore::new(code_bits, max_entries).map_err(to_py)?;
         Ok(Self {
             inner: RwLock::new(core),
@@ -314,29 +378,33 @@ impl PyCacheStore {
         self.max_entries
     }
 
-    fn __len__(&self) -> PyResult<usize> {
-        Ok(read(&self.inner)?.len())
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_read(py, |core| core.len())
     }
 
-    fn __contains__(&self, id: i64) -> PyResult<bool> {
-        Ok(id_arg(id).is_some_and(|id| read(&self.inner).map(|c| c.contains(id)).unwrap_or(false)))
+    fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id_arg(id)? {
+            Some(id) => self.with_read(py, |core| core.contains(id)),
+            None => Ok(false),
+        }
     }
 
-    fn __repr__(&self) -> PyResult<String> {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let len = self.__len__(py)?;
         Ok(format!(
-            "CacheStore(code_bits={}, max_entries={}, len={})",
-            self.code_bits,
-            self.max_entries,
-            read(&self.inner)?.len()
+            "CacheStore(code_bits={}, max_entries={}, len={len})",
+            self.code_bits, self.max_entries
         ))
     }
 
     /// Stores one code with its payload, evicting least-recently-used entries when full.
     /// Returns the new id.
     fn put(&self, py: Python<'_>, code: &Bound<'_, PyAny>, payload: &[u8]) -> PyResult<i64> {
-        let borrowed = borrow_codes(code, "code", self.code_bits / 64, false)?;
-        let code = borrowed.as_slice()?;
-        let (id, evicted) = py.detach(|| write(&self.inner)?.put(code, payload, now()).map_err(to_py))?;
+        let code = codes_arg(code, "code", self.code_bits / 64, false)?;
+        // `payload` borrows an immutable `bytes` object, so reading it detached is sound.
+        let (id, evicted) = self
+            .with_write(py, |core| core.put(&code, payload, now()))?
+            .map_err(to_py)?;
         self.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         Ok(id as i64)
     }
@@ -349,14 +417,14 @@ impl PyCacheStore {
         &self,
         py: Python<'py>,
         code: &Bound<'py, PyAny>,
-        max_distance: Option<i64>,
+        max_distance: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let borrowed = borrow_codes(code, "code", self.code_bits / 64, false)?;
-        let query = borrowed.as_slice()?.to_vec();
-        let max_distance = radius(max_distance, self.code_bits)?;
+        let query = codes_arg(code, "code", self.code_bits / 64, false)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
         let found = py.detach(|| -> PyResult<Option<(u32, EntryView)>> {
             // The scan runs under the read lock so lookups proceed in parallel; only the O(1)
-            // LRU touch takes the write lock. An entry deleted in between is looked up again.
+            // LRU touch takes the write lock. If the entry is deleted in between, scan again;
+            // after three such races in a row the lookup reports a miss.
             for _ in 0..3 {
                 let Some(hit) = read(&self.inner)?.nearest(&query, max_distance).map_err(to_py)? else {
                     return Ok(None);
@@ -381,78 +449,74 @@ impl PyCacheStore {
 
     /// The `k` nearest entries within `max_distance` as `(ids, distances)` arrays, without
     /// marking them used or counting hits.
-    #[pyo3(signature = (code, k = 1, max_distance = None))]
+    #[pyo3(signature = (code, k = None, max_distance = None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
         code: &Bound<'py, PyAny>,
-        k: usize,
-        max_distance: Option<i64>,
+        k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        if k == 0 {
-            return Err(PyValueError::new_err("k must be >= 1, got 0"));
-        }
-        let borrowed = borrow_codes(code, "code", self.code_bits / 64, false)?;
-        let query = borrowed.as_slice()?.to_vec();
-        let max_distance = radius(max_distance, self.code_bits)?;
-        let hits = py.detach(|| read(&self.inner)?.search(&query, k, max_distance).map_err(to_py))?;
+        let k = k_arg(k)?;
+        let query = codes_arg(code, "code", self.code_bits / 64, false)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let hits = self
+            .with_read(py, |core| core.search(&query, k, max_distance))?
+            .map_err(to_py)?;
         hits_tuple(py, &hits)
     }
 
     /// An entry as `(id, None, payload, created_at, last_accessed, access_count)` without
     /// marking it used, or `None`.
-    fn peek<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let view = id_arg(id)
-            .map(|id| read(&self.inner).map(|c| c.peek(id)))
-            .transpose()?
-            .flatten();
+    fn peek<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(id) = id_arg(id)? else { return Ok(None) };
+        let view = self.with_read(py, |core| core.peek(id))?;
         view.map(|v| entry_tuple(py, v, None)).transpose()
     }
 
     /// The stored code of an entry.
-    fn get_code<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
-        let core = read(&self.inner)?;
-        Ok(id_arg(id)
-            .and_then(|id| core.code(id))
-            .map(|code| PyArray1::from_slice(py, code)))
+    fn get_code<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+        let Some(id) = id_arg(id)? else { return Ok(None) };
+        let code = self.with_read(py, |core| core.code(id).map(<[u64]>::to_vec))?;
+        Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
-    fn delete(&self, py: Python<'_>, id: i64) -> PyResult<bool> {
-        let Some(id) = id_arg(id) else { return Ok(false) };
-        py.detach(|| Ok(write(&self.inner)?.delete(id)))
+    fn delete(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id_arg(id)? {
+            Some(id) => self.with_write(py, |core| core.delete(id)),
+            None => Ok(false),
+        }
     }
 
-    /// Removes every entry. Counters are kept; ids handed out before never come back.
+    /// Removes every entry. Counters are kept; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
-            write(&self.inner)?.clear();
-            Ok(())
-        })
+        self.with_write(py, |core| core.clear())
     }
 
     /// Live ids from most to least recently used.
     fn lru_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let order = read(&self.inner)?.lru_order();
-        Ok(PyArray1::from_vec(
-            py,
-            order.into_iter().map(|id| id as i64).collect(),
-        ))
+        let order = self.with_read(py, |core| core.lru_order())?;
+        Ok(ids_array(py, order))
     }
 
-    fn memory_bytes(&self) -> PyResult<usize> {
-        Ok(read(&self.inner)?.memory_bytes())
+    fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_read(py, |core| core.memory_bytes())
     }
 
     /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = read(&self.inner)?;
+        let (size, memory_bytes) = self.with_read(py, |core| (core.len(), core.memory_bytes()))?;
         let out = PyDict::new(py);
-        out.set_item("size", core.len())?;
-        out.set_item("max_entries", core.max_entries())?;
+        out.set_item("size", size)?;
+        out.set_item("max_entries", self.max_entries)?;
         out.set_item("hits", self.hits.load(Ordering::Relaxed))?;
         out.set_item("misses", self.misses.load(Ordering::Relaxed))?;
         out.set_item("evictions", self.evictions.load(Ordering::Relaxed))?;
-        out.set_item("memory_bytes", core.memory_bytes())?;
+        out.set_item("memory_bytes", memory_bytes)?;
         Ok(out)
     }
 }

@@ -8,6 +8,8 @@
 //! `popcnt` target feature and picked at run time, so a wheel built for the x86_64 baseline
 //! still uses the hardware instruction where the CPU has it.
 
+use std::collections::BinaryHeap;
+
 /// Hamming distance between two codes of equal length.
 #[inline(always)]
 pub fn hamming(a: &[u64], b: &[u64]) -> u32 {
@@ -22,56 +24,52 @@ pub struct Neighbor {
     pub row: usize,
 }
 
-/// Bounded, sorted collector of the best `k` rows.
+/// Collector of the best `k` rows: a max-heap of size `k`, so a scan costs O(n log k) even
+/// when `k` is as large as the index.
 struct TopK<F: Fn(usize) -> u64> {
     k: usize,
-    max_distance: u32,
+    /// Largest distance that can still enter the result: `max_distance` until the heap is
+    /// full, then the distance of its worst item.
+    bound: u32,
     tie_key: F,
-    // (distance, tie key, row), ascending.
-    best: Vec<(u32, u64, usize)>,
+    // (distance, tie key, row); the worst item on top.
+    heap: BinaryHeap<(u32, u64, usize)>,
 }
 
 impl<F: Fn(usize) -> u64> TopK<F> {
     fn new(k: usize, max_distance: u32, tie_key: F) -> Self {
         Self {
             k,
-            max_distance,
+            bound: max_distance,
             tie_key,
-            best: Vec::with_capacity(k + 1),
-        }
-    }
-
-    /// Largest distance that can still enter the result.
-    #[inline(always)]
-    fn bound(&self) -> u32 {
-        if self.best.len() == self.k {
-            self.best[self.k - 1].0
-        } else {
-            self.max_distance
+            heap: BinaryHeap::with_capacity(k.min(4096)),
         }
     }
 
     #[inline(always)]
     fn offer(&mut self, distance: u32, row: usize) {
-        if distance > self.bound() {
+        if distance > self.bound {
             return;
         }
         // Only rows at or under the bound reach here, so the tie key lookup stays off the
         // hot path of a scan that mostly misses.
-        let key = (self.tie_key)(row);
-        let item = (distance, key, row);
-        if self.best.len() == self.k {
-            if item >= self.best[self.k - 1] {
+        let item = (distance, (self.tie_key)(row), row);
+        if self.heap.len() < self.k {
+            self.heap.push(item);
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if item >= *worst {
                 return;
             }
-            self.best.pop();
+            *worst = item;
         }
-        let at = self.best.partition_point(|probe| *probe < item);
-        self.best.insert(at, item);
+        if self.heap.len() == self.k {
+            self.bound = self.heap.peek().map_or(self.bound, |worst| worst.0);
+        }
     }
 
     fn finish(self) -> Vec<Neighbor> {
-        self.best
+        self.heap
+            .into_sorted_vec()
             .into_iter()
             .map(|(distance, _, row)| Neighbor { distance, row })
             .collect()

@@ -69,10 +69,15 @@ def test_search_does_not_count():
     assert store.stats()["hits"] == 0
 
 
-@pytest.mark.parametrize("max_entries", [0, -1])
+@pytest.mark.parametrize("max_entries", [0, -1, 2**32, 2**70])
 def test_bad_max_entries(max_entries):
-    with pytest.raises((ValueError, OverflowError)):
+    with pytest.raises(ValueError, match=f"max_entries must be between 1 and 4294967294, got {max_entries}"):
         CacheStore(code_bits=256, max_entries=max_entries)
+
+
+def test_max_entries_must_be_an_int():
+    with pytest.raises(TypeError, match="max_entries must be an int, got float"):
+        CacheStore(max_entries=10.0)
 
 
 def test_bad_code_changes_nothing():

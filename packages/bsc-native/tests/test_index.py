@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ def popcount_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 def reference_search(ids, codes, query, k, max_distance):
     d = popcount_distances(codes, query)
     order = sorted(
-        (int(dist), int(i)) for dist, i in zip(d, ids, strict=False) if max_distance is None or dist <= max_distance
+        (int(dist), int(i)) for dist, i in zip(d, ids, strict=True) if max_distance is None or dist <= max_distance
     )
     return order[:k]
 
@@ -117,7 +119,7 @@ def test_all_code_lengths_match_numpy(code_bits):
     query = random_codes(1, words, rng)[0]
     found, dist = index.search(query, k=7)
     expect = reference_search(ids, codes, query, 7, None)
-    assert list(zip(dist.tolist(), found.tolist(), strict=False)) == expect
+    assert list(zip(dist.tolist(), found.tolist(), strict=True)) == expect
 
 
 @pytest.mark.parametrize("bad", [0, 32, 65, 100, 4160, 8192])
@@ -155,8 +157,8 @@ def test_add_rejects_bad_codes_and_changes_nothing(value, error, message):
         (np.zeros((1, 4), dtype=np.uint64), {}, ValueError, r"shape \(4,\)"),
         (np.zeros(3, dtype=np.uint64), {}, ValueError, r"got shape \(3,\)"),
         (np.zeros(4, dtype=np.float32), {}, TypeError, "float32"),
-        (np.zeros(4, dtype=np.uint64), {"k": 0}, ValueError, "k must be >= 1"),
-        (np.zeros(4, dtype=np.uint64), {"max_distance": -1}, ValueError, "max_distance must be >= 0"),
+        (np.zeros(4, dtype=np.uint64), {"k": 0}, ValueError, "k must be between 1 and .*, got 0"),
+        (np.zeros(4, dtype=np.uint64), {"max_distance": -1}, ValueError, "max_distance .*, got -1"),
     ],
 )
 def test_search_rejects_bad_input(query, kwargs, error, message):
@@ -198,23 +200,24 @@ ops = st.lists(
         st.tuples(st.just("add"), st.integers(1, 5)),
         st.tuples(st.just("remove"), st.integers(0, 10**6)),
         st.tuples(st.just("search"), st.integers(1, 8), st.one_of(st.none(), st.integers(0, 6))),
+        st.tuples(st.just("clear")),
     ),
     min_size=1,
     max_size=40,
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(ops=ops, seed=st.integers(0, 2**32 - 1))
-def test_matches_numpy_reference(ops, seed):
+@settings(max_examples=200, deadline=None)
+@given(ops=ops, seed=st.integers(0, 2**32 - 1), words=st.sampled_from([1, 2, 3, 4, 5, 8, 16, 17]))
+def test_matches_numpy_reference(ops, seed, words):
     # Few distinct bits so that ties and radius edges are common.
     rng = np.random.default_rng(seed)
-    index = BinaryIndex(code_bits=128)
+    index = BinaryIndex(code_bits=64 * words)
     model: dict[int, np.ndarray] = {}
     for op in ops:
         if op[0] == "add":
-            codes = rng.integers(0, 16, size=(op[1], 2), dtype=np.uint64)
-            for i, code in zip(index.add(codes).tolist(), codes, strict=False):
+            codes = rng.integers(0, 16, size=(op[1], words), dtype=np.uint64)
+            for i, code in zip(index.add(codes).tolist(), codes, strict=True):
                 assert i not in model
                 model[i] = code
         elif op[0] == "remove" and model:
@@ -222,14 +225,17 @@ def test_matches_numpy_reference(ops, seed):
             assert index.remove(victim)
             del model[victim]
         elif op[0] == "search":
-            query = rng.integers(0, 16, size=2, dtype=np.uint64)
+            query = rng.integers(0, 16, size=words, dtype=np.uint64)
             found, dist = index.search(query, k=op[1], max_distance=op[2])
             if model:
                 ids = list(model)
                 expect = reference_search(ids, np.stack([model[i] for i in ids]), query, op[1], op[2])
             else:
                 expect = []
-            assert list(zip(dist.tolist(), found.tolist(), strict=False)) == expect
+            assert list(zip(dist.tolist(), found.tolist(), strict=True)) == expect
+        elif op[0] == "clear":
+            index.clear()
+            model.clear()
         assert len(index) == len(model)
 
 
@@ -271,3 +277,78 @@ def test_concurrent_searches_are_correct_while_writers_run():
         t.join()
     assert not errors, errors
     assert len(index) == 2000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"k": -1}, ValueError, "k must be between 1 and"),
+        ({"k": 2**64}, ValueError, "k must be between 1 and"),
+        ({"k": "3"}, TypeError, "k must be an int, got str"),
+        ({"k": True}, TypeError, "k must be an int, got bool"),
+        ({"max_distance": 2**63}, ValueError, "max_distance must be between 0 and"),
+        ({"max_distance": 1.5}, TypeError, "max_distance must be an int, got float"),
+    ],
+)
+def test_search_integer_arguments(kwargs, error, message):
+    index = BinaryIndex(code_bits=64)
+    index.add(random_codes(3, 1))
+    with pytest.raises(error, match=message):
+        index.search(np.zeros(1, dtype=np.uint64), **kwargs)
+
+
+@pytest.mark.parametrize(("value", "error"), [(-64, ValueError), (2**70, ValueError), ("256", TypeError)])
+def test_code_bits_argument_types(value, error):
+    with pytest.raises(error, match="code_bits"):
+        BinaryIndex(code_bits=value)
+
+
+def test_ids_that_cannot_exist():
+    index = BinaryIndex(64)
+    ids = index.add(random_codes(2, 1))
+    assert 2**64 not in index and index.remove(2**64) is False and index.get(2**70) is None
+    assert index.remove(ids[0]) is True  # numpy integers are ids too
+    with pytest.raises(TypeError, match="id must be an int, got str"):
+        index.remove("0")
+
+
+def test_k_as_large_as_the_index_returns_everything_sorted():
+    index = BinaryIndex(code_bits=256)
+    codes = random_codes(20_000)
+    ids = index.add(codes)
+    query = codes[5]
+    found, dist = index.search(query, k=len(index))
+    assert found.size == 20_000
+    assert list(zip(dist.tolist(), found.tolist(), strict=True)) == reference_search(ids, codes, query, 20_000, None)
+
+
+def test_search_releases_the_gil():
+    # With a 10 s switch interval, another Python thread can only run while this one has
+    # released the GIL; the counter thread yields on every step, so it never holds it long.
+    index = BinaryIndex(code_bits=256)
+    index.add(random_codes(500_000))
+    query = random_codes(1)[0]
+    count = 0
+    stop = threading.Event()
+
+    def counter() -> None:
+        nonlocal count
+        while not stop.is_set():
+            count += 1
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10)
+    thread = threading.Thread(target=counter)
+    try:
+        thread.start()
+        advanced = 0
+        for _ in range(20):
+            before = count
+            index.search(query, k=1)
+            advanced += count - before
+        assert advanced > 0, "no other thread ran during 20 scans of 500k codes"
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)

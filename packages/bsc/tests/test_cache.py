@@ -224,7 +224,9 @@ def test_threshold_can_be_changed(encoder):
         (np.full(64, np.inf), ValueError, "NaN or infinite"),
         (np.zeros(64), ValueError, "all zeros"),
         (np.ones(64, dtype=np.int32), TypeError, "float32 or float64, got int32"),
-        ("text", ValueError, "one embedding"),
+        ("text", TypeError, "numpy.ndarray of float32 or float64, got str"),
+        (None, TypeError, "got NoneType"),
+        ([[1.0, 2.0], [3.0]], ValueError, "one embedding"),
         (np.ones(0), ValueError, r"got shape \(0,\)"),
     ],
 )
@@ -322,3 +324,26 @@ def test_import_fails_against_another_native_version():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "ImportError: bsc 0.1.0 requires bsc-native==0.1.0, but bsc-native 0.0.1 is installed" in result.stderr
+
+
+def test_huge_and_tiny_finite_embeddings_are_encoded_by_direction(encoder):
+    rng = np.random.default_rng(11)
+    v = unit(rng)
+    cache = BinarySemanticCache(encoder, similarity_threshold=0.99)
+    cache.put(v * 1e300, "big")
+    assert cache.get(v).response == "big"
+    assert cache.get(v * 1e-300).response == "big"
+    assert cache.get(-v * 1e300) is None
+
+
+def test_ids_that_cannot_exist(encoder):
+    cache = BinarySemanticCache(encoder)
+    cache.put(unit(np.random.default_rng(12)), "x")
+    assert cache.delete(2**64) is False and cache.delete(-1) is False
+    assert 2**64 not in cache and "0" not in cache
+    assert cache.peek(2**70) is None
+
+
+def test_max_entries_beyond_the_engine_limit(encoder):
+    with pytest.raises(ValueError, match="max_entries must be between 1 and 4294967294"):
+        BinarySemanticCache(encoder, max_entries=2**70)

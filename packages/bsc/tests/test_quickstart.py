@@ -59,7 +59,8 @@ def run(block: str, namespace: dict[str, object]) -> str:
 
 
 def test_block_a_misses_then_hits(monkeypatch, fake_backend):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    # setenv records the original state, so the block's own assignment is undone afterwards.
+    monkeypatch.setenv("OPENAI_API_KEY", "placeholder")
     namespace: dict[str, object] = {"OpenAIEmbeddingBackend": lambda model: fake_backend(1536)}
     assert run(BLOCK_A, namespace) == "MISS: Cached 'Paris'\n"
     # Running the lookup again against the same cache is a hit.

@@ -49,7 +49,10 @@ def normalize(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
         raise ValueError(f"expected a vector or a matrix of vectors, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("embedding contains NaN or infinite values")
-    norms = np.linalg.norm(array, axis=-1, keepdims=True)
-    if np.any(norms == 0):
+    scale = np.max(np.abs(array), axis=-1, keepdims=True)
+    if np.any(scale == 0):
         raise ValueError("embedding is all zeros: it has no direction")
-    return (array / norms).astype(np.float32)
+    # Dividing by the largest magnitude first keeps the norm from overflowing (1e200) or
+    # underflowing (1e-200).
+    scaled = array / scale
+    return (scaled / np.linalg.norm(scaled, axis=-1, keepdims=True)).astype(np.float32)

@@ -119,6 +119,9 @@ class BinaryEncoder:
         """Encode one embedding ``(dim,)`` to a code ``(code_bits // 64,)``, or a batch
         ``(n, dim)`` to ``(n, code_bits // 64)``. Accepts float32 or float64."""
         x = self._as_embeddings(embedding)
+        # Scaling each row by its largest magnitude changes no sign but keeps huge finite
+        # inputs (1e300) from overflowing the dot products to inf/NaN.
+        x = x / np.max(np.abs(x), axis=-1, keepdims=True)
         positive = (x @ self._projection.T) > 0.0
         packed = np.packbits(positive, axis=-1, bitorder="little")
         return packed.view("<u8").astype(np.uint64, copy=False)

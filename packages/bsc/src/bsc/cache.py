@@ -144,10 +144,14 @@ class BinarySemanticCache:
         )
 
     def _code(self, embedding: npt.ArrayLike) -> npt.NDArray[np.uint64]:
-        if np.ndim(embedding) != 1:
-            raise ValueError(
-                f"expected one embedding of shape ({self._encoder.embedding_dim},), got shape {np.shape(embedding)}"
-            )
+        if not isinstance(embedding, (np.ndarray, list, tuple)):
+            raise TypeError(f"embedding must be a numpy.ndarray of float32 or float64, got {type(embedding).__name__}")
+        try:
+            shape: tuple[int, ...] | str = np.shape(embedding)
+        except ValueError:  # a ragged list
+            shape = "ragged"
+        if not (isinstance(shape, tuple) and len(shape) == 1):
+            raise ValueError(f"expected one embedding of shape ({self._encoder.embedding_dim},), got shape {shape}")
         return self._encoder.encode(embedding)
 
     def get(self, embedding: npt.ArrayLike) -> CacheEntry | None:
