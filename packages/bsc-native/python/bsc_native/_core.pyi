@@ -28,8 +28,8 @@ class BinaryIndex:
     is reused by the next insert. Searches release the GIL and may run from many threads.
     """
 
-    def __new__(cls, code_bits: int = ...) -> BinaryIndex:
-        """Create an empty index; ``code_bits`` (default 256) is a multiple of 64 from 64 to 4096."""
+    def __new__(cls, code_bits: int | None = None) -> BinaryIndex:
+        """Create an empty index; ``code_bits`` (``None``: 256) is a multiple of 64 from 64 to 4096."""
     @property
     def code_bits(self) -> int:
         """Bits per code."""
@@ -47,9 +47,9 @@ class BinaryIndex:
     def ids(self) -> npt.NDArray[np.int64]:
         """Ids of all entries, in storage order."""
     def search(
-        self, query: npt.NDArray[np.uint64], k: int = ..., max_distance: int | None = None
+        self, query: npt.NDArray[np.uint64], k: int | None = None, max_distance: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-        """The ``k`` nearest codes to ``query`` (shape ``(code_bits // 64,)``), optionally only
+        """The ``k`` (``None``: 1) nearest codes to ``query`` (shape ``(code_bits // 64,)``), optionally only
         those within ``max_distance``: ``(ids, distances)``, nearest first, ties by id."""
     def memory_bytes(self) -> int:
         """Bytes held by the index's buffers."""
@@ -62,8 +62,8 @@ class CacheStore:
     times are seconds since the Unix epoch.
     """
 
-    def __new__(cls, code_bits: int = ..., max_entries: int = ...) -> CacheStore:
-        """Create an empty store; ``code_bits`` defaults to 256, ``max_entries`` to 1000."""
+    def __new__(cls, code_bits: int | None = None, max_entries: int | None = None) -> CacheStore:
+        """Create an empty store; ``code_bits`` ``None`` means 256, ``max_entries`` ``None`` 1000."""
     @property
     def code_bits(self) -> int: ...
     @property
@@ -76,7 +76,7 @@ class CacheStore:
     def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> _EntryTuple | None:
         """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss."""
     def search(
-        self, code: npt.NDArray[np.uint64], k: int = ..., max_distance: int | None = None
+        self, code: npt.NDArray[np.uint64], k: int | None = None, max_distance: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """The ``k`` nearest entries, without marking them used or counting."""
     def peek(self, id: int) -> _EntryTuple | None:
