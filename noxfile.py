@@ -23,6 +23,7 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 DIST = ROOT / "dist"
+REPORTS = ROOT / ".nox" / "reports"
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 PURE = {"encoder": "bsc-encoder", "backends": "bsc-backends", "bsc": "bsc"}
 TEST_DEPS = ["pytest==9.2.0", "hypothesis==6.168.5"]
@@ -75,16 +76,21 @@ def _native_and_editables() -> list[str]:
     return ["--no-sources", str(_wheel("bsc-native")), *editable]
 
 
+def _junit(session: nox.Session) -> str:
+    return f"--junitxml={REPORTS / (session.name + '.xml')}"
+
+
 def _pytest(session: nox.Session, *paths: str) -> None:
     # pytest exits 5 when it collects nothing; nox fails the session on any non-zero code.
-    session.run("python", "-m", "pytest", *paths, *session.posargs)
+    session.run("python", "-m", "pytest", *paths, _junit(session), *session.posargs)
 
 
 @nox.session(python=False)
 def build(session: nox.Session) -> None:
     """An sdist and a wheel of every package into dist/ (the native wheel release-built, abi3)."""
-    if DIST.exists():
-        shutil.rmtree(DIST)
+    for folder in (DIST, REPORTS):
+        if folder.exists():
+            shutil.rmtree(folder)
     session.run("uv", "build", "--all-packages", "--out-dir", str(DIST), external=True)
     built = sorted(p.name for p in DIST.iterdir())
     for project in ["bsc_native", "bsc_encoder", "bsc_backends", "bsc"]:
@@ -127,7 +133,7 @@ def wheels(session: nox.Session) -> None:
     with session.chdir(session.create_tmp()):
         session.run(
             "python", "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT),
-            *(str(ROOT / t) for t in tests), *session.posargs,
+            *(str(ROOT / t) for t in tests), _junit(session), *session.posargs,
             env={"BSC_DIST": str(DIST)},
         )  # fmt: skip
 
@@ -150,6 +156,27 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
     session.run("python", "-m", "mypy.stubtest", "bsc_native._core")
+
+
+@nox.session(python=False)
+def summary(session: nox.Session) -> None:
+    """One closing line for every pytest run of this invocation: 'N passed, N failed'."""
+    import xml.etree.ElementTree as ET
+
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    reports = sorted(REPORTS.glob("*.xml")) if REPORTS.is_dir() else []
+    for report in reports:
+        for suite in ET.parse(report).getroot().iter("testsuite"):
+            for key in totals:
+                totals[key] += int(suite.get(key, 0))
+    failed = totals["failures"] + totals["errors"]
+    passed = totals["tests"] - failed - totals["skipped"]
+    session.log(f"{len(reports)} pytest runs")
+    print(f"{passed} passed, {failed} failed, {totals['skipped']} skipped", flush=True)
+    if not reports or passed == 0:
+        session.error("no test ran")
+    if failed:
+        session.error(f"{failed} tests failed")
 
 
 if __name__ == "__main__":
