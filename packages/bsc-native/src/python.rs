@@ -51,6 +51,24 @@ fn write<T>(lock: &RwLock<T>) -> PyResult<RwLockWriteGuard<'_, T>> {
     lock.write().map_err(|_| poisoned())
 }
 
+/// Runs `f` under the read lock, detached from the interpreter.
+fn with_read<T: Send + Sync, R: Send>(
+    py: Python<'_>,
+    lock: &RwLock<T>,
+    f: impl FnOnce(&T) -> R + Send,
+) -> PyResult<R> {
+    py.detach(|| Ok(f(&*read(lock)?)))
+}
+
+/// Runs `f` under the write lock, detached from the interpreter.
+fn with_write<T: Send + Sync, R: Send>(
+    py: Python<'_>,
+    lock: &RwLock<T>,
+    f: impl FnOnce(&mut T) -> R + Send,
+) -> PyResult<R> {
+    py.detach(|| Ok(f(&mut *write(lock)?)))
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,16 +222,6 @@ pub struct PyBinaryIndex {
     code_bits: usize,
 }
 
-impl PyBinaryIndex {
-    fn with_read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&CodeIndex) -> R + Send) -> PyResult<R> {
-        py.detach(|| Ok(f(&*read(&self.inner)?)))
-    }
-
-    fn with_write<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut CodeIndex) -> R + Send) -> PyResult<R> {
-        py.detach(|| Ok(f(&mut *write(&self.inner)?)))
-    }
-}
-
 #[pymethods]
 impl PyBinaryIndex {
     #[new]
@@ -233,12 +241,12 @@ impl PyBinaryIndex {
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with_read(py, |index| index.len())
+        with_read(py, &self.inner, |index| index.len())
     }
 
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
-            Some(id) => self.with_read(py, |index| index.contains(id)),
+            Some(id) => with_read(py, &self.inner, |index| index.contains(id)),
             None => Ok(false),
         }
     }
@@ -252,21 +260,21 @@ impl PyBinaryIndex {
     /// returns their ids as an `int64` array.
     fn add<'py>(&self, py: Python<'py>, codes: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let codes = codes_arg(codes, "codes", self.code_bits / 64, true)?;
-        let ids = self.with_write(py, |index| index.add(&codes))?.map_err(to_py)?;
+        let ids = with_write(py, &self.inner, |index| index.add(&codes))?.map_err(to_py)?;
         Ok(ids_array(py, ids))
     }
 
     /// Removes an entry; returns whether the id was present.
     fn remove(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
-            Some(id) => self.with_write(py, |index| index.remove(id).is_some()),
+            Some(id) => with_write(py, &self.inner, |index| index.remove(id).is_some()),
             None => Ok(false),
         }
     }
 
     /// Removes every entry; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        self.with_write(py, |index| index.clear())
+        with_write(py, &self.inner, |index| index.clear())
     }
 
     /// The stored code of an entry.
@@ -276,13 +284,13 @@ impl PyBinaryIndex {
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
-        let code = self.with_read(py, |index| index.code(id).map(<[u64]>::to_vec))?;
+        let code = with_read(py, &self.inner, |index| index.code(id).map(<[u64]>::to_vec))?;
         Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
     /// Ids of all entries, in storage order.
     fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = self.with_read(py, |index| index.ids())?;
+        let ids = with_read(py, &self.inner, |index| index.ids())?;
         Ok(ids_array(py, ids))
     }
 
@@ -299,15 +307,14 @@ impl PyBinaryIndex {
         let k = k_arg(k)?;
         let query = codes_arg(query, "query", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
-        let hits = self
-            .with_read(py, |index| index.search(&query, k, max_distance))?
-            .map_err(to_py)?;
+        let hits =
+            with_read(py, &self.inner, |index| index.search(&query, k, max_distance))?.map_err(to_py)?;
         hits_tuple(py, &hits)
     }
 
     /// Bytes held by the index's buffers.
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with_read(py, |index| index.memory_bytes())
+        with_read(py, &self.inner, |index| index.memory_bytes())
     }
 }
 
@@ -321,16 +328,6 @@ pub struct PyCacheStore {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
-}
-
-impl PyCacheStore {
-    fn with_read<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&CacheCore) -> R + Send) -> PyResult<R> {
-        py.detach(|| Ok(f(&*read(&self.inner)?)))
-    }
-
-    fn with_write<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut CacheCore) -> R + Send) -> PyResult<R> {
-        py.detach(|| Ok(f(&mut *write(&self.inner)?)))
-    }
 }
 
 fn entry_tuple<'py>(
@@ -379,12 +376,12 @@ impl PyCacheStore {
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with_read(py, |core| core.len())
+        with_read(py, &self.inner, |core| core.len())
     }
 
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
-            Some(id) => self.with_read(py, |core| core.contains(id)),
+            Some(id) => with_read(py, &self.inner, |core| core.contains(id)),
             None => Ok(false),
         }
     }
@@ -402,9 +399,8 @@ impl PyCacheStore {
     fn put(&self, py: Python<'_>, code: &Bound<'_, PyAny>, payload: &[u8]) -> PyResult<i64> {
         let code = codes_arg(code, "code", self.code_bits / 64, false)?;
         // `payload` borrows an immutable `bytes` object, so reading it detached is sound.
-        let (id, evicted) = self
-            .with_write(py, |core| core.put(&code, payload, now()))?
-            .map_err(to_py)?;
+        let (id, evicted) =
+            with_write(py, &self.inner, |core| core.put(&code, payload, now()))?.map_err(to_py)?;
         self.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         Ok(id as i64)
     }
@@ -460,9 +456,7 @@ impl PyCacheStore {
         let k = k_arg(k)?;
         let query = codes_arg(code, "code", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
-        let hits = self
-            .with_read(py, |core| core.search(&query, k, max_distance))?
-            .map_err(to_py)?;
+        let hits = with_read(py, &self.inner, |core| core.search(&query, k, max_distance))?.map_err(to_py)?;
         hits_tuple(py, &hits)
     }
 
@@ -470,7 +464,7 @@ impl PyCacheStore {
     /// marking it used, or `None`.
     fn peek<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
-        let view = self.with_read(py, |core| core.peek(id))?;
+        let view = with_read(py, &self.inner, |core| core.peek(id))?;
         view.map(|v| entry_tuple(py, v, None)).transpose()
     }
 
@@ -481,35 +475,35 @@ impl PyCacheStore {
         id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
-        let code = self.with_read(py, |core| core.code(id).map(<[u64]>::to_vec))?;
+        let code = with_read(py, &self.inner, |core| core.code(id).map(<[u64]>::to_vec))?;
         Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
     fn delete(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
-            Some(id) => self.with_write(py, |core| core.delete(id)),
+            Some(id) => with_write(py, &self.inner, |core| core.delete(id)),
             None => Ok(false),
         }
     }
 
     /// Removes every entry. Counters are kept; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        self.with_write(py, |core| core.clear())
+        with_write(py, &self.inner, |core| core.clear())
     }
 
     /// Live ids from most to least recently used.
     fn lru_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let order = self.with_read(py, |core| core.lru_order())?;
+        let order = with_read(py, &self.inner, |core| core.lru_order())?;
         Ok(ids_array(py, order))
     }
 
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with_read(py, |core| core.memory_bytes())
+        with_read(py, &self.inner, |core| core.memory_bytes())
     }
 
     /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (size, memory_bytes) = self.with_read(py, |core| (core.len(), core.memory_bytes()))?;
+        let (size, memory_bytes) = with_read(py, &self.inner, |core| (core.len(), core.memory_bytes()))?;
         let out = PyDict::new(py);
         out.set_item("size", size)?;
         out.set_item("max_entries", self.max_entries)?;
