@@ -26,6 +26,8 @@ DIST = ROOT / "dist"
 REPORTS = ROOT / ".nox" / "reports"
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 PURE = {"encoder": "bsc-encoder", "backends": "bsc-backends", "bsc": "bsc"}
+# Test environments install every optional backend, so no backend test can be skipped.
+EXTRAS = {"bsc-backends": "[all]"}
 TEST_DEPS = ["pytest==9.2.0", "hypothesis==6.168.5"]
 LINT_DEPS = ["ruff==0.17.6", "mypy==2.4.1"]
 
@@ -72,7 +74,7 @@ def _native_and_editables() -> list[str]:
     """Install arguments: the built native wheel and the pure packages editable, in one resolve
     where the wheel satisfies the facade's == pin. ``--no-sources`` stops uv from swapping in
     the workspace's editable bsc-native (``[tool.uv.sources]``) for the wheel."""
-    editable = [arg for name in PURE.values() for arg in ("-e", f"packages/{name}")]
+    editable = [arg for name in PURE.values() for arg in ("-e", f"packages/{name}{EXTRAS.get(name, '')}")]
     return ["--no-sources", str(_wheel("bsc-native")), *editable]
 
 
@@ -127,7 +129,8 @@ for _package in PURE:
 def wheels(session: nox.Session) -> None:
     """Every suite against the built wheels (no editable installs), plus the dist tests:
     bsc-native's wheel alone in a fresh virtual environment."""
-    session.install(*(str(_wheel(p)) for p in ["bsc-native", *PURE.values()]), *TEST_DEPS)
+    wheels = [f"{p}{EXTRAS.get(p, '')} @ {_wheel(p).as_uri()}" for p in ["bsc-native", *PURE.values()]]
+    session.install(*wheels, *TEST_DEPS)
     tests = [f"packages/{p}/tests" for p in ["bsc-native", *PURE.values()]]
     # Run from outside the source tree so that `import bsc` can only find the installed wheel.
     with session.chdir(session.create_tmp()):

@@ -1,7 +1,8 @@
 """The seed README's Quick Start blocks, with only their import lines changed to ``bsc``.
 
-The embedding backends arrive with their own issue; until then the backend classes the blocks
-name are deterministic stand-ins injected into the block's namespace.
+They run against real HTTP servers on 127.0.0.1 that speak the OpenAI and Ollama wire formats
+(``bsc_backends.testing``); the blocks find them the way a user's program would find a
+non-default server: ``OPENAI_BASE_URL`` and ``OLLAMA_HOST``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 
+from bsc_backends.testing import FakeOllamaServer, FakeOpenAIServer
+
 BLOCK_A = """
 import os
 from bsc import BinarySemanticCache, BinaryEncoder
+from bsc.embeddings.openai_backend import OpenAIEmbeddingBackend
 
 # 1. Setup Backend (Tier 1 rate limits default)
 os.environ["OPENAI_API_KEY"] = "sk-..."
@@ -27,16 +31,17 @@ embedding = backend.embed_text(query)
 
 # Check Cache
 if hit := cache.get(embedding):
-    print(f"HIT: {hit.response}")
+    print(f"\u2705 HIT: {hit.response}")
 else:
     # Call LLM (Simulated)
     response = "Paris"
     cache.put(embedding, response)
-    print(f"MISS: Cached '{response}'")
+    print(f"\u274c MISS: Cached '{response}'")
 """
 
 BLOCK_B = """
 from bsc import BinarySemanticCache, BinaryEncoder
+from bsc.embeddings import OllamaEmbedder
 
 # 1. Setup Local Backend (Requires Ollama running with nomic-embed-text)
 embedder = OllamaEmbedder(model_name="nomic-embed-text")
@@ -58,21 +63,34 @@ def run(block: str, namespace: dict[str, object]) -> str:
     return out.getvalue()
 
 
-def test_block_a_misses_then_hits(monkeypatch, fake_backend):
+def test_block_a_misses_then_hits(monkeypatch):
     # setenv records the original state, so the block's own assignment is undone afterwards.
     monkeypatch.setenv("OPENAI_API_KEY", "placeholder")
-    namespace: dict[str, object] = {"OpenAIEmbeddingBackend": lambda model: fake_backend(1536)}
-    assert run(BLOCK_A, namespace) == "MISS: Cached 'Paris'\n"
-    # Running the lookup again against the same cache is a hit.
-    cache, embedding = namespace["cache"], namespace["embedding"]
-    hit = cache.get(embedding)  # type: ignore[attr-defined]
-    assert hit.response == "Paris" and hit.similarity == 1.0
+    with FakeOpenAIServer(dim=1536) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        namespace: dict[str, object] = {}
+        assert run(BLOCK_A, namespace) == "\u274c MISS: Cached 'Paris'\n"
+        # The block's backend called the server with the block's key and model.
+        (request,) = server.requests
+        assert request.headers["authorization"] == "Bearer sk-..."
+        assert request.body["model"] == "text-embedding-3-small"
+        # The same question embedded again by the block's backend is a hit in the block's cache.
+        backend, cache = namespace["backend"], namespace["cache"]
+        hit = cache.get(backend.embed_text("What is the capital of France?"))  # type: ignore[attr-defined]
+        assert hit.response == "Paris" and hit.similarity == 1.0
+        assert backend.get_stats()["requests"] == 2  # type: ignore[attr-defined]
+        backend.close()  # type: ignore[attr-defined]
 
 
-def test_block_b_stores(fake_backend):
-    namespace: dict[str, object] = {"OllamaEmbedder": lambda model_name: fake_backend(768)}
-    run(BLOCK_B, namespace)
-    cache, vec = namespace["cache"], namespace["vec"]
-    assert len(cache) == 1  # type: ignore[arg-type]
-    assert cache.get(vec).response == "Stored Locally"  # type: ignore[attr-defined]
-    assert cache.max_entries == 1000 and cache.similarity_threshold == 0.80  # type: ignore[attr-defined]
+def test_block_b_stores(monkeypatch):
+    with FakeOllamaServer(dim=768, models={"nomic-embed-text"}) as server:
+        monkeypatch.setenv("OLLAMA_HOST", server.url)
+        namespace: dict[str, object] = {}
+        run(BLOCK_B, namespace)
+        (request,) = server.requests
+        assert request.path == "/api/embed" and request.body["model"] == "nomic-embed-text"
+        cache, vec = namespace["cache"], namespace["vec"]
+        assert len(cache) == 1  # type: ignore[arg-type]
+        assert cache.get(vec).response == "Stored Locally"  # type: ignore[attr-defined]
+        assert cache.max_entries == 1000 and cache.similarity_threshold == 0.80  # type: ignore[attr-defined]
+        namespace["embedder"].close()  # type: ignore[attr-defined]

