@@ -1,0 +1,7 @@
+"""``python -m bsc``: the ``bsc`` command."""
+
+import sys
+
+from bsc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""The ``bsc`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from bsc._version import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bsc.demo import load_pairs, run_demo
+    from bsc_backends import LocalEmbedder
+
+    pairs, name = load_pairs(args.data, limit=args.limit)
+    embedder = LocalEmbedder()
+    report = run_demo(
+        pairs,
+        embedder,
+        data_name=name,
+        code_bits=args.code_bits,
+        similarity_threshold=args.threshold,
+        progress=not args.no_progress and not args.json,
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [-1, 1], got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _bits(text: str) -> int:
+    value = int(text)
+    if value < 64 or value > 4096 or value % 64:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 64 from 64 to 4096, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="bsc", description="Binary semantic cache for LLM applications.")
+    top.add_argument("--version", action="version", version=f"bsc {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="replay real questions through a cache, offline, and report hits, false hits and speed",
+        description="Replay labelled question pairs (QQP) through a BinarySemanticCache with the local "
+        "embedder (all-MiniLM-L6-v2, no network, no API key): every first phrasing is stored with a "
+        "stand-in answer, then every second phrasing is asked. Prints entries, hit rate, correct and "
+        "false hits, LLM calls saved, lookup latency and memory per entry.",
+    )
+    demo.add_argument(
+        "--data",
+        metavar="PATH",
+        help="QQP-style .jsonl or .jsonl.gz file (default: the shipped "
+        "400-pair sample), e.g. ../shared/data/qqp/dev.jsonl.gz",
+    )
+    demo.add_argument("--limit", type=_positive, metavar="N", help="replay only the first N pairs")
+    demo.add_argument("--threshold", type=_threshold, default=0.80, help="similarity threshold (default 0.80)")
+    demo.add_argument("--code-bits", type=_bits, default=256, help="binary code length (default 256)")
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bsc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
