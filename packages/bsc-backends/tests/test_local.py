@@ -121,3 +121,12 @@ def test_bad_arguments():
 def test_threads_are_set(embedder):
     assert LocalEmbedder(threads=1).threads == 1
     assert 1 <= embedder.threads <= 4
+
+
+def test_length_bucketed_batches_match_single_texts(embedder):
+    # 70 texts from 1 to 140 words: several batches, cut by count and by padded size.
+    texts = [" ".join(["token"] * (2 * i + 1)) + f" end {i}" for i in range(70)]
+    texts.reverse()
+    batch = embedder.embed_texts(texts)
+    for text, row in zip(texts, batch, strict=True):
+        assert float(embedder.embed_text(text) @ row) > 0.99999

