@@ -109,7 +109,7 @@ def test_model_missing_says_how_to_pull_it(ollama_server):
 def test_model_that_cannot_embed(ollama_server):
     with pytest.raises(ModelCannotEmbedError, match="does not support embeddings"):
         embedder(ollama_server, model_name="llama3.2", embedding_dim=3072).embed_text("hi")
-    assert len(ollama_server.requests) == 1  # not retried
+    assert len(ollama_server.requests) == 1
     # Older servers said it with a 500: still not retried.
     ollama_server.enqueue(status=500, body={"error": '"llama2" does not support embeddings'})
     with pytest.raises(ModelCannotEmbedError):
@@ -156,6 +156,39 @@ def test_malformed_answers(ollama_server, fault, message):
     ollama_server.enqueue(**fault)
     with pytest.raises(InvalidEmbeddingError, match=message):
         e.embed_text("hi")
+
+
+def test_tagged_models_learn_their_dimension(ollama_server):
+    ollama_server.models.add("snowflake-arctic-embed:22m")
+    e = embedder(ollama_server, model_name="snowflake-arctic-embed:22m")  # 384 in reality, not 1024
+    with pytest.raises(EmbeddingError, match="embedding_dim"):
+        _ = e.embedding_dim
+    assert embedder(ollama_server, model_name="nomic-embed-text:latest").embedding_dim == 768
+
+
+def test_a_server_without_api_embed_is_not_a_missing_model(ollama_server):
+    ollama_server.enqueue(status=404, body=b"404 page not found")
+    with pytest.raises(EmbeddingError, match=r"older than Ollama 0\.3") as raised:
+        embedder(ollama_server).embed_text("hi")
+    assert not isinstance(raised.value, ModelNotFoundError)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_clients_of_closed_event_loops_are_dropped(ollama_server):
+    import gc
+
+    e = embedder(ollama_server)
+    for _ in range(4):  # a loop per call, never closed by the caller
+        asyncio.run(e.aembed_text("hi"))
+    assert len(e._loop_clients) == 1  # only the last loop's client is still held
+
+    async def last():
+        await e.aembed_text("hi")
+        await e.aclose()
+
+    asyncio.run(last())
+    assert e._loop_clients == {}
+    gc.collect()
 
 
 def test_unknown_dimension_is_learnt(ollama_server):

@@ -74,13 +74,80 @@ def test_batches_long_lists_within_the_api_limit_and_keeps_order(openai_server):
     assert stats["requests"] == 3 and stats["texts"] == 4500
 
 
-def test_batches_by_tokens_and_truncates_long_inputs(openai_server):
+def test_batches_by_bytes_and_truncates_long_inputs(openai_server):
     b = backend(openai_server)
     long = "word " * 10_000  # 50,000 bytes: cut to MAX_INPUT_BYTES
     b.embed_texts([long] * 40)
     bodies = [r.body["input"] for r in openai_server.requests]
     assert all(len(t.encode()) <= MAX_INPUT_BYTES for body in bodies for t in body)
-    assert [len(body) for body in bodies] == [36, 4]  # 36 x 8191 estimated tokens <= 300,000
+    # At most 300,000 UTF-8 bytes per request: a token is at least a byte, so never over the API's
+    # 300,000 tokens per request.
+    assert [len(body) for body in bodies] == [12, 12, 12, 4]
+
+
+def test_an_input_the_api_calls_too_long_is_cut_to_the_hard_bound_and_sent_again(openai_server):
+    b = backend(openai_server)
+    dense = "1 " * 10_000  # 20,000 bytes, under the first cut, but 10,000 tokens in this fake
+    out = b.embed_texts(["short question", dense])
+    assert out.shape == (2, 1536)
+    first, second = (r.body["input"] for r in openai_server.requests)
+    assert first[1] == dense and len(second[1].encode()) <= 8191 and second[0] == "short question"
+    np.testing.assert_allclose(out[1], word_embedding(second[1], 1536), atol=1e-6)
+
+
+def test_the_rate_limit_budget_delays_requests(openai_server):
+    b = backend(openai_server, requests_per_minute=600, tokens_per_minute=None)
+    for _ in range(600):  # spend the minute's budget
+        b.limiter.acquire()
+    b.embed_text("hello")  # the next request waits for 1/10 s of budget
+    assert b.get_stats()["rate_limit_wait_seconds"] >= 0.09
+
+
+def test_a_given_client_serves_sync_and_async_calls(openai_server, monkeypatch):
+    import openai
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with openai.OpenAI(base_url=openai_server.url, api_key="sk-mine", max_retries=0) as client:
+        b = OpenAIEmbeddingBackend(client=client)
+        b.embed_text("sync")
+
+        async def main():
+            try:
+                return await b.aembed_text("async")
+            finally:
+                await b.aclose()
+
+        asyncio.run(main())
+        b.close()  # the caller's client stays open
+        client.embeddings.create(model="text-embedding-3-small", input=["still open"])
+    assert [r.headers["authorization"] for r in openai_server.requests] == ["Bearer sk-mine"] * 3
+
+
+def test_no_api_key_is_an_embedding_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(EmbeddingError, match="api_key"):
+        OpenAIEmbeddingBackend()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([{"index": 0, "embedding": [0.5, 0.5]}, {"index": 0, "embedding": [0.5, 0.5]}], "indices"),
+        ([{"index": 0, "embedding": [0.5, 0.5]}, {"index": 5, "embedding": [0.5, 0.5]}], "indices"),
+        ([{"index": 0, "embedding": ["1", "0"]}, {"index": 1, "embedding": ["0", "1"]}], "not numeric"),
+        ([{"index": 0, "embedding": [0.5, None]}, {"index": 1, "embedding": [0.5, 0.5]}], "not numeric"),
+    ],
+)
+def test_answers_with_bad_indices_or_non_numbers_are_refused(openai_server, data, message):
+    b = backend(openai_server, model="custom")
+    body = {"object": "list", "model": "custom", "usage": {"prompt_tokens": 4, "total_tokens": 4},
+            "data": [{"object": "embedding", **item} for item in data]}  # fmt: skip
+    openai_server.enqueue(body=body)
+    with pytest.raises(InvalidEmbeddingError, match=message):
+        b.embed_texts(["first text", "second text"])
+    stats = b.get_stats()
+    assert stats["errors"] == 1 and stats["requests"] == 0 and stats["tokens"] == 4
 
 
 def test_smaller_batches_on_request(openai_server):

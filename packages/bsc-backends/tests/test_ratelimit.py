@@ -43,16 +43,27 @@ def test_tokens_per_minute_waits_for_enough_tokens_and_settles_with_the_real_cou
     assert limiter.acquire(5000) == 0
 
 
-def test_async_acquire_waits_without_blocking():
-    limiter = RateLimiter(requests_per_minute=1200, tokens_per_minute=None)
+def test_async_acquire_waits_without_blocking_the_loop():
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=None)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
 
     async def main() -> float:
-        for _ in range(1200):
+        task = asyncio.create_task(ticker())
+        for _ in range(600):
             await limiter.aacquire()
-        return await limiter.aacquire()  # 20 per second: about 50 ms
+        waited = await limiter.aacquire()  # 10 per second: about 100 ms
+        task.cancel()
+        return waited
 
     waited = asyncio.run(main())
-    assert 0.01 < waited < 1.0
+    assert 0.05 < waited < 1.0
+    assert ticks >= 5  # other tasks ran while the limiter waited
 
 
 @pytest.mark.parametrize("bad", [0, -1, "10", True])

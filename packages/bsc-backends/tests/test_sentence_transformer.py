@@ -50,9 +50,11 @@ def test_wraps_a_model_by_name(fake_library):
         e.embed_text("")
 
 
-def test_wraps_a_ready_model():
-    e = SentenceTransformerEmbedder(StandIn("x"))
-    assert e.embed_text("hello").shape == (32,)
+def test_wraps_a_ready_model_with_its_name():
+    e = SentenceTransformerEmbedder(StandIn("x"), name="my/model")
+    assert e.embed_text("hello").shape == (32,) and e.model_name == "my/model"
+    with pytest.raises(ValueError, match="name="):
+        SentenceTransformerEmbedder(StandIn("x"))
 
 
 def test_missing_library_names_the_install_command(monkeypatch):

@@ -33,7 +33,8 @@ def test_shipped_sample_replays_with_a_consistent_report(capsys):
     assert report["pairs"] == 60 and report["lookups"] == 120
     assert report["llm_calls_made"] + report["llm_calls_saved"] == report["lookups"]
     assert 1 <= report["entries"] <= 60
-    assert report["correct_hits"] + report["false_hits"] + report["other_hits"] <= report["hits"]
+    buckets = ["correct_hits", "false_hits", "other_hits", "repeat_hits"]
+    assert sum(report[b] for b in buckets) == report["hits"]
     assert report["correct_hits"] + report["missed_duplicates"] <= report["duplicate_pairs"]
     assert report["embedder"] == "all-MiniLM-L6-v2" and report["code_bits"] == 256
     assert report["lookup_median_us"] > 0 and report["index_bytes_per_entry"] > 32
@@ -82,6 +83,16 @@ def test_bad_data_files(tmp_path, capsys, content, message):
     path.write_text(content, encoding="utf-8")
     assert main(["demo", "--data", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_corrupt_gzip_file(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(b"this is not gzip")
+    assert main(["demo", "--data", str(path)]) == 2
+    assert "bsc demo: error:" in capsys.readouterr().err
+    whole = gzip.compress(b'{"id": 1, "text_a": "a", "text_b": "b", "label": 1}\n' * 50)
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    assert main(["demo", "--data", str(path)]) == 2
 
 
 def test_missing_data_file(tmp_path, capsys):

@@ -43,9 +43,13 @@ def finish(raw: Any, count: int, dim: int | None, source: str) -> npt.NDArray[np
     Raises :class:`InvalidEmbeddingError` naming ``source`` when the vectors are unusable.
     """
     try:
-        matrix = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        array = np.asarray(raw)
+    except (TypeError, ValueError) as exc:  # ragged rows
         raise InvalidEmbeddingError(f"{source} returned embeddings that are not numeric vectors: {exc}") from None
+    if array.dtype.kind not in "fiu":
+        # Strings, booleans, None or mixed rows: numpy would quietly convert some of them.
+        raise InvalidEmbeddingError(f"{source} returned embeddings that are not numeric vectors (dtype {array.dtype})")
+    matrix = array.astype(np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != count:
         raise InvalidEmbeddingError(
             f"{source} returned {matrix.shape[0] if matrix.ndim else 0} embeddings of shape {matrix.shape[1:]} "

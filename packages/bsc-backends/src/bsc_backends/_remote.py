@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -26,10 +25,9 @@ class RemoteEmbedder(Generic[AsyncClient]):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # An async client's connections belong to the event loop that opened them.
-        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
+        # An async client's connections belong to the event loop that opened them. Clients of
+        # loops that have closed are dropped on the next async call, so they do not pile up.
+        self._loop_clients: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
 
     @property
     def model_name(self) -> str:
@@ -79,6 +77,8 @@ class RemoteEmbedder(Generic[AsyncClient]):
         """The async client of the running event loop, made on first use in that loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
+            for old in [old for old in self._loop_clients if old.is_closed()]:
+                del self._loop_clients[old]
             client = self._loop_clients.get(loop)
             if client is None:
                 client = self._loop_clients[loop] = self._new_async_client()

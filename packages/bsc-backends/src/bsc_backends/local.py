@@ -45,7 +45,7 @@ def _default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(cores, 2))
 
 
 def _sha256(path: Path) -> str:
@@ -63,8 +63,9 @@ class LocalEmbedder:
         model_path: an ONNX export of all-MiniLM-L6-v2 to use instead of the packaged int8 one
             (inputs ``input_ids``, ``attention_mask``, ``token_type_ids``; output the last hidden
             state). The packaged file is checked against its sha256; a file you pass is not.
-        threads: onnxruntime intra-op threads. Default: the CPUs this process may use, at most 4
-            (onnxruntime's own default can pick 1 on small machines).
+        threads: onnxruntime intra-op threads. Default 2 (1 on a one-CPU machine): a short
+            prompt gains little from more, and a server embedding for several requests at once
+            does better giving each its own threads. onnxruntime's own default picked 1 here.
         batch_size: texts per model call in :meth:`embed_texts`.
 
     Instances are safe to share between threads.
@@ -207,7 +208,7 @@ _default_lock = threading.Lock()
 
 
 def default_embedder() -> LocalEmbedder:
-    """The process-wide :class:`LocalEmbedder`, loaded on first use (about 0.2 s)."""
+    """The process-wide :class:`LocalEmbedder`, loaded on first use (about 0.4 s)."""
     global _default
     with _default_lock:
         if _default is None:

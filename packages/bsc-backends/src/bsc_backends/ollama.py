@@ -83,9 +83,10 @@ def parse_host(host: str | None) -> str:
     return f"{scheme}://{name}:{port}" + (f"/{path}" if path else "")
 
 
-def _model_key(model: str) -> str:
-    """``nomic-embed-text:latest`` and ``nomic-embed-text:v1.5`` both look up ``nomic-embed-text``."""
-    return model.split(":", 1)[0]
+def _known_dim(model: str) -> int | None:
+    """The vector length of an untagged or ``:latest`` model in :data:`KNOWN_DIMENSIONS`; other
+    tags can differ in size (``snowflake-arctic-embed:22m`` is 384, not 1024) and are learnt."""
+    return KNOWN_DIMENSIONS.get(model.removesuffix(":latest"))
 
 
 class OllamaEmbedder(RemoteEmbedder["httpx.AsyncClient"]):
@@ -134,7 +135,7 @@ class OllamaEmbedder(RemoteEmbedder["httpx.AsyncClient"]):
         self._httpx = httpx
         self._model = model_name
         self.host = parse_host(host if host is not None else os.environ.get("OLLAMA_HOST"))
-        self._dim = embedding_dim or KNOWN_DIMENSIONS.get(_model_key(model_name))
+        self._dim = embedding_dim or _known_dim(model_name)
         self.timeout = timeout
         self.batch_size = batch_size
         self.max_retries = max_retries
@@ -247,6 +248,8 @@ class OllamaEmbedder(RemoteEmbedder["httpx.AsyncClient"]):
             tokens = body.get("prompt_eval_count") or 0
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise self._fail(InvalidEmbeddingError(f"{self._where()}: malformed response body ({exc!r})")) from None
+        with self._lock:
+            self._stats["tokens"] += int(tokens) if isinstance(tokens, int) else 0
         try:
             matrix = finish(vectors, len(batch), self._dim, self._where())
         except InvalidEmbeddingError as exc:
@@ -255,12 +258,16 @@ class OllamaEmbedder(RemoteEmbedder["httpx.AsyncClient"]):
         with self._lock:
             self._stats["requests"] += 1
             self._stats["texts"] += len(batch)
-            self._stats["tokens"] += int(tokens) if isinstance(tokens, int) else 0
         return matrix
 
     def _status_error(self, response: httpx.Response) -> EmbeddingError:
         message = _error_text(response)
         status = response.status_code
+        if status == 404 and "model" not in message:
+            return EmbeddingError(
+                f"{self._where()}: HTTP 404 for /api/embed ({message}): the server is not Ollama, or is older "
+                "than Ollama 0.3, which added /api/embed"
+            )
         if status == 404 or ("not found" in message and "model" in message):
             return ModelNotFoundError(
                 f"{self._where()}: model not found ({message or 'HTTP 404'}); pull it with: ollama pull {self._model}"

@@ -4,8 +4,9 @@ Install with ``pip install "bsc-backends[openai]"``. The SDK does the HTTP work:
 ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` from the environment, timeouts, and retries with
 exponential backoff on 429, 5xx, timeouts and dropped connections (honouring ``Retry-After``).
 This module adds what the SDK leaves to the caller: a client-side requests/tokens-per-minute
-budget, splitting long lists into requests the API accepts, token and cost accounting, response
-checks, and errors from :mod:`bsc_backends.errors`.
+budget, splitting long lists into requests the API accepts, cutting over-long inputs, token and
+cost accounting, response checks, and errors from :mod:`bsc_backends.errors`. The SDK's own
+retries are not counted against the requests-per-minute budget.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN_ESTIMATE))
 
 
-def truncate(text: str) -> str:
-    """``text`` cut to at most :data:`MAX_INPUT_BYTES` UTF-8 bytes, on a character boundary."""
+def truncate(text: str, limit: int = MAX_INPUT_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
     data = text.encode("utf-8")
-    if len(data) <= MAX_INPUT_BYTES:
+    if len(data) <= limit:
         return text
-    return data[:MAX_INPUT_BYTES].decode("utf-8", errors="ignore")
+    return data[:limit].decode("utf-8", errors="ignore")
 
 
 class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
@@ -83,10 +84,14 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
         max_batch_size: inputs per request (at most 2048, the API's limit).
         price_per_million_tokens: US dollars, for cost tracking of models without a known price.
         client, async_client: ready ``openai.OpenAI``/``openai.AsyncOpenAI`` clients to use
-            instead (then api_key, base_url, organization, max_retries and timeout are theirs).
+            instead (then api_key, base_url, organization, max_retries and timeout are theirs;
+            without ``async_client``, async calls use a client with ``client``'s settings).
+            Clients passed in are not closed by :meth:`close`.
 
     Long inputs are cut to :data:`MAX_INPUT_BYTES` UTF-8 bytes (8191 tokens at 3 bytes per token);
-    text that still exceeds the model's 8192 tokens is refused by the API (``EmbeddingError``).
+    if the API still refuses an input as too long, the batch is sent again with every input cut
+    to 8191 bytes, which can never exceed 8191 tokens. A request holds at most 300,000 UTF-8
+    bytes, so it never exceeds the API's 300,000 tokens per request.
     """
 
     def __init__(
@@ -130,13 +135,6 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
             price_per_million_tokens if price_per_million_tokens is not None else PRICES_PER_MILLION_TOKENS.get(model)
         )
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
-        self._client_args: dict[str, Any] = {
-            "api_key": api_key,
-            "base_url": base_url,
-            "organization": organization,
-            "max_retries": max_retries,
-            "timeout": timeout,
-        }
         self._stats = {
             "requests": 0,
             "texts": 0,
@@ -146,9 +144,20 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
             "server_error_responses": 0,
         }
         # The sync client is made now so that a missing API key is reported at construction.
-        self._client = client or openai.OpenAI(
-            **self._client_args, http_client=openai.DefaultHttpxClient(event_hooks={"response": [self._count]})
-        )
+        self._owns_client = client is None
+        if client is None:
+            try:
+                client = openai.OpenAI(
+                    api_key=api_key,
+                    base_url=base_url,
+                    organization=organization,
+                    max_retries=max_retries,
+                    timeout=timeout,
+                    http_client=openai.DefaultHttpxClient(event_hooks={"response": [self._count]}),
+                )
+            except openai.OpenAIError as exc:  # no API key given or in OPENAI_API_KEY
+                raise EmbeddingError(f"cannot create the OpenAI client: {exc}") from None
+        self._client: openai.OpenAI = client
         self._async_client = async_client
 
     # -- the Embedder protocol --------------------------------------------------------------
@@ -160,27 +169,48 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
     def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Texts to a ``(len(texts), embedding_dim)`` float32 matrix, in as few requests as the API allows."""
         checked = [truncate(t) for t in check_texts(texts)]
-        parts = []
-        for batch, estimate in self._batches(checked):
-            self.limiter.acquire(estimate)
-            parts.append(
-                self._call(lambda batch=batch: self._client.embeddings.create(**self._params(batch)), batch, estimate)
-            )
-        return self._join(parts)
+        return self._join([self._embed_batch(batch) for batch in self._batches(checked)])
 
     async def aembed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """Async :meth:`embed_texts` on ``openai.AsyncOpenAI``; rate-limit waits do not block the loop."""
         checked = [truncate(t) for t in check_texts(texts)]
+        return self._join([await self._aembed_batch(batch) for batch in self._batches(checked)])
+
+    def _embed_batch(self, batch: list[str]) -> npt.NDArray[np.float32]:
+        estimate = sum(estimate_tokens(t) for t in batch)
+        self.limiter.acquire(estimate)
+        try:
+            response = self._client.embeddings.create(**self._params(batch))
+        except Exception as exc:
+            shorter = self._shorter(exc, batch)
+            if shorter is not None:
+                return self._embed_batch(shorter)
+            raise self._failure(exc) from exc
+        return self._parse(response, batch, estimate)
+
+    async def _aembed_batch(self, batch: list[str]) -> npt.NDArray[np.float32]:
         client = self._async_client or self._loop_client()
-        parts = []
-        for batch, estimate in self._batches(checked):
-            await self.limiter.aacquire(estimate)
-            try:
-                response = await client.embeddings.create(**self._params(batch))
-            except Exception as exc:
-                raise self._failure(exc) from exc
-            parts.append(self._parse(response, batch, estimate))
-        return self._join(parts)
+        estimate = sum(estimate_tokens(t) for t in batch)
+        await self.limiter.aacquire(estimate)
+        try:
+            response = await client.embeddings.create(**self._params(batch))
+        except Exception as exc:
+            shorter = self._shorter(exc, batch)
+            if shorter is not None:
+                return await self._aembed_batch(shorter)
+            raise self._failure(exc) from exc
+        return self._parse(response, batch, estimate)
+
+    def _shorter(self, exc: Exception, batch: list[str]) -> list[str] | None:
+        """When the API refused an input as too long, the batch cut to the hard bound
+        (:data:`MAX_TOKENS_PER_INPUT` bytes, never more tokens); ``None`` otherwise."""
+        if not isinstance(exc, self._openai.BadRequestError):
+            return None
+        message = str(exc.message).lower()
+        if "token" not in message or not any(w in message for w in ("maximum", "too long", "limit", "reduce")):
+            return None
+        shorter = [truncate(t, MAX_TOKENS_PER_INPUT) for t in batch]
+        return shorter if shorter != batch else None
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -197,8 +227,10 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
         return stats
 
     def close(self) -> None:
-        """Close the sync client's connections (async clients: :meth:`aclose`)."""
-        self._client.close()
+        """Close the sync client's connections (async clients: :meth:`aclose`). A client
+        passed in as ``client=`` belongs to the caller and is left open."""
+        if self._owns_client:
+            self._client.close()
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -207,10 +239,13 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
     # -- internals ----------------------------------------------------------------------------
 
     def _new_async_client(self) -> openai.AsyncOpenAI:
-        sdk = self._openai
+        # The same server, key and settings as the sync client, whether bsc made it or not.
+        sdk, sync = self._openai, self._client
         client: openai.AsyncOpenAI = sdk.AsyncOpenAI(
-            **self._client_args, http_client=sdk.DefaultAsyncHttpxClient(event_hooks={"response": [self._acount]})
-        )
+            api_key=sync.api_key, organization=sync.organization, project=sync.project, base_url=sync.base_url,
+            max_retries=sync.max_retries, timeout=sync.timeout,
+            http_client=sdk.DefaultAsyncHttpxClient(event_hooks={"response": [self._acount]}),
+        )  # fmt: skip
         return client
 
     async def _close_async_client(self, client: openai.AsyncOpenAI) -> None:
@@ -237,25 +272,20 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
             params["dimensions"] = self.dimensions
         return params
 
-    def _batches(self, texts: list[str]) -> Iterator[tuple[list[str], int]]:
+    def _batches(self, texts: list[str]) -> Iterator[list[str]]:
+        """Requests of at most ``max_batch_size`` inputs and :data:`MAX_TOKENS_PER_REQUEST` UTF-8
+        bytes: a token of a byte-level BPE is at least one byte, so bytes bound tokens from above."""
         batch: list[str] = []
-        tokens = 0
+        size = 0
         for text in texts:
-            estimate = estimate_tokens(text)
-            if batch and (len(batch) >= self.max_batch_size or tokens + estimate > MAX_TOKENS_PER_REQUEST):
-                yield batch, tokens
-                batch, tokens = [], 0
+            length = len(text.encode("utf-8"))
+            if batch and (len(batch) >= self.max_batch_size or size + length > MAX_TOKENS_PER_REQUEST):
+                yield batch
+                batch, size = [], 0
             batch.append(text)
-            tokens += estimate
+            size += length
         if batch:
-            yield batch, tokens
-
-    def _call(self, send: Any, batch: list[str], estimate: int) -> npt.NDArray[np.float32]:
-        try:
-            response = send()
-        except Exception as exc:
-            raise self._failure(exc) from exc
-        return self._parse(response, batch, estimate)
+            yield batch
 
     def _failure(self, exc: Exception) -> Exception:
         openai = self._openai
@@ -281,19 +311,29 @@ class OpenAIEmbeddingBackend(RemoteEmbedder["openai.AsyncOpenAI"]):
         return exc
 
     def _parse(self, response: Any, batch: list[str], estimate: int) -> npt.NDArray[np.float32]:
+        source = f"OpenAI embeddings (model {self.model!r})"
         try:
-            items = sorted(response.data, key=lambda item: item.index)
-            vectors = [item.embedding for item in items]
+            items = list(response.data)
             usage = getattr(response, "usage", None)
             tokens = int(usage.prompt_tokens) if usage is not None and usage.prompt_tokens is not None else estimate
+            indices = sorted(item.index for item in items)
+            vectors = [item.embedding for item in sorted(items, key=lambda item: item.index)]
         except (AttributeError, TypeError, ValueError) as exc:
             raise self._failure(exc) from exc
         self.limiter.settle(estimate, tokens)
         with self._lock:
+            self._stats["tokens"] += tokens  # billed whether or not the answer is usable
+        try:
+            if indices != list(range(len(items))):
+                raise InvalidEmbeddingError(f"{source} answered with indices {indices[:10]} for {len(batch)} inputs")
+            matrix = finish(vectors, len(batch), self._dim, source)
+        except InvalidEmbeddingError:
+            with self._lock:
+                self._stats["errors"] += 1
+            raise
+        with self._lock:
             self._stats["requests"] += 1
             self._stats["texts"] += len(batch)
-            self._stats["tokens"] += tokens
-        matrix = finish(vectors, len(batch), self._dim, f"OpenAI embeddings (model {self.model!r})")
         return self._learn_dim(matrix)
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ class SentenceTransformerEmbedder:
 
     Args:
         model: a model name or a local path, as ``SentenceTransformer`` takes it, or a ready
-            ``SentenceTransformer`` instance.
+            ``SentenceTransformer`` instance (then ``name=`` is required).
         batch_size: texts per forward pass.
         **kwargs: passed to ``SentenceTransformer`` when ``model`` is a name (e.g. ``device="cpu"``).
 
@@ -32,18 +32,24 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(
-        self, model: Any = "sentence-transformers/all-MiniLM-L6-v2", *, batch_size: int = 32, **kwargs: Any
+        self,
+        model: Any = "sentence-transformers/all-MiniLM-L6-v2",
+        *,
+        batch_size: int = 32,
+        name: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(model, str):
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise ImportError(f"SentenceTransformerEmbedder needs sentence-transformers: {INSTALL_HINT}") from exc
-            self._name = model
+            self._name = name or model
             model = SentenceTransformer(model, **kwargs)
         else:
-            card = getattr(model, "model_card_data", None)
-            self._name = str(getattr(card, "base_model", None) or type(model).__name__)
+            if not name:
+                raise ValueError("pass name= with a ready model: the name is part of what a cache entry means")
+            self._name = name
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self._model = model

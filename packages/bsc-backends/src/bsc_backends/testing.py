@@ -178,10 +178,12 @@ class _Server:
 
 class FakeOpenAIServer(_Server):
     """``POST /v1/embeddings`` as OpenAI serves it (float and base64 encodings, ``dimensions``,
-    usage counts, 401 without a bearer token, 404 for an unknown model). ``url`` ends in ``/v1``."""
+    usage counts, 401 without a bearer token, 404 for an unknown model, 400 for an input over
+    ``max_input_tokens``, counting one token per word). ``url`` ends in ``/v1``."""
 
-    def __init__(self, dim: int = 1536, models: set[str] | None = None) -> None:
+    def __init__(self, dim: int = 1536, models: set[str] | None = None, max_input_tokens: int = 8192) -> None:
         super().__init__(dim, models or {"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"})
+        self.max_input_tokens = max_input_tokens
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     @staticmethod
@@ -203,6 +205,12 @@ class FakeOpenAIServer(_Server):
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         if not texts or len(texts) > 2048 or not all(isinstance(t, str) and t for t in texts):
             return self._error(400, "'input' must be 1 to 2048 non-empty strings", "invalid_request_error")
+        longest = max(len(t.split()) for t in texts)  # one token per word, in this fake
+        if longest > self.max_input_tokens:
+            return self._error(
+                400, f"This model's maximum context length is {self.max_input_tokens} tokens, however you requested "
+                f"{longest} tokens. Please reduce your prompt.", "invalid_request_error", "context_length_exceeded",
+            )  # fmt: skip
         dim = int(body.get("dimensions") or self.dim)
         vectors = self._vectors(texts, dim, fault)
         b64 = body.get("encoding_format") == "base64"

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, EOFError, ValueError) as exc:  # missing, unreadable, truncated or malformed data
         print(f"bsc {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
