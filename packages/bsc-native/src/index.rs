@@ -25,7 +25,7 @@ pub type Id = u64;
 
 /// Checks a code length and returns the number of 64-bit words per code.
 pub fn words_for_bits(code_bits: usize) -> Result<usize> {
-    if !(MIN_CODE_BITS..=MAX_CODE_BITS).contains(&code_bits) || code_bits % 64 != 0 {
+    if !(MIN_CODE_BITS..=MAX_CODE_BITS).contains(&code_bits) || !code_bits.is_multiple_of(64) {
         return Err(Error::InvalidCodeBits(code_bits));
     }
     Ok(code_bits / 64)
@@ -129,7 +129,7 @@ impl CodeIndex {
 
     /// Checks that `codes` is a whole number of codes and that they fit; returns how many.
     pub fn check_batch(&self, codes: &[u64]) -> Result<usize> {
-        if codes.is_empty() || codes.len() % self.words != 0 {
+        if codes.is_empty() || !codes.len().is_multiple_of(self.words) {
             return Err(Error::BadCodeLength {
                 expected_words: self.words,
                 got_words: codes.len(),
@@ -230,6 +230,42 @@ impl CodeIndex {
             .map(|Neighbor { distance, row }| Hit {
                 id: self.id_of_row(row),
                 distance,
+            })
+            .collect())
+    }
+
+    /// [`CodeIndex::search`] for `queries.len() / words` queries, on up to `threads` threads.
+    pub fn search_batch(
+        &self,
+        queries: &[u64],
+        k: usize,
+        max_distance: u32,
+        threads: usize,
+    ) -> Result<Vec<Vec<Hit>>> {
+        if queries.is_empty() || !queries.len().is_multiple_of(self.words) {
+            return Err(Error::BadCodeLength {
+                expected_words: self.words,
+                got_words: queries.len() % self.words.max(1),
+            });
+        }
+        let found = scan::top_k_batch(
+            &self.codes,
+            queries,
+            self.words,
+            k,
+            max_distance,
+            threads,
+            |row| self.id_of_row(row),
+        );
+        Ok(found
+            .into_iter()
+            .map(|hits| {
+                hits.into_iter()
+                    .map(|Neighbor { distance, row }| Hit {
+                        id: self.id_of_row(row),
+                        distance,
+                    })
+                    .collect()
             })
             .collect())
     }

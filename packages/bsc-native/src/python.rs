@@ -312,6 +312,44 @@ impl PyBinaryIndex {
         hits_tuple(py, &hits)
     }
 
+    /// `search` for each row of `queries` (shape `(m, code_bits / 64)`), on up to `threads`
+    /// threads (`None`: every CPU this process may use). Returns `(ids, distances)` of shape
+    /// `(m, k)`, padded with -1 where a query has fewer than `k` results.
+    #[pyo3(signature = (queries, k = None, max_distance = None, threads = None))]
+    fn search_batch<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>,
+        threads: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let k = k_arg(k)?;
+        let queries = codes_arg(queries, "queries", self.code_bits / 64, true)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let threads = match threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(t) => bounded_arg(t, "threads", 1, 1024)? as usize,
+        };
+        let found = with_read(py, &self.inner, |index| {
+            index.search_batch(&queries, k, max_distance, threads)
+        })?
+        .map_err(to_py)?;
+        let m = found.len();
+        let width = found.iter().map(Vec::len).max().unwrap_or(0).max(k.min(1));
+        let mut ids = vec![-1i64; m * width];
+        let mut distances = vec![-1i32; m * width];
+        for (j, hits) in found.iter().enumerate() {
+            for (i, hit) in hits.iter().enumerate() {
+                ids[j * width + i] = hit.id as i64;
+                distances[j * width + i] = hit.distance as i32;
+            }
+        }
+        let ids = PyArray1::from_vec(py, ids).reshape([m, width])?;
+        let distances = PyArray1::from_vec(py, distances).reshape([m, width])?;
+        PyTuple::new(py, [ids.into_any(), distances.into_any()])
+    }
+
     /// Bytes held by the index's buffers.
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
         with_read(py, &self.inner, |index| index.memory_bytes())
@@ -521,6 +559,7 @@ fn bsc_native_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MIN_CODE_BITS", crate::index::MIN_CODE_BITS)?;
     m.add("MAX_CODE_BITS", crate::index::MAX_CODE_BITS)?;
+    m.add("KERNEL", crate::scan::active_kernel().name())?;
     m.add("BscError", m.py().get_type::<BscError>())?;
     m.add("IndexFullError", m.py().get_type::<IndexFullError>())?;
     m.add_class::<PyBinaryIndex>()?;

@@ -4,9 +4,13 @@
 //! keeps the `k` best rows within `max_distance`, ordered by `(distance, tie_key(row))`, so
 //! results are deterministic whatever the storage order.
 //!
-//! The kernels are portable Rust; on x86_64 the same loops are compiled a second time with the
-//! `popcnt` target feature and picked at run time, so a wheel built for the x86_64 baseline
-//! still uses the hardware instruction where the CPU has it.
+//! Kernels ([`Kernel`]) are picked once per process from the CPU's features, never from the
+//! build target, so one wheel built for the x86_64 baseline runs the best code each CPU has:
+//! AVX-512 VPOPCNTDQ (eight 256-bit codes per step), AVX2 (four per step, nibble-lookup
+//! popcount), the `popcnt` instruction one code at a time, or portable Rust (any architecture,
+//! aarch64 included). The SIMD kernels are specialised for 256-bit codes; other lengths run the
+//! one-code-at-a-time loop, itself specialised for 64/128/256/512/1024 bits. Every kernel
+//! reports the same rows as the portable one (tests run all that the CPU supports).
 
 use std::collections::BinaryHeap;
 
@@ -42,7 +46,7 @@ impl<F: Fn(usize) -> u64> TopK<F> {
             k,
             bound: max_distance,
             tie_key,
-            heap: BinaryHeap::with_capacity(k.min(4096)),
+            heap: BinaryHeap::with_capacity(k.min(64)),
         }
     }
 
@@ -76,41 +80,298 @@ impl<F: Fn(usize) -> u64> TopK<F> {
     }
 }
 
+/// What a kernel reports to: the largest distance still worth reporting, and the rows at or
+/// under it. Kernels compute distances several rows at a time and call `offer` only for rows
+/// whose distance is at most `bound()` when the group was compared, so `offer` re-checks.
+trait Sink {
+    fn bound(&self) -> u32;
+    fn offer(&mut self, distance: u32, row: usize);
+}
+
+impl<F: Fn(usize) -> u64> Sink for TopK<F> {
+    #[inline(always)]
+    fn bound(&self) -> u32 {
+        self.bound
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, distance: u32, row: usize) {
+        TopK::offer(self, distance, row)
+    }
+}
+
+/// The distance kernel a scan uses, picked once per process from the CPU's features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 with VPOPCNTDQ: eight 256-bit codes per step (x86_64).
+    Avx512,
+    /// AVX2 with a nibble-lookup popcount (`vpshufb` + `vpsadbw`): four 256-bit codes per step.
+    Avx2,
+    /// One code at a time with the `popcnt` instruction (x86_64).
+    Popcnt,
+    /// One code at a time in portable Rust (`u64::count_ones`); every other architecture.
+    Portable,
+}
+
+impl Kernel {
+    /// The best kernel this CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+            if std::arch::is_x86_feature_detected!("popcnt") {
+                return Kernel::Popcnt;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// The kernels this CPU can run, best first (tests run each against the portable one).
+    pub fn available() -> Vec<Kernel> {
+        let best = Kernel::detect();
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Popcnt, Kernel::Portable]
+            .into_iter()
+            .skip_while(|k| *k != best)
+            .filter(|k| k.supported())
+            .collect()
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Popcnt => std::arch::is_x86_feature_detected!("popcnt"),
+            Kernel::Portable => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512-vpopcntdq",
+            Kernel::Avx2 => "avx2",
+            Kernel::Popcnt => "popcnt",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// The kernel picked for this process (detected once).
+pub fn active_kernel() -> Kernel {
+    static ACTIVE: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(Kernel::detect)
+}
+
 #[inline(always)]
-fn scan_fixed<const W: usize, F: Fn(usize) -> u64>(codes: &[u64], query: &[u64], top: &mut TopK<F>) {
+fn scan_fixed<const W: usize, S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
     let q: &[u64; W] = query.try_into().expect("query length equals W");
     for (row, chunk) in codes.chunks_exact(W).enumerate() {
         let mut d = 0u32;
         for w in 0..W {
             d += (chunk[w] ^ q[w]).count_ones();
         }
-        top.offer(d, row);
+        if d <= top.bound() {
+            top.offer(d, first_row + row);
+        }
     }
 }
 
 #[inline(always)]
-fn scan_dyn<F: Fn(usize) -> u64>(codes: &[u64], query: &[u64], top: &mut TopK<F>) {
+fn scan_dyn<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
     for (row, chunk) in codes.chunks_exact(query.len()).enumerate() {
-        top.offer(hamming(chunk, query), row);
+        let d = hamming(chunk, query);
+        if d <= top.bound() {
+            top.offer(d, first_row + row);
+        }
     }
 }
 
 #[inline(always)]
-fn scan_portable<F: Fn(usize) -> u64>(codes: &[u64], query: &[u64], top: &mut TopK<F>) {
+fn scan_portable<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
     match query.len() {
-        1 => scan_fixed::<1, F>(codes, query, top),
-        2 => scan_fixed::<2, F>(codes, query, top),
-        4 => scan_fixed::<4, F>(codes, query, top),
-        8 => scan_fixed::<8, F>(codes, query, top),
-        16 => scan_fixed::<16, F>(codes, query, top),
-        _ => scan_dyn(codes, query, top),
+        1 => scan_fixed::<1, S>(codes, query, first_row, top),
+        2 => scan_fixed::<2, S>(codes, query, first_row, top),
+        4 => scan_fixed::<4, S>(codes, query, first_row, top),
+        8 => scan_fixed::<8, S>(codes, query, first_row, top),
+        16 => scan_fixed::<16, S>(codes, query, first_row, top),
+        _ => scan_dyn(codes, query, first_row, top),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-fn scan_popcnt<F: Fn(usize) -> u64>(codes: &[u64], query: &[u64], top: &mut TopK<F>) {
-    scan_portable(codes, query, top)
+mod x86 {
+    //! The x86_64 kernels. Each is a `#[target_feature]` function: the caller must have checked
+    //! that the CPU has the features (see `Kernel::supported`). The only other `unsafe` is
+    //! unaligned loads and stores, whose bounds are stated at each use.
+
+    use super::{scan_portable, Sink};
+    use std::arch::x86_64::*;
+
+    /// Row offset of each u64 lane after the AVX-512 reduction below (lanes come out as rows
+    /// 0, 2, 1, 3, 4, 6, 5, 7 of the group).
+    const LANE_ROW: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+
+    #[target_feature(enable = "popcnt")]
+    pub(super) fn scan_popcnt<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
+        scan_portable(codes, query, first_row, top)
+    }
+
+    /// 256-bit codes (4 words), eight per step: XOR with the query, VPOPCNTQ, then a reduction
+    /// of each code's four word counts, and one compare of all eight against the bound.
+    #[target_feature(enable = "avx512f,avx512vl,avx512vpopcntdq,popcnt")]
+    pub(super) fn scan_w4_avx512<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
+        debug_assert_eq!(query.len(), 4);
+        let rows = codes.len() / 4;
+        let (q0, q1, q2, q3) = (query[0] as i64, query[1] as i64, query[2] as i64, query[3] as i64);
+        let q = _mm512_set_epi64(q3, q2, q1, q0, q3, q2, q1, q0);
+        let mut row = 0;
+        while row + 8 <= rows {
+            // SAFETY: row + 8 <= rows, so words row*4 .. row*4 + 32 lie inside `codes`; the four
+            // 64-byte loads read exactly those words, and `loadu` needs no alignment.
+            let (a, b, c, d) = unsafe {
+                let p = codes.as_ptr().add(row * 4) as *const __m512i;
+                (
+                    _mm512_loadu_si512(p),
+                    _mm512_loadu_si512(p.add(1)),
+                    _mm512_loadu_si512(p.add(2)),
+                    _mm512_loadu_si512(p.add(3)),
+                )
+            };
+            // Per-word popcounts: a holds rows 0 (lanes 0-3) and 1 (lanes 4-7), b rows 2 and 3, ...
+            let a = _mm512_popcnt_epi64(_mm512_xor_si512(a, q));
+            let b = _mm512_popcnt_epi64(_mm512_xor_si512(b, q));
+            let c = _mm512_popcnt_epi64(_mm512_xor_si512(c, q));
+            let d = _mm512_popcnt_epi64(_mm512_xor_si512(d, q));
+            // Pairwise sums of adjacent words: [a01, b01, a23, b23, a45, b45, a67, b67].
+            let ab = _mm512_add_epi64(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+            let cd = _mm512_add_epi64(_mm512_unpacklo_epi64(c, d), _mm512_unpackhi_epi64(c, d));
+            // Add the two halves of each code: 128-bit chunks (0, 2) plus (1, 3) of ab and cd.
+            let x = _mm512_shuffle_i64x2::<0x88>(ab, cd);
+            let y = _mm512_shuffle_i64x2::<0xDD>(ab, cd);
+            let dist = _mm512_cvtepi64_epi32(_mm512_add_epi64(x, y)); // rows 0,2,1,3,4,6,5,7
+            let mut mask = _mm256_cmple_epu32_mask(dist, _mm256_set1_epi32(top.bound() as i32));
+            if mask != 0 {
+                let mut lanes = [0u32; 8];
+                // SAFETY: `lanes` is 32 bytes, the size of the store; `storeu` needs no alignment.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, dist) };
+                while mask != 0 {
+                    let lane = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    if lanes[lane] <= top.bound() {
+                        top.offer(lanes[lane], first_row + row + LANE_ROW[lane]);
+                    }
+                }
+            }
+            row += 8;
+        }
+        scan_portable(&codes[row * 4..], query, first_row + row, top);
+    }
+
+    /// Per-64-bit-lane popcount of a 256-bit vector: nibble lookup with `vpshufb`, then the
+    /// byte counts summed per lane with `vpsadbw`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn popcount_lanes(v: __m256i) -> __m256i {
+        let table = _mm256_setr_epi8(
+            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+        );
+        let low = _mm256_set1_epi8(0x0f);
+        let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+        let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+        _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256())
+    }
+
+    /// 256-bit codes (4 words), four per step, with AVX2.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) fn scan_w4_avx2<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
+        debug_assert_eq!(query.len(), 4);
+        let rows = codes.len() / 4;
+        // SAFETY: `query` holds 4 words (32 bytes), the size of the load.
+        let q = unsafe { _mm256_loadu_si256(query.as_ptr() as *const __m256i) };
+        let mut row = 0;
+        while row + 4 <= rows {
+            // SAFETY: row + 4 <= rows, so words row*4 .. row*4 + 16 lie inside `codes`; each
+            // 32-byte load reads one code of them.
+            let (r0, r1, r2, r3) = unsafe {
+                let p = codes.as_ptr().add(row * 4) as *const __m256i;
+                (
+                    _mm256_loadu_si256(p),
+                    _mm256_loadu_si256(p.add(1)),
+                    _mm256_loadu_si256(p.add(2)),
+                    _mm256_loadu_si256(p.add(3)),
+                )
+            };
+            let r0 = popcount_lanes(_mm256_xor_si256(r0, q));
+            let r1 = popcount_lanes(_mm256_xor_si256(r1, q));
+            let r2 = popcount_lanes(_mm256_xor_si256(r2, q));
+            let r3 = popcount_lanes(_mm256_xor_si256(r3, q));
+            // [r0 w01, r1 w01, r0 w23, r1 w23] and the same for rows 2, 3.
+            let t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(r0, r1), _mm256_unpackhi_epi64(r0, r1));
+            let t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(r2, r3), _mm256_unpackhi_epi64(r2, r3));
+            let dist = _mm256_add_epi64(
+                _mm256_permute2x128_si256::<0x20>(t01, t23),
+                _mm256_permute2x128_si256::<0x31>(t01, t23),
+            ); // rows 0, 1, 2, 3 as u64 lanes
+            let over = _mm256_cmpgt_epi64(dist, _mm256_set1_epi64x(top.bound() as i64));
+            let mut mask = !(_mm256_movemask_pd(_mm256_castsi256_pd(over)) as u32) & 0xF;
+            if mask != 0 {
+                let mut lanes = [0u64; 4];
+                // SAFETY: `lanes` is 32 bytes, the size of the store.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, dist) };
+                while mask != 0 {
+                    let lane = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let d = lanes[lane] as u32;
+                    if d <= top.bound() {
+                        top.offer(d, first_row + row + lane);
+                    }
+                }
+            }
+            row += 4;
+        }
+        scan_portable(&codes[row * 4..], query, first_row + row, top);
+    }
+}
+
+/// Runs `kernel` over `codes`, reporting rows (numbered from `first_row`) to `top`.
+fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
+    assert!(
+        kernel.supported(),
+        "kernel {} is not supported by this CPU",
+        kernel.name()
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `supported()` checked the CPU features the kernel is compiled for.
+        Kernel::Avx512 if query.len() == 4 => unsafe { x86::scan_w4_avx512(codes, query, first_row, top) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; AVX2 CPUs all have popcnt, and `supported()` checked avx2.
+        Kernel::Avx2 if query.len() == 4 => unsafe { x86::scan_w4_avx2(codes, query, first_row, top) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: every kernel above Portable implies popcnt, which `supported()` checked for
+        // Popcnt and which AVX2/AVX-512 CPUs have; for other code lengths they run this loop.
+        Kernel::Avx512 | Kernel::Avx2 | Kernel::Popcnt => unsafe {
+            x86::scan_popcnt(codes, query, first_row, top)
+        },
+        _ => scan_portable(codes, query, first_row, top),
+    }
 }
 
 /// Scans `codes` (rows of `query.len()` words) and returns up to `k` rows with distance at most
@@ -120,6 +381,18 @@ fn scan_popcnt<F: Fn(usize) -> u64>(codes: &[u64], query: &[u64], top: &mut TopK
 /// If `query` is empty or `codes.len()` is not a multiple of `query.len()`: callers validate
 /// shapes before they get here.
 pub fn top_k<F: Fn(usize) -> u64>(
+    codes: &[u64],
+    query: &[u64],
+    k: usize,
+    max_distance: u32,
+    tie_key: F,
+) -> Vec<Neighbor> {
+    top_k_with(active_kernel(), codes, query, k, max_distance, tie_key)
+}
+
+/// [`top_k`] with a chosen kernel (which must be supported by this CPU).
+pub fn top_k_with<F: Fn(usize) -> u64>(
+    kernel: Kernel,
     codes: &[u64],
     query: &[u64],
     k: usize,
@@ -138,17 +411,89 @@ pub fn top_k<F: Fn(usize) -> u64>(
         return Vec::new();
     }
     let mut top = TopK::new(k, max_distance, tie_key);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU supports popcnt, checked on the line above; the function has no
-            // other precondition.
-            unsafe { scan_popcnt(codes, query, &mut top) };
-            return top.finish();
+    scan_with(kernel, codes, query, 0, &mut top);
+    top.finish()
+}
+
+/// Rows per block of a batch scan: 2048 codes of 256 bits are 64 KiB, which stay in the L2
+/// cache while every query of the batch scans them.
+const BATCH_BLOCK_ROWS: usize = 2048;
+/// Queries a worker takes at a time from a batch (work is shared out in chunks, so a worker
+/// whose core is busy with something else takes fewer of them).
+const BATCH_CHUNK: usize = 4;
+/// Below this many code comparisons a batch runs on the calling thread only.
+const PARALLEL_MIN_WORK: usize = 1 << 22;
+
+/// [`top_k`] for many queries at once (`queries` holds `m` codes back to back): each block of
+/// codes is loaded once and scanned for every query while it is in cache, and with
+/// `threads > 1` and enough work, chunks of queries are shared out to that many threads.
+/// Results are exactly those of [`top_k`] for each query, in query order.
+pub fn top_k_batch<F: Fn(usize) -> u64 + Sync>(
+    codes: &[u64],
+    queries: &[u64],
+    words: usize,
+    k: usize,
+    max_distance: u32,
+    threads: usize,
+    tie_key: F,
+) -> Vec<Vec<Neighbor>> {
+    let kernel = active_kernel();
+    assert!(words > 0 && queries.len().is_multiple_of(words) && codes.len().is_multiple_of(words));
+    let m = queries.len() / words;
+    let rows = codes.len() / words;
+    let k = k.min(rows);
+    if k == 0 || m == 0 {
+        return vec![Vec::new(); m];
+    }
+    let scan_chunk = |first: usize, last: usize| -> Vec<Vec<Neighbor>> {
+        let mut tops: Vec<TopK<&F>> = (first..last)
+            .map(|_| TopK::new(k, max_distance, &tie_key))
+            .collect();
+        for start in (0..rows).step_by(BATCH_BLOCK_ROWS) {
+            let end = (start + BATCH_BLOCK_ROWS).min(rows);
+            let block = &codes[start * words..end * words];
+            for (top, q) in tops
+                .iter_mut()
+                .zip(queries[first * words..last * words].chunks_exact(words))
+            {
+                scan_with(kernel, block, q, start, top);
+            }
+        }
+        tops.into_iter().map(TopK::finish).collect()
+    };
+    let threads = threads.max(1).min(m.div_ceil(BATCH_CHUNK));
+    if threads == 1 || rows.saturating_mul(m) < PARALLEL_MIN_WORK {
+        return scan_chunk(0, m);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Vec<Neighbor>> = vec![Vec::new(); m];
+    let done: Vec<Vec<(usize, Vec<Vec<Neighbor>>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let first = next.fetch_add(BATCH_CHUNK, std::sync::atomic::Ordering::Relaxed);
+                        if first >= m {
+                            break mine;
+                        }
+                        let last = (first + BATCH_CHUNK).min(m);
+                        mine.push((first, scan_chunk(first, last)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a batch scan worker panicked"))
+            .collect()
+    });
+    for (first, results) in done.into_iter().flatten() {
+        for (offset, result) in results.into_iter().enumerate() {
+            out[first + offset] = result;
         }
     }
-    scan_portable(codes, query, &mut top);
-    top.finish()
+    out
 }
 
 #[cfg(test)]
@@ -188,6 +533,44 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_finds_the_exact_distance_for_every_count() {
+        // One row per possible distance 0..=256 (in a shuffled order), for each kernel.
+        let query = [0x0123_4567_89ab_cdefu64, 0xfedc_ba98_7654_3210, u64::MAX, 0];
+        let mut codes = Vec::new();
+        for d in (0..=256u32).rev() {
+            let mut row = query;
+            for bit in 0..d as usize {
+                row[bit / 64] ^= 1 << (bit % 64);
+            }
+            codes.extend_from_slice(&row);
+        }
+        for kernel in Kernel::available() {
+            let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| r as u64);
+            let distances: Vec<u32> = got.iter().map(|n| n.distance).collect();
+            assert_eq!(
+                distances,
+                (0..=256).collect::<Vec<u32>>(),
+                "kernel {}",
+                kernel.name()
+            );
+            assert!(
+                got.iter().all(|n| n.row == 256 - n.distance as usize),
+                "kernel {}",
+                kernel.name()
+            );
+        }
+    }
+
+    #[test]
+    fn detection_picks_a_supported_kernel() {
+        let best = Kernel::detect();
+        assert!(best.supported());
+        assert_eq!(Kernel::available()[0], best);
+        assert!(Kernel::available().contains(&Kernel::Portable));
+        assert_eq!(active_kernel(), best);
+    }
+
+    #[test]
     fn ties_follow_the_tie_key() {
         // Three identical rows: the tie key decides the order, not the row position.
         let codes = [7u64, 7, 7];
@@ -196,23 +579,59 @@ mod tests {
         assert_eq!(rows, vec![1, 2, 0]);
     }
 
+    #[test]
+    fn batches_match_single_queries_on_one_thread_and_many() {
+        let mut state = 7u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state & 0x00FF_00FF_00FF_00FF
+        };
+        // Enough rows times queries to cross PARALLEL_MIN_WORK, and a block edge.
+        let rows = 5000;
+        let m = 900;
+        let codes: Vec<u64> = (0..rows * 4).map(|_| next()).collect();
+        let queries: Vec<u64> = (0..m * 4).map(|_| next()).collect();
+        assert!(rows * m >= PARALLEL_MIN_WORK);
+        for threads in [1, 2, 3] {
+            for (k, radius) in [(1, u32::MAX), (5, 100), (3, 40)] {
+                let got = top_k_batch(&codes, &queries, 4, k, radius, threads, |r| r as u64);
+                assert_eq!(got.len(), m);
+                for (j, q) in queries.chunks_exact(4).enumerate().step_by(37) {
+                    assert_eq!(
+                        got[j],
+                        top_k(&codes, q, k, radius, |r| r as u64),
+                        "query {j}, threads {threads}"
+                    );
+                }
+            }
+        }
+        assert!(top_k_batch(&codes, &[], 4, 1, u32::MAX, 2, |r| r as u64).is_empty());
+    }
+
     proptest! {
         #[test]
         fn matches_reference(
             words in prop::sample::select(vec![1usize, 2, 3, 4, 5, 8, 16, 17, 64]),
-            rows in 0usize..200,
+            rows in 0usize..300,
             k in 1usize..12,
             max_distance in prop::option::of(0u32..300),
             seed in any::<u64>(),
         ) {
-            // Few distinct bits per word so that ties and radius edges are common.
+            // Few distinct bits per word (or, for some seeds, all 64) so that ties and radius edges
+            // are common and the full range of counts is covered.
             let mut state = seed | 1;
-            let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state & 0x0F0F };
+            let mask = if seed % 3 == 0 { u64::MAX } else { 0x0F0F };
+            let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state & mask };
             let codes: Vec<u64> = (0..rows * words).map(|_| next()).collect();
             let query: Vec<u64> = (0..words).map(|_| next()).collect();
             let max_distance = max_distance.unwrap_or(u32::MAX);
-            let got = top_k(&codes, &query, k, max_distance, |r| r as u64);
-            prop_assert_eq!(got, reference(&codes, &query, k, max_distance));
+            let want = reference(&codes, &query, k, max_distance);
+            for kernel in Kernel::available() {
+                let got = top_k_with(kernel, &codes, &query, k, max_distance, |r| r as u64);
+                prop_assert_eq!(&got, &want, "kernel {}", kernel.name());
+            }
         }
     }
 }

@@ -352,3 +352,45 @@ def test_search_releases_the_gil():
         stop.set()
         thread.join()
         sys.setswitchinterval(interval)
+
+
+def test_kernel_is_named():
+    assert bsc_native.KERNEL in {"avx512-vpopcntdq", "avx2", "popcnt", "portable"}
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_search_batch_matches_search(threads):
+    rng = np.random.default_rng(3)
+    index = bsc_native.BinaryIndex(256)
+    # Low-entropy codes: many ties and many codes inside small radii.
+    codes = rng.integers(0, 16, size=(6000, 4), dtype=np.uint64)
+    index.add(codes)
+    index.remove(int(index.ids()[10]))  # a swap-removed row, so storage order != id order
+    queries = np.ascontiguousarray(np.concatenate([codes[:300], rng.integers(0, 16, size=(500, 4), dtype=np.uint64)]))
+    for k, radius in [(1, None), (7, None), (50, 3)]:
+        ids, dists = index.search_batch(queries, k=k, max_distance=radius, threads=threads)
+        assert ids.shape == dists.shape and ids.shape[0] == len(queries) and ids.dtype == np.int64
+        for j in range(0, len(queries), 41):
+            want_ids, want_d = index.search(queries[j], k=k, max_distance=radius)
+            got = ids[j][ids[j] >= 0]
+            np.testing.assert_array_equal(got, want_ids)
+            np.testing.assert_array_equal(dists[j][: len(got)], want_d)
+            assert (dists[j][len(got) :] == -1).all()
+
+
+def test_search_batch_rejects_bad_input():
+    index = bsc_native.BinaryIndex(128)
+    index.add(np.zeros((3, 2), dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"queries must have shape \(n, 2\)"):
+        index.search_batch(np.zeros((3, 4), dtype=np.uint64))
+    with pytest.raises(ValueError, match="non-empty batch"):
+        index.search_batch(np.zeros((0, 2), dtype=np.uint64))
+    with pytest.raises(ValueError, match="threads must be between 1 and 1024"):
+        index.search_batch(np.zeros((1, 2), dtype=np.uint64), threads=0)
+    with pytest.raises(TypeError, match="uint64"):
+        index.search_batch(np.zeros((1, 2), dtype=np.int64))
+    ids, dists = index.search_batch(np.zeros((2, 2), dtype=np.uint64), k=5)
+    assert ids.shape == (2, 3) and (dists == 0).all()
+    empty = bsc_native.BinaryIndex(128)
+    ids, _ = empty.search_batch(np.zeros((2, 2), dtype=np.uint64))
+    assert ids.shape == (2, 1) and (ids == -1).all()

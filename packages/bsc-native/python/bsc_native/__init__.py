@@ -7,6 +7,7 @@ is built on it.
 """
 
 from bsc_native._core import (
+    KERNEL,
     MAX_CODE_BITS,
     MIN_CODE_BITS,
     BinaryIndex,
@@ -17,6 +18,7 @@ from bsc_native._core import (
 )
 
 __all__ = [
+    "KERNEL",
     "MAX_CODE_BITS",
     "MIN_CODE_BITS",
     "BinaryIndex",

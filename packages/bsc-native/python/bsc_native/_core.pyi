@@ -5,9 +5,20 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BinaryIndex", "BscError", "CacheStore", "IndexFullError", "MAX_CODE_BITS", "MIN_CODE_BITS", "__version__"]
+__all__ = [
+    "KERNEL",
+    "MAX_CODE_BITS",
+    "MIN_CODE_BITS",
+    "BinaryIndex",
+    "BscError",
+    "CacheStore",
+    "IndexFullError",
+    "__version__",
+]
 
 __version__: str
+#: The Hamming kernel this CPU runs: "avx512-vpopcntdq", "avx2", "popcnt" or "portable".
+KERNEL: str
 MIN_CODE_BITS: int
 MAX_CODE_BITS: int
 
@@ -51,6 +62,16 @@ class BinaryIndex:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """The ``k`` (``None``: 1) nearest codes to ``query`` (shape ``(code_bits // 64,)``), optionally only
         those within ``max_distance``: ``(ids, distances)``, nearest first, ties by id."""
+    def search_batch(
+        self,
+        queries: npt.NDArray[np.uint64],
+        k: int | None = None,
+        max_distance: int | None = None,
+        threads: int | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """``search`` for each row of ``queries`` (shape ``(m, code_bits // 64)``) on up to ``threads``
+        threads (``None``: every CPU this process may use): ``(ids, distances)`` of shape ``(m, width)``,
+        padded with -1 where a query has fewer results."""
     def memory_bytes(self) -> int:
         """Bytes held by the index's buffers."""
 

@@ -1,0 +1,236 @@
+"""The native engine's benchmark: search latency, batch throughput, put speed and memory per entry,
+side by side with a hand-written C roofline, faiss ``IndexBinaryFlat`` and numpy, in one run.
+
+    uv run --with faiss-cpu==1.13.2 python benchmarks/run.py            # N = 10k, 100k, 1M
+    uv run --with faiss-cpu==1.13.2 python benchmarks/run.py --sizes 10k,100k,1M,10M
+
+Without faiss installed its columns are left empty. Random 256-bit codes; queries are random codes
+(a miss: the whole index is scanned) unless named "hit". Every query time is one call from Python,
+k=1, one thread, median (and p99) over ``--queries`` queries; the competitors answer the same
+queries in the same loop, one after another. Memory per entry is the growth of the process's
+resident set (RSS) when N entries are added, measured in a fresh subprocess per N. Writes JSON
+with machine info to ``benchmarks/results/native.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info
+
+import bsc_native
+
+HERE = Path(__file__).resolve().parent
+WORDS = 4  # 256-bit codes
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("km")) * scale)
+
+
+def build_roofline(workdir: Path) -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("a C compiler (cc or gcc) is needed for the roofline kernel")
+    lib = workdir / "roofline.so"
+    subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(lib), str(HERE / "roofline.c")], check=True)
+    dll = ctypes.CDLL(str(lib))
+    dll.roofline_min.restype = ctypes.c_uint32
+    dll.roofline_min.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return dll
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - start) / 1000  # microseconds
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"median_us": statistics.median(ordered), "p99_us": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+
+
+def memory_per_entry(n: int, kind: str) -> float:
+    """RSS growth per entry when ``n`` entries are added, in a fresh interpreter."""
+    code = f"""
+import numpy as np, bsc_native
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * {os.sysconf("SC_PAGE_SIZE")}
+codes = np.random.default_rng(1).integers(0, 2**64, size=({n}, {WORDS}), dtype=np.uint64)
+rows = list(codes) if "{kind}" == "cache" else None
+before = rss()
+if "{kind}" == "index":
+    store = bsc_native.BinaryIndex(256)
+    store.add(codes)
+else:
+    store = bsc_native.CacheStore(256, {n})
+    for row in rows:
+        store.put(row, b"")
+print((rss() - before) / {n})
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.random.Generator) -> dict[str, Any]:
+    codes = rng.integers(0, 2**64, size=(n, WORDS), dtype=np.uint64)
+    result: dict[str, Any] = {"n": n}
+
+    index = bsc_native.BinaryIndex(256)
+    add_us = timed(lambda: index.add(codes))
+    result["put_bulk_codes_per_second"] = n / (add_us / 1e6)
+
+    single = bsc_native.BinaryIndex(256)
+    rows = [codes[i] for i in range(min(n, 20_000))]
+    result["put_single_us"] = summary([timed(lambda r=r: single.add(r)) for r in rows])
+
+    misses = rng.integers(0, 2**64, size=(queries, WORDS), dtype=np.uint64)
+    hits = codes[rng.integers(0, n, size=queries)].copy()
+    hits[:, 0] ^= np.uint64(0b1011)  # three bits away from a stored code
+    flat = None
+    if faiss is not None:
+        flat = faiss.IndexBinaryFlat(WORDS * 64)
+        flat.add(codes.view(np.uint8).reshape(n, WORDS * 8))
+    with_numpy = n <= 1_000_000
+    samples: dict[str, list[float]] = {k: [] for k in ["bsc_k1", "bsc_k1_hit", "bsc_k10", "bsc_radius", "roofline",
+                                                        "faiss_k1", "numpy_k1"]}  # fmt: skip
+    ptr = codes.ctypes.data
+
+    def one_query(i: int, q: np.ndarray, hit: np.ndarray) -> None:
+        qb = q.view(np.uint8).reshape(1, WORDS * 8)
+        calls = {
+            "bsc_k1": lambda: index.search(q, k=1),
+            "bsc_k1_hit": lambda: index.search(hit, k=1),
+            "bsc_k10": lambda: index.search(q, k=10),
+            # The cache-hit question: every code within distance 64 (estimated cosine >= 0.71).
+            "bsc_radius": lambda: index.search(q, k=n, max_distance=64),
+            "roofline": lambda: roofline.roofline_min(ptr, n, q.ctypes.data),
+        }
+        if flat is not None:
+            calls["faiss_k1"] = lambda: flat.search(qb, 1)
+        if with_numpy and i < 20:
+            calls["numpy_k1"] = lambda: int(np.bitwise_count(codes ^ q).sum(axis=1).argmin())
+        # A fresh order for every query, so that no method always runs right after another one
+        # has warmed (or flushed) the caches.
+        for name in rng.permutation(list(calls)):
+            samples[str(name)].append(timed(calls[str(name)]))
+
+    for i in range(queries):
+        one_query(i, misses[i], hits[i])
+    for name, values in samples.items():
+        if values:
+            result[name] = summary(values)
+
+    # Correctness spot check: the nearest distance agrees with the roofline and numpy.
+    _, dist = index.search(misses[0], k=1)
+    assert int(dist[0]) == roofline.roofline_min(ptr, n, misses[0].ctypes.data)
+
+    batch = misses[:64]
+    if hasattr(index, "search_batch"):
+        rounds = [timed(lambda: index.search_batch(batch, k=1)) / len(batch) for _ in range(max(3, queries // 64))]
+        result["bsc_batch64_per_query_us"] = statistics.median(rounds)
+
+    base = result["roofline"]["median_us"]
+    result["ratio_to_roofline"] = result["bsc_k1"]["median_us"] / base
+    if "faiss_k1" in result:
+        result["faiss_over_bsc"] = result["faiss_k1"]["median_us"] / result["bsc_k1"]["median_us"]
+    if "numpy_k1" in result:
+        result["numpy_over_bsc"] = result["numpy_k1"]["median_us"] / result["bsc_k1"]["median_us"]
+    result["k10_over_k1"] = result["bsc_k10"]["median_us"] / result["bsc_k1"]["median_us"]
+    result["radius_over_k1"] = result["bsc_radius"]["median_us"] / result["bsc_k1"]["median_us"]
+    result["memory_bytes_per_entry"] = {
+        "index": memory_per_entry(n, "index"),
+        "cache_store": memory_per_entry(n, "cache"),
+    }
+    return result
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def us(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]['median_us']:.1f}" if key in row else "-"
+
+    def ratio(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.2f}x" if key in row else "-"
+
+    head = ("| N | bsc k=1 µs (p99) | roofline µs | bsc/roofline | faiss µs | faiss/bsc | numpy µs | numpy/bsc "
+            "| k=10 µs | radius µs | hit µs | batch64 µs/query | put bulk Mcodes/s | put single µs "
+            "| B/entry index | B/entry cache |")  # fmt: skip
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        batch = f"{r['bsc_batch64_per_query_us']:.1f}" if "bsc_batch64_per_query_us" in r else "-"
+        lines.append(
+            f"| {r['n']:,} | {r['bsc_k1']['median_us']:.1f} ({r['bsc_k1']['p99_us']:.1f}) | {us(r, 'roofline')} "
+            f"| {ratio(r, 'ratio_to_roofline')} | {us(r, 'faiss_k1')} | {ratio(r, 'faiss_over_bsc')} "
+            f"| {us(r, 'numpy_k1')} | {ratio(r, 'numpy_over_bsc')} | {us(r, 'bsc_k10')} | {us(r, 'bsc_radius')} "
+            f"| {us(r, 'bsc_k1_hit')} | {batch} | {r['put_bulk_codes_per_second'] / 1e6:.1f} "
+            f"| {r['put_single_us']['median_us']:.2f} | {r['memory_bytes_per_entry']['index']:.1f} "
+            f"| {r['memory_bytes_per_entry']['cache_store']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10k,100k,1M", help="comma-separated N (k and M suffixes)")
+    parser.add_argument("--queries", type=int, default=200, help="queries per N (default 200)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "native.json")
+    args = parser.parse_args()
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        faiss = None
+        print("faiss not installed: its columns stay empty (uv run --with faiss-cpu ...)", file=sys.stderr)
+    rng = np.random.default_rng(20261126)
+    with tempfile.TemporaryDirectory() as tmp:
+        roofline = build_roofline(Path(tmp))
+        rows = []
+        for size in args.sizes.split(","):
+            n = parse_size(size)
+            print(f"N = {n:,} ...", file=sys.stderr, flush=True)
+            rows.append(bench_size(n, args.queries, roofline, faiss, rng))
+        roofline_kernel = "avx512-vpopcntdq" if roofline.roofline_kernel() else "popcnt"
+    flags = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "popcnt", "bmi"))]
+                break
+    except OSError:
+        pass
+    packages = ["bsc-native", "numpy", "faiss-cpu"]
+    result = {
+        "machine": {**machine_info(packages), "cpu_flags": flags},
+        "bsc_native_kernel": bsc_native.KERNEL,
+        "roofline_kernel": roofline_kernel,
+        "queries_per_size": args.queries,
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"kernel: bsc_native {bsc_native.KERNEL}, roofline {roofline_kernel}; {result['machine']['cpu']}")
+    print(table(rows))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
