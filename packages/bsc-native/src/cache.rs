@@ -2,7 +2,11 @@
 //!
 //! Side tables are indexed by the index's stable *handles*, so they never move when the index
 //! compacts its code rows. The LRU order is an intrusive doubly linked list over handles.
+//! Per entry, besides the index's code and id tables: LRU links (8 B), the creation time (f64),
+//! the last access as tenths of a second after creation (u32), an access count (u32,
+//! saturating) and the response's offset in the [`Arena`] (u32) — 24 bytes.
 
+use crate::arena::{self, Arena};
 use crate::error::{Error, Result};
 use crate::index::{CodeIndex, Hit, Id, MAX_ENTRIES};
 
@@ -15,7 +19,18 @@ pub struct EntryView {
     pub payload: Vec<u8>,
     pub created_at: f64,
     pub last_accessed: f64,
-    pub access_count: u64,
+    pub access_count: u32,
+}
+
+/// Tenths of a second from `created` to `now`, rounded down (so the time it stands for is never
+/// later than `now`), 0 if the clock went backwards, saturating after about 13 years.
+fn tenths_since(created: f64, now: f64) -> u32 {
+    let tenths = ((now - created) * 10.0).floor();
+    if tenths.is_nan() || tenths <= 0.0 {
+        0
+    } else {
+        tenths.min(u32::MAX as f64) as u32
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -25,9 +40,12 @@ pub struct CacheCore {
     prev: Vec<u32>,
     next: Vec<u32>,
     created_at: Vec<f64>,
-    last_accessed: Vec<f64>,
-    access_count: Vec<u64>,
-    payloads: Vec<Box<[u8]>>,
+    /// Tenths of a second after `created_at`.
+    last_accessed: Vec<u32>,
+    access_count: Vec<u32>,
+    /// Offset of the entry's response in `arena`.
+    payload_at: Vec<u32>,
+    arena: Arena,
     /// Most recently used handle.
     head: u32,
     /// Least recently used handle: the next to evict.
@@ -48,7 +66,8 @@ impl CacheCore {
             created_at: Vec::new(),
             last_accessed: Vec::new(),
             access_count: Vec::new(),
-            payloads: Vec::new(),
+            payload_at: Vec::new(),
+            arena: Arena::default(),
             head: NIL,
             tail: NIL,
             payload_bytes: 0,
@@ -115,11 +134,15 @@ impl CacheCore {
                 got_words: code.len(),
             });
         }
+        self.arena.check_room(payload.len())?;
         let mut evicted = Vec::new();
         while self.len() >= self.max_entries {
             let victim = self.index.id_of_handle(self.tail);
             self.delete(victim);
             evicted.push(victim);
+        }
+        if !self.arena.fits_without_compaction(payload.len()) {
+            self.compact_payloads();
         }
         let id = self.index.push_row(code);
         let handle = self.index.handle_of(id).expect("a fresh id is live");
@@ -128,14 +151,14 @@ impl CacheCore {
             self.prev.push(NIL);
             self.next.push(NIL);
             self.created_at.push(now);
-            self.last_accessed.push(now);
+            self.last_accessed.push(0);
             self.access_count.push(0);
-            self.payloads.push(Box::default());
+            self.payload_at.push(arena::EMPTY);
         }
         self.created_at[h] = now;
-        self.last_accessed[h] = now;
+        self.last_accessed[h] = 0;
         self.access_count[h] = 0;
-        self.payloads[h] = payload.into();
+        self.payload_at[h] = self.arena.push(payload);
         self.payload_bytes += payload.len();
         self.link_front(handle);
         Ok((id, evicted))
@@ -155,9 +178,9 @@ impl CacheCore {
         let h = handle as usize;
         EntryView {
             id,
-            payload: self.payloads[h].to_vec(),
+            payload: self.arena.get(self.payload_at[h]).to_vec(),
             created_at: self.created_at[h],
-            last_accessed: self.last_accessed[h],
+            last_accessed: self.created_at[h] + f64::from(self.last_accessed[h]) / 10.0,
             access_count: self.access_count[h],
         }
     }
@@ -166,8 +189,8 @@ impl CacheCore {
     pub fn touch(&mut self, id: Id, now: f64) -> Option<EntryView> {
         let handle = self.index.handle_of(id)?;
         let h = handle as usize;
-        self.last_accessed[h] = now;
-        self.access_count[h] += 1;
+        self.last_accessed[h] = tenths_since(self.created_at[h], now);
+        self.access_count[h] = self.access_count[h].saturating_add(1);
         if self.head != handle {
             self.unlink(handle);
             self.link_front(handle);
@@ -191,17 +214,36 @@ impl CacheCore {
             return false;
         };
         self.unlink(handle);
-        let payload = std::mem::take(&mut self.payloads[handle as usize]);
-        self.payload_bytes -= payload.len();
+        let h = handle as usize;
+        self.payload_bytes -= self.arena.get(self.payload_at[h]).len();
+        self.arena.free(self.payload_at[h]);
+        self.payload_at[h] = arena::EMPTY;
         self.index.remove(id);
+        if self.arena.wants_compaction() {
+            self.compact_payloads();
+        }
         true
+    }
+
+    /// Copies the live responses into a fresh arena, dropping freed ones: O(live bytes), run
+    /// when garbage outweighs live bytes, so O(1) amortised per byte deleted.
+    fn compact_payloads(&mut self) {
+        let mut live: Vec<(usize, u32)> = Vec::with_capacity(self.len());
+        let mut handle = self.head;
+        while handle != NIL {
+            live.push((handle as usize, self.payload_at[handle as usize]));
+            handle = self.next[handle as usize];
+        }
+        self.arena = self.arena.compacted(live.iter_mut().map(|(_, at)| at));
+        for (h, at) in live {
+            self.payload_at[h] = at;
+        }
     }
 
     pub fn clear(&mut self) {
         self.index.clear();
-        for payload in &mut self.payloads {
-            *payload = Box::default();
-        }
+        self.payload_at.fill(arena::EMPTY);
+        self.arena.clear();
         self.head = NIL;
         self.tail = NIL;
         self.payload_bytes = 0;
@@ -218,13 +260,22 @@ impl CacheCore {
         out
     }
 
-    /// Bytes held: index buffers, side tables and payloads.
+    /// Bytes of the live entries' responses.
+    pub fn response_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Bytes held: index buffers, side tables and the response arena (capacity).
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_bytes()
-            + (self.prev.capacity() + self.next.capacity()) * 4
-            + (self.created_at.capacity() + self.last_accessed.capacity() + self.access_count.capacity()) * 8
-            + self.payloads.capacity() * std::mem::size_of::<Box<[u8]>>()
-            + self.payload_bytes
+            + (self.prev.capacity()
+                + self.next.capacity()
+                + self.last_accessed.capacity()
+                + self.access_count.capacity()
+                + self.payload_at.capacity())
+                * 4
+            + self.created_at.capacity() * 8
+            + self.arena.memory_bytes()
     }
 }
 
@@ -258,6 +309,52 @@ mod tests {
     }
 
     #[test]
+    fn last_access_is_kept_in_tenths_of_a_second_after_creation() {
+        let mut cache = CacheCore::new(64, 4).unwrap();
+        let (a, _) = cache.put(&[1], b"", 1_700_000_000.25).unwrap();
+        let seen = cache.touch(a, 1_700_000_003.99).unwrap();
+        assert_eq!(seen.created_at, 1_700_000_000.25);
+        assert!(
+            (seen.last_accessed - 1_700_000_003.95).abs() < 1e-6,
+            "{}",
+            seen.last_accessed
+        );
+        // A clock that went backwards gives the creation time, never an earlier one.
+        assert_eq!(cache.touch(a, 1.0).unwrap().last_accessed, 1_700_000_000.25);
+        assert_eq!(tenths_since(0.0, 1e12), u32::MAX);
+        assert_eq!(tenths_since(0.0, f64::NAN), 0);
+    }
+
+    #[test]
+    fn responses_survive_compaction_of_the_arena() {
+        let mut cache = CacheCore::new(64, 1000).unwrap();
+        let big = vec![9u8; 64 * 1024];
+        let ids: Vec<Id> = (0..40u64)
+            .map(|i| {
+                let mut payload = big.clone();
+                payload[0] = i as u8;
+                cache.put(&[i], &payload, 0.0).unwrap().0
+            })
+            .collect();
+        let before = cache.memory_bytes();
+        for id in &ids[..30] {
+            assert!(cache.delete(*id));
+        }
+        // 30 of 40 responses freed: the arena was compacted, the survivors are intact.
+        assert!(
+            cache.memory_bytes() < before / 2,
+            "{} vs {before}",
+            cache.memory_bytes()
+        );
+        for (i, id) in ids.iter().enumerate().skip(30) {
+            let payload = cache.peek(*id).unwrap().payload;
+            assert_eq!((payload.len(), payload[0], payload[1]), (big.len(), i as u8, 9));
+        }
+        let (fresh, _) = cache.put(&[99], b"after", 0.0).unwrap();
+        assert_eq!(cache.peek(fresh).unwrap().payload, b"after");
+    }
+
+    #[test]
     fn bad_code_leaves_cache_unchanged() {
         let mut cache = CacheCore::new(128, 1).unwrap();
         let (a, _) = cache.put(&[1, 1], b"a", 0.0).unwrap();
@@ -273,9 +370,10 @@ mod tests {
         assert!(cache.memory_bytes() >= base + 1000);
         assert!(cache.delete(a));
         assert!(!cache.delete(a));
-        assert!(cache.memory_bytes() < base + 1000);
+        // A small freed response stays in the arena as garbage until compaction or clear.
         cache.put(&[1], b"x", 0.0).unwrap();
         cache.clear();
+        assert!(cache.memory_bytes() < base + 1000);
         assert!(cache.is_empty());
         assert!(cache.lru_order().is_empty());
         assert_eq!(cache.nearest(&[1], 64).unwrap(), None);

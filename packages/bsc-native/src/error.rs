@@ -12,6 +12,10 @@ pub enum Error {
     Full { len: usize, adding: usize, limit: usize },
     /// `max_entries` outside `1..=MAX_ENTRIES`.
     InvalidMaxEntries(usize),
+    /// A response longer than 4 GiB - 1 bytes.
+    ResponseTooLarge { len: usize },
+    /// The responses of all entries would exceed the bytes the store can address.
+    StorageFull { limit: usize },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -37,6 +41,15 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "cannot add {adding} codes to an index of {len}: the limit is {limit} entries"
+                )
+            }
+            Error::ResponseTooLarge { len } => {
+                write!(f, "a response can hold at most {} bytes, got {len}", u32::MAX)
+            }
+            Error::StorageFull { limit } => {
+                write!(
+                    f,
+                    "the stored responses would exceed {limit} bytes, the most one store can hold"
                 )
             }
             Error::InvalidMaxEntries(n) => {

@@ -1,12 +1,14 @@
-//! A dense binary-code index with stable ids and slot reuse.
+//! A binary-code index with stable slots, stable ids and slot reuse.
 //!
-//! Codes live in one contiguous row-major `Vec<u64>` with no holes: removing a row moves the
-//! last row into its place, so a scan reads live codes only. Ids stay stable through such moves
-//! because an id names a *handle*, and the handle table says where its row currently is.
+//! Codes live in one contiguous slot-major `Vec<u64>`. An entry keeps its slot for life, so
+//! per-slot side tables (the cache's metadata) never move. A removed slot stays in the buffer,
+//! marked free, until the next insert reuses it; scans read it but never report it (the
+//! liveness check runs only for rows that beat the current bound, which is rare). Per slot the
+//! index keeps one `u32`: the slot's generation, with the top bit set while the slot is free.
 //!
-//! An id is `generation << 32 | handle`. A freed handle is reused by the next insert with its
+//! An id is `generation << 32 | slot`. A freed slot is reused by the next insert with its
 //! generation bumped, so an id that was removed never resolves to the entry that reuses its
-//! slot. Generations wrap after 2^31 reuses of one handle (ids stay non-negative `i64`).
+//! slot. Generations wrap after 2^31 reuses of one slot (ids stay non-negative `i64`).
 
 use crate::error::{Error, Result};
 use crate::scan::{self, Neighbor};
@@ -15,9 +17,10 @@ use crate::scan::{self, Neighbor};
 pub const MIN_CODE_BITS: usize = 64;
 pub const MAX_CODE_BITS: usize = 4096;
 
-const FREE: u32 = u32::MAX;
-const GENERATION_MASK: u32 = (1 << 31) - 1;
-/// Handles are `u32` with `u32::MAX` reserved as the free marker.
+/// Set in a slot's generation word while the slot is free.
+const FREE: u32 = 1 << 31;
+const GENERATION_MASK: u32 = FREE - 1;
+/// Slots are `u32` handles; `u32::MAX` stays reserved as a "no slot" marker for side tables.
 pub const MAX_ENTRIES: usize = (u32::MAX - 1) as usize;
 
 /// An entry id: stable for the life of the entry, never reused for another entry.
@@ -51,11 +54,13 @@ pub struct Hit {
 #[derive(Clone, Debug)]
 pub struct CodeIndex {
     words: usize,
+    /// Slot-major codes of every allocated slot, live or free.
     codes: Vec<u64>,
-    row_handle: Vec<u32>,
-    handle_row: Vec<u32>,
-    handle_generation: Vec<u32>,
-    free_handles: Vec<u32>,
+    /// Per allocated-or-once-allocated slot: its generation, with [`FREE`] set while free.
+    generation: Vec<u32>,
+    /// Allocated slots that are free, reused last-freed first.
+    free_slots: Vec<u32>,
+    len: usize,
 }
 
 impl CodeIndex {
@@ -63,10 +68,9 @@ impl CodeIndex {
         Ok(Self {
             words: words_for_bits(code_bits)?,
             codes: Vec::new(),
-            row_handle: Vec::new(),
-            handle_row: Vec::new(),
-            handle_generation: Vec::new(),
-            free_handles: Vec::new(),
+            generation: Vec::new(),
+            free_slots: Vec::new(),
+            len: 0,
         })
     }
 
@@ -79,22 +83,25 @@ impl CodeIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.row_handle.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.row_handle.is_empty()
+        self.len == 0
     }
 
-    /// The handle an id names, if the id is live.
+    /// Slots in the code buffer, live or free: what a scan reads.
+    fn slots(&self) -> usize {
+        self.codes.len() / self.words
+    }
+
+    /// The slot (handle) an id names, if the id is live.
     pub fn handle_of(&self, id: Id) -> Option<u32> {
         let (handle, generation) = split_id(id);
         let h = handle as usize;
-        (id >> 63 == 0
-            && h < self.handle_row.len()
-            && self.handle_row[h] != FREE
-            && self.handle_generation[h] == generation)
-            .then_some(handle)
+        // A live slot's word has FREE clear, and a valid id's generation is below 2^31, so one
+        // comparison checks both that the slot is live and that the id is current.
+        (id >> 63 == 0 && h < self.slots() && self.generation[h] == generation).then_some(handle)
     }
 
     pub fn contains(&self, id: Id) -> bool {
@@ -103,28 +110,30 @@ impl CodeIndex {
 
     /// The id of the entry that currently owns `handle` (which must be live).
     pub fn id_of_handle(&self, handle: u32) -> Id {
-        make_id(handle, self.handle_generation[handle as usize])
+        make_id(handle, self.generation[handle as usize])
     }
 
-    fn id_of_row(&self, row: usize) -> Id {
-        self.id_of_handle(self.row_handle[row])
+    /// The id of the entry in slot `row`, or `None` when the slot is free.
+    #[inline]
+    fn live_id(&self, row: usize) -> Option<Id> {
+        let generation = self.generation[row];
+        (generation & FREE == 0).then(|| make_id(row as u32, generation))
     }
 
     /// The code stored under `id`.
     pub fn code(&self, id: Id) -> Option<&[u64]> {
-        let handle = self.handle_of(id)?;
-        let row = self.handle_row[handle as usize] as usize;
-        Some(&self.codes[row * self.words..(row + 1) * self.words])
+        let slot = self.handle_of(id)? as usize;
+        Some(&self.codes[slot * self.words..(slot + 1) * self.words])
     }
 
-    /// Ids of all live entries, in storage order.
+    /// Ids of all live entries, in slot order.
     pub fn ids(&self) -> Vec<Id> {
-        (0..self.len()).map(|row| self.id_of_row(row)).collect()
+        (0..self.slots()).filter_map(|row| self.live_id(row)).collect()
     }
 
     /// Number of handles (live or free): the size of per-handle side tables.
     pub fn handle_capacity(&self) -> usize {
-        self.handle_row.len()
+        self.generation.len()
     }
 
     /// Checks that `codes` is a whole number of codes and that they fit; returns how many.
@@ -146,11 +155,11 @@ impl CodeIndex {
         Ok(n)
     }
 
-    /// Appends codes (a whole number of rows) and returns their ids, in order.
+    /// Adds codes (a whole number of rows) and returns their ids, in order.
     pub fn add(&mut self, codes: &[u64]) -> Result<Vec<Id>> {
         let n = self.check_batch(codes)?;
-        self.codes.reserve(codes.len());
-        self.row_handle.reserve(n);
+        self.codes
+            .reserve(codes.len().saturating_sub(self.free_slots.len() * self.words));
         let mut ids = Vec::with_capacity(n);
         for code in codes.chunks_exact(self.words) {
             ids.push(self.push_row(code));
@@ -158,62 +167,52 @@ impl CodeIndex {
         Ok(ids)
     }
 
-    /// Inserts one code, which the caller has checked has `words` words and fits.
+    /// Inserts one code, which the caller has checked has `words` words and fits: into the
+    /// most recently freed slot, else a new slot at the end.
     pub(crate) fn push_row(&mut self, code: &[u64]) -> Id {
         debug_assert_eq!(code.len(), self.words);
-        let row = self.row_handle.len() as u32;
-        let handle = match self.free_handles.pop() {
-            Some(handle) => {
-                self.handle_row[handle as usize] = row;
-                handle
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                let s = slot as usize;
+                self.codes[s * self.words..(s + 1) * self.words].copy_from_slice(code);
+                slot
             }
             None => {
-                let handle = self.handle_row.len() as u32;
-                self.handle_row.push(row);
-                self.handle_generation.push(0);
-                handle
+                let slot = self.slots() as u32;
+                self.codes.extend_from_slice(code);
+                if slot as usize == self.generation.len() {
+                    self.generation.push(FREE);
+                }
+                slot
             }
         };
-        self.codes.extend_from_slice(code);
-        self.row_handle.push(handle);
-        self.id_of_handle(handle)
+        let s = slot as usize;
+        self.generation[s] &= GENERATION_MASK; // live
+        self.len += 1;
+        self.id_of_handle(slot)
     }
 
-    /// Removes an entry; returns its handle, or `None` when the id is not live.
+    /// Removes an entry; returns its slot, or `None` when the id is not live.
     pub fn remove(&mut self, id: Id) -> Option<u32> {
-        let handle = self.handle_of(id)?;
-        let row = self.handle_row[handle as usize] as usize;
-        let last = self.len() - 1;
-        if row != last {
-            let w = self.words;
-            self.codes.copy_within(last * w..(last + 1) * w, row * w);
-            let moved = self.row_handle[last];
-            self.row_handle[row] = moved;
-            self.handle_row[moved as usize] = row as u32;
-        }
-        self.codes.truncate(last * self.words);
-        self.row_handle.truncate(last);
-        self.release_handle(handle);
-        Some(handle)
+        let slot = self.handle_of(id)?;
+        let s = slot as usize;
+        self.generation[s] = ((self.generation[s] + 1) & GENERATION_MASK) | FREE;
+        self.free_slots.push(slot);
+        self.len -= 1;
+        Some(slot)
     }
 
-    fn release_handle(&mut self, handle: u32) {
-        let h = handle as usize;
-        self.handle_row[h] = FREE;
-        self.handle_generation[h] = (self.handle_generation[h] + 1) & GENERATION_MASK;
-        self.free_handles.push(handle);
-    }
-
-    /// Removes every entry. Ids handed out before stay dead.
+    /// Removes every entry and returns the code buffer's memory. Ids handed out before stay
+    /// dead: the generation table is kept, and slots are handed out again from 0.
     pub fn clear(&mut self) {
-        for row in 0..self.len() {
-            let handle = self.row_handle[row];
-            self.release_handle(handle);
+        for generation in &mut self.generation {
+            if *generation & FREE == 0 {
+                *generation = ((*generation + 1) & GENERATION_MASK) | FREE;
+            }
         }
-        self.codes.clear();
-        self.row_handle.clear();
-        self.codes.shrink_to(0);
-        self.row_handle.shrink_to(0);
+        self.codes = Vec::new();
+        self.free_slots = Vec::new();
+        self.len = 0;
     }
 
     /// The `k` nearest entries within `max_distance`, nearest first, ties by ascending id.
@@ -224,11 +223,11 @@ impl CodeIndex {
                 got_words: query.len(),
             });
         }
-        let found = scan::top_k(&self.codes, query, k, max_distance, |row| self.id_of_row(row));
+        let found = scan::top_k(&self.codes, query, k, max_distance, |row| self.live_id(row));
         Ok(found
             .into_iter()
             .map(|Neighbor { distance, row }| Hit {
-                id: self.id_of_row(row),
+                id: self.id_of_handle(row as u32),
                 distance,
             })
             .collect())
@@ -255,14 +254,14 @@ impl CodeIndex {
             k,
             max_distance,
             threads,
-            |row| self.id_of_row(row),
+            |row| self.live_id(row),
         );
         Ok(found
             .into_iter()
             .map(|hits| {
                 hits.into_iter()
                     .map(|Neighbor { distance, row }| Hit {
-                        id: self.id_of_row(row),
+                        id: self.id_of_handle(row as u32),
                         distance,
                     })
                     .collect()
@@ -272,12 +271,7 @@ impl CodeIndex {
 
     /// Bytes held by this index's buffers (capacity, not length).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.capacity() * 8
-            + (self.row_handle.capacity()
-                + self.handle_row.capacity()
-                + self.handle_generation.capacity()
-                + self.free_handles.capacity())
-                * 4
+        self.codes.capacity() * 8 + (self.generation.capacity() + self.free_slots.capacity()) * 4
     }
 }
 
@@ -334,6 +328,23 @@ mod tests {
         assert_eq!(index.handle_capacity(), 1, "the freed handle was reused");
         assert!(!index.contains(a));
         assert_eq!(index.code(b), Some(&[2u64][..]));
+    }
+
+    #[test]
+    fn a_free_slot_is_never_reported() {
+        let mut index = CodeIndex::new(64).unwrap();
+        let ids = index.add(&[7, 0xFF, 0xFFFF]).unwrap();
+        index.remove(ids[0]).unwrap();
+        // The freed slot still holds 7, the exact query, but only live slots come back.
+        let hits = index.search(&[7], 3, u32::MAX).unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![ids[1], ids[2]]
+        );
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.ids(), vec![ids[1], ids[2]]);
+        let batch = index.search_batch(&[7, 7], 1, u32::MAX, 2).unwrap();
+        assert_eq!(batch, vec![vec![hits[0]], vec![hits[0]]]);
     }
 
     #[test]

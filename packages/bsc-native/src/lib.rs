@@ -4,6 +4,7 @@
 //! with `cargo test`. The `python` feature adds the thin PyO3 layer that maturin builds into
 //! the `bsc_native._core` extension module.
 
+pub mod arena;
 pub mod cache;
 pub mod error;
 pub mod index;

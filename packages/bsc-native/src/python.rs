@@ -32,10 +32,11 @@ create_exception!(
 
 fn to_py(err: Error) -> PyErr {
     match err {
-        Error::Full { .. } => IndexFullError::new_err(err.to_string()),
-        Error::InvalidCodeBits(_) | Error::BadCodeLength { .. } | Error::InvalidMaxEntries(_) => {
-            PyValueError::new_err(err.to_string())
-        }
+        Error::Full { .. } | Error::StorageFull { .. } => IndexFullError::new_err(err.to_string()),
+        Error::InvalidCodeBits(_)
+        | Error::BadCodeLength { .. }
+        | Error::InvalidMaxEntries(_)
+        | Error::ResponseTooLarge { .. } => PyValueError::new_err(err.to_string()),
     }
 }
 
@@ -541,7 +542,9 @@ impl PyCacheStore {
 
     /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (size, memory_bytes) = with_read(py, &self.inner, |core| (core.len(), core.memory_bytes()))?;
+        let (size, memory_bytes, response_bytes) = with_read(py, &self.inner, |core| {
+            (core.len(), core.memory_bytes(), core.response_bytes())
+        })?;
         let out = PyDict::new(py);
         out.set_item("size", size)?;
         out.set_item("max_entries", self.max_entries)?;
@@ -549,6 +552,7 @@ impl PyCacheStore {
         out.set_item("misses", self.misses.load(Ordering::Relaxed))?;
         out.set_item("evictions", self.evictions.load(Ordering::Relaxed))?;
         out.set_item("memory_bytes", memory_bytes)?;
+        out.set_item("response_bytes", response_bytes)?;
         Ok(out)
     }
 }

@@ -29,8 +29,9 @@ pub struct Neighbor {
 }
 
 /// Collector of the best `k` rows: a max-heap of size `k`, so a scan costs O(n log k) even
-/// when `k` is as large as the index.
-struct TopK<F: Fn(usize) -> u64> {
+/// when `k` is as large as the index. `tie_key(row)` is `None` for a row that must not be
+/// reported (a free slot), checked only for rows that beat the bound.
+struct TopK<F: Fn(usize) -> Option<u64>> {
     k: usize,
     /// Largest distance that can still enter the result: `max_distance` until the heap is
     /// full, then the distance of its worst item.
@@ -40,7 +41,7 @@ struct TopK<F: Fn(usize) -> u64> {
     heap: BinaryHeap<(u32, u64, usize)>,
 }
 
-impl<F: Fn(usize) -> u64> TopK<F> {
+impl<F: Fn(usize) -> Option<u64>> TopK<F> {
     fn new(k: usize, max_distance: u32, tie_key: F) -> Self {
         Self {
             k,
@@ -57,7 +58,10 @@ impl<F: Fn(usize) -> u64> TopK<F> {
         }
         // Only rows at or under the bound reach here, so the tie key lookup stays off the
         // hot path of a scan that mostly misses.
-        let item = (distance, (self.tie_key)(row), row);
+        let Some(key) = (self.tie_key)(row) else {
+            return;
+        };
+        let item = (distance, key, row);
         if self.heap.len() < self.k {
             self.heap.push(item);
         } else if let Some(mut worst) = self.heap.peek_mut() {
@@ -88,7 +92,7 @@ trait Sink {
     fn offer(&mut self, distance: u32, row: usize);
 }
 
-impl<F: Fn(usize) -> u64> Sink for TopK<F> {
+impl<F: Fn(usize) -> Option<u64>> Sink for TopK<F> {
     #[inline(always)]
     fn bound(&self) -> u32 {
         self.bound
@@ -375,12 +379,13 @@ fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: u
 }
 
 /// Scans `codes` (rows of `query.len()` words) and returns up to `k` rows with distance at most
-/// `max_distance`, sorted by distance, ties broken by `tie_key(row)` ascending.
+/// `max_distance`, sorted by distance, ties broken by `tie_key(row)` ascending; rows whose
+/// `tie_key` is `None` are skipped.
 ///
 /// # Panics
 /// If `query` is empty or `codes.len()` is not a multiple of `query.len()`: callers validate
 /// shapes before they get here.
-pub fn top_k<F: Fn(usize) -> u64>(
+pub fn top_k<F: Fn(usize) -> Option<u64>>(
     codes: &[u64],
     query: &[u64],
     k: usize,
@@ -391,7 +396,7 @@ pub fn top_k<F: Fn(usize) -> u64>(
 }
 
 /// [`top_k`] with a chosen kernel (which must be supported by this CPU).
-pub fn top_k_with<F: Fn(usize) -> u64>(
+pub fn top_k_with<F: Fn(usize) -> Option<u64>>(
     kernel: Kernel,
     codes: &[u64],
     query: &[u64],
@@ -428,7 +433,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 22;
 /// codes is loaded once and scanned for every query while it is in cache, and with
 /// `threads > 1` and enough work, chunks of queries are shared out to that many threads.
 /// Results are exactly those of [`top_k`] for each query, in query order.
-pub fn top_k_batch<F: Fn(usize) -> u64 + Sync>(
+pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     codes: &[u64],
     queries: &[u64],
     words: usize,
@@ -524,12 +529,12 @@ mod tests {
 
     #[test]
     fn empty_matrix_gives_nothing() {
-        assert!(top_k(&[], &[1, 2, 3, 4], 5, u32::MAX, |r| r as u64).is_empty());
+        assert!(top_k(&[], &[1, 2, 3, 4], 5, u32::MAX, |r| Some(r as u64)).is_empty());
     }
 
     #[test]
     fn k_zero_gives_nothing() {
-        assert!(top_k(&[1, 2], &[1, 2], 0, u32::MAX, |r| r as u64).is_empty());
+        assert!(top_k(&[1, 2], &[1, 2], 0, u32::MAX, |r| Some(r as u64)).is_empty());
     }
 
     #[test]
@@ -545,7 +550,7 @@ mod tests {
             codes.extend_from_slice(&row);
         }
         for kernel in Kernel::available() {
-            let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| r as u64);
+            let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| Some(r as u64));
             let distances: Vec<u32> = got.iter().map(|n| n.distance).collect();
             assert_eq!(
                 distances,
@@ -574,7 +579,7 @@ mod tests {
     fn ties_follow_the_tie_key() {
         // Three identical rows: the tie key decides the order, not the row position.
         let codes = [7u64, 7, 7];
-        let got = top_k(&codes, &[7], 3, u32::MAX, |r| [30, 10, 20][r]);
+        let got = top_k(&codes, &[7], 3, u32::MAX, |r| Some([30, 10, 20][r]));
         let rows: Vec<usize> = got.iter().map(|n| n.row).collect();
         assert_eq!(rows, vec![1, 2, 0]);
     }
@@ -596,18 +601,18 @@ mod tests {
         assert!(rows * m >= PARALLEL_MIN_WORK);
         for threads in [1, 2, 3] {
             for (k, radius) in [(1, u32::MAX), (5, 100), (3, 40)] {
-                let got = top_k_batch(&codes, &queries, 4, k, radius, threads, |r| r as u64);
+                let got = top_k_batch(&codes, &queries, 4, k, radius, threads, |r| Some(r as u64));
                 assert_eq!(got.len(), m);
                 for (j, q) in queries.chunks_exact(4).enumerate().step_by(37) {
                     assert_eq!(
                         got[j],
-                        top_k(&codes, q, k, radius, |r| r as u64),
+                        top_k(&codes, q, k, radius, |r| Some(r as u64)),
                         "query {j}, threads {threads}"
                     );
                 }
             }
         }
-        assert!(top_k_batch(&codes, &[], 4, 1, u32::MAX, 2, |r| r as u64).is_empty());
+        assert!(top_k_batch(&codes, &[], 4, 1, u32::MAX, 2, |r| Some(r as u64)).is_empty());
     }
 
     proptest! {
@@ -629,7 +634,7 @@ mod tests {
             let max_distance = max_distance.unwrap_or(u32::MAX);
             let want = reference(&codes, &query, k, max_distance);
             for kernel in Kernel::available() {
-                let got = top_k_with(kernel, &codes, &query, k, max_distance, |r| r as u64);
+                let got = top_k_with(kernel, &codes, &query, k, max_distance, |r| Some(r as u64));
                 prop_assert_eq!(&got, &want, "kernel {}", kernel.name());
             }
         }

@@ -89,3 +89,22 @@ def test_bad_code_changes_nothing():
         store.put(code(1), "not bytes")  # type: ignore[arg-type]
     assert len(store) == 1 and store.stats()["evictions"] == 0
     assert repr(store) == "CacheStore(code_bits=256, max_entries=1, len=1)"
+
+
+def test_response_bytes_and_responses_kept_through_many_deletes():
+    store = CacheStore(64, 5000)
+    rng = np.random.default_rng(5)
+    payloads = {}
+    for i in range(3000):
+        payload = bytes(rng.integers(0, 256, size=int(rng.integers(0, 2000)), dtype=np.uint8))
+        payloads[store.put(np.array([i], dtype=np.uint64), payload)] = payload
+    assert store.stats()["response_bytes"] == sum(map(len, payloads.values()))
+    # Deleting most entries frees their responses; the rest read back byte for byte.
+    for entry_id in list(payloads)[:2500]:
+        assert store.delete(entry_id)
+        del payloads[entry_id]
+    assert store.stats()["response_bytes"] == sum(map(len, payloads.values()))
+    for entry_id, payload in payloads.items():
+        assert store.peek(entry_id)[2] == payload
+    store.clear()
+    assert store.stats()["response_bytes"] == 0

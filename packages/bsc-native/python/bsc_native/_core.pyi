@@ -113,4 +113,5 @@ class CacheStore:
     def memory_bytes(self) -> int:
         """Bytes held: codes, metadata and payloads."""
     def stats(self) -> dict[str, int]:
-        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes``."""
+        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes`` (everything held,
+        responses included) and ``response_bytes`` (the live responses alone)."""

@@ -36,7 +36,8 @@ class CacheEntry:
 @dataclass(frozen=True, slots=True)
 class CacheStats:
     """Counters and sizes of a cache. ``hit_rate`` is ``hits / (hits + misses)`` (0.0 before
-    any lookup); ``memory_bytes`` counts codes, metadata and stored responses."""
+    any lookup); ``memory_bytes`` counts everything held (codes, metadata, stored responses and
+    spare capacity), ``response_bytes`` the stored responses alone."""
 
     size: int
     max_size: int
@@ -45,6 +46,7 @@ class CacheStats:
     evictions: int
     hit_rate: float
     memory_bytes: int
+    response_bytes: int
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,4 +209,5 @@ class BinarySemanticCache:
             evictions=raw["evictions"],
             hit_rate=raw["hits"] / lookups if lookups else 0.0,
             memory_bytes=raw["memory_bytes"],
+            response_bytes=raw["response_bytes"],
         )
