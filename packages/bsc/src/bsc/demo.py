@@ -87,7 +87,7 @@ class DemoReport:
             f"  lookup time           median {self.lookup_median_us:.1f} us, p99 {self.lookup_p99_us:.1f} us"
             " (cache.get, embedding excluded)",
             f"  embedding time        {self.embed_ms_per_prompt:.2f} ms per prompt (batches of 32)",
-            f"  memory per entry      {self.index_bytes_per_entry:.0f} B index and metadata,"
+            f"  memory per entry      {self.index_bytes_per_entry:.0f} B code, metadata and spare capacity,"
             f" {self.memory_bytes_per_entry:.0f} B with the stored answers",
         ])  # fmt: skip
 
