@@ -103,22 +103,24 @@ def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.
     result["put_single_us"] = summary([timed(lambda r=r: single.add(r)) for r in rows])
 
     misses = rng.integers(0, 2**64, size=(queries, WORDS), dtype=np.uint64)
-    hits = codes[rng.integers(0, n, size=queries)].copy()
+    exact = codes[rng.integers(0, n, size=queries)].copy()  # a stored code: the scan stops there
+    hits = exact.copy()
     hits[:, 0] ^= np.uint64(0b1011)  # three bits away from a stored code
     flat = None
     if faiss is not None:
         flat = faiss.IndexBinaryFlat(WORDS * 64)
         flat.add(codes.view(np.uint8).reshape(n, WORDS * 8))
     with_numpy = n <= 1_000_000
-    samples: dict[str, list[float]] = {k: [] for k in ["bsc_k1", "bsc_k1_hit", "bsc_k10", "bsc_radius", "roofline",
-                                                        "faiss_k1", "numpy_k1"]}  # fmt: skip
+    samples: dict[str, list[float]] = {k: [] for k in ["bsc_k1", "bsc_k1_hit", "bsc_k1_exact", "bsc_k10",
+                                                        "bsc_radius", "roofline", "faiss_k1", "numpy_k1"]}  # fmt: skip
     ptr = codes.ctypes.data
 
-    def one_query(i: int, q: np.ndarray, hit: np.ndarray) -> None:
+    def one_query(i: int, q: np.ndarray, hit: np.ndarray, same: np.ndarray) -> None:
         qb = q.view(np.uint8).reshape(1, WORDS * 8)
         calls = {
             "bsc_k1": lambda: index.search(q, k=1),
             "bsc_k1_hit": lambda: index.search(hit, k=1),
+            "bsc_k1_exact": lambda: index.search(same, k=1),
             "bsc_k10": lambda: index.search(q, k=10),
             # The cache-hit question: every code within distance 64 (estimated cosine >= 0.71).
             "bsc_radius": lambda: index.search(q, k=n, max_distance=64),
@@ -134,7 +136,7 @@ def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.
             samples[str(name)].append(timed(calls[str(name)]))
 
     for i in range(queries):
-        one_query(i, misses[i], hits[i])
+        one_query(i, misses[i], hits[i], exact[i])
     for name, values in samples.items():
         if values:
             result[name] = summary(values)
@@ -143,10 +145,26 @@ def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.
     _, dist = index.search(misses[0], k=1)
     assert int(dist[0]) == roofline.roofline_min(ptr, n, misses[0].ctypes.data)
 
-    batch = misses[:64]
-    if hasattr(index, "search_batch"):
-        rounds = [timed(lambda: index.search_batch(batch, k=1)) / len(batch) for _ in range(max(3, queries // 64))]
-        result["bsc_batch64_per_query_us"] = statistics.median(rounds)
+    batch = np.ascontiguousarray(misses[:64])
+    rounds = max(3, queries // 64)
+
+    def batch_time(threads: int | None) -> float:
+        return statistics.median(
+            [timed(lambda: index.search_batch(batch, k=1, threads=threads)) / len(batch) for _ in range(rounds)]
+        )
+
+    result["bsc_batch64_per_query_us"] = batch_time(None)
+    result["bsc_batch64_1thread_per_query_us"] = batch_time(1)
+    # The same batch while another process keeps one core busy: sharing chunks of queries
+    # between threads must not make it slower than one thread.
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        result["bsc_batch64_busy_core_per_query_us"] = batch_time(None)
+        result["bsc_batch64_busy_core_1thread_per_query_us"] = batch_time(1)
+    finally:
+        busy.kill()
+        busy.wait()
 
     base = result["roofline"]["median_us"]
     result["ratio_to_roofline"] = result["bsc_k1"]["median_us"] / base
@@ -171,16 +189,20 @@ def table(rows: list[dict[str, Any]]) -> str:
         return f"{row[key]:.2f}x" if key in row else "-"
 
     head = ("| N | bsc k=1 µs (p99) | roofline µs | bsc/roofline | faiss µs | faiss/bsc | numpy µs | numpy/bsc "
-            "| k=10 µs | radius µs | hit µs | batch64 µs/query | put bulk Mcodes/s | put single µs "
+            "| k=10 µs | radius µs | hit µs | exact µs | batch64 µs/query (1 thread; busy core: default, 1 thread) "
+            "| put bulk Mcodes/s | put single µs "
             "| B/entry index | B/entry cache |")  # fmt: skip
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        batch = f"{r['bsc_batch64_per_query_us']:.1f}" if "bsc_batch64_per_query_us" in r else "-"
+        batch = (
+            f"{r['bsc_batch64_per_query_us']:.1f} ({r['bsc_batch64_1thread_per_query_us']:.1f}; "
+            f"{r['bsc_batch64_busy_core_per_query_us']:.1f}, {r['bsc_batch64_busy_core_1thread_per_query_us']:.1f})"
+        )
         lines.append(
             f"| {r['n']:,} | {r['bsc_k1']['median_us']:.1f} ({r['bsc_k1']['p99_us']:.1f}) | {us(r, 'roofline')} "
             f"| {ratio(r, 'ratio_to_roofline')} | {us(r, 'faiss_k1')} | {ratio(r, 'faiss_over_bsc')} "
             f"| {us(r, 'numpy_k1')} | {ratio(r, 'numpy_over_bsc')} | {us(r, 'bsc_k10')} | {us(r, 'bsc_radius')} "
-            f"| {us(r, 'bsc_k1_hit')} | {batch} | {r['put_bulk_codes_per_second'] / 1e6:.1f} "
+            f"| {us(r, 'bsc_k1_hit')} | {us(r, 'bsc_k1_exact')} | {batch} | {r['put_bulk_codes_per_second'] / 1e6:.1f} "
             f"| {r['put_single_us']['median_us']:.2f} | {r['memory_bytes_per_entry']['index']:.1f} "
             f"| {r['memory_bytes_per_entry']['cache_store']:.1f} |"
         )

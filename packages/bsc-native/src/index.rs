@@ -120,6 +120,13 @@ impl CodeIndex {
         (generation & FREE == 0).then(|| make_id(row as u32, generation))
     }
 
+    /// A live slot's tie key in a search: the slot itself, so ties go to the lowest slot and a
+    /// scan (which visits slots in order) can stop at the first `k` exact matches.
+    #[inline]
+    fn tie_key(&self, row: usize) -> Option<u64> {
+        self.live_id(row).map(|_| row as u64)
+    }
+
     /// The code stored under `id`.
     pub fn code(&self, id: Id) -> Option<&[u64]> {
         let slot = self.handle_of(id)? as usize;
@@ -215,7 +222,8 @@ impl CodeIndex {
         self.len = 0;
     }
 
-    /// The `k` nearest entries within `max_distance`, nearest first, ties by ascending id.
+    /// The `k` nearest entries within `max_distance`, nearest first, ties by ascending slot (the
+    /// low 32 bits of the id). The scan stops early once it holds `k` entries at distance 0.
     pub fn search(&self, query: &[u64], k: usize, max_distance: u32) -> Result<Vec<Hit>> {
         if query.len() != self.words {
             return Err(Error::BadCodeLength {
@@ -223,7 +231,7 @@ impl CodeIndex {
                 got_words: query.len(),
             });
         }
-        let found = scan::top_k(&self.codes, query, k, max_distance, |row| self.live_id(row));
+        let found = scan::top_k(&self.codes, query, k, max_distance, |row| self.tie_key(row), true);
         Ok(found
             .into_iter()
             .map(|Neighbor { distance, row }| Hit {
@@ -254,7 +262,8 @@ impl CodeIndex {
             k,
             max_distance,
             threads,
-            |row| self.live_id(row),
+            |row| self.tie_key(row),
+            true,
         );
         Ok(found
             .into_iter()
@@ -428,7 +437,8 @@ mod tests {
                             .map(|(id, c)| ((c ^ q).count_ones(), *id))
                             .filter(|(d, _)| *d <= radius)
                             .collect();
-                        expect.sort();
+                        // Ties go to the lower slot (the low 32 bits of the id).
+                        expect.sort_by_key(|&(d, id)| (d, id & 0xFFFF_FFFF));
                         expect.truncate(k);
                         let got: Vec<(u32, Id)> = index
                             .search(&[q], k, radius)

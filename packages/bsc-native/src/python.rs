@@ -296,7 +296,8 @@ impl PyBinaryIndex {
     }
 
     /// The `k` nearest codes to `query`, optionally only those within `max_distance`.
-    /// Returns `(ids, distances)`: `int64` and `int32` arrays, nearest first, ties by id.
+    /// Returns `(ids, distances)`: `int64` and `int32` arrays, nearest first, ties to the lower slot
+    /// (the low 32 bits of the id).
     #[pyo3(signature = (query, k = None, max_distance = None))]
     fn search<'py>(
         &self,

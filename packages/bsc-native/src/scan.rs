@@ -37,16 +37,20 @@ struct TopK<F: Fn(usize) -> Option<u64>> {
     /// full, then the distance of its worst item.
     bound: u32,
     tie_key: F,
+    /// The tie keys ascend with the row, so once `k` rows at distance 0 are held no later row
+    /// can enter and the scan may stop.
+    keys_follow_rows: bool,
     // (distance, tie key, row); the worst item on top.
     heap: BinaryHeap<(u32, u64, usize)>,
 }
 
 impl<F: Fn(usize) -> Option<u64>> TopK<F> {
-    fn new(k: usize, max_distance: u32, tie_key: F) -> Self {
+    fn new(k: usize, max_distance: u32, tie_key: F, keys_follow_rows: bool) -> Self {
         Self {
             k,
             bound: max_distance,
             tie_key,
+            keys_follow_rows,
             heap: BinaryHeap::with_capacity(k.min(64)),
         }
     }
@@ -90,6 +94,8 @@ impl<F: Fn(usize) -> Option<u64>> TopK<F> {
 trait Sink {
     fn bound(&self) -> u32;
     fn offer(&mut self, distance: u32, row: usize);
+    /// Whether no row after the last one offered can change the result (checked after offers).
+    fn done(&self) -> bool;
 }
 
 impl<F: Fn(usize) -> Option<u64>> Sink for TopK<F> {
@@ -101,6 +107,11 @@ impl<F: Fn(usize) -> Option<u64>> Sink for TopK<F> {
     #[inline(always)]
     fn offer(&mut self, distance: u32, row: usize) {
         TopK::offer(self, distance, row)
+    }
+
+    #[inline(always)]
+    fn done(&self) -> bool {
+        self.keys_follow_rows && self.bound == 0 && self.heap.len() == self.k
     }
 }
 
@@ -193,6 +204,9 @@ fn scan_fixed<const W: usize, S: Sink>(codes: &[u64], query: &[u64], first_row: 
         }
         if d <= top.bound() {
             top.offer(d, first_row + row);
+            if top.done() {
+                return;
+            }
         }
     }
 }
@@ -203,6 +217,9 @@ fn scan_dyn<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S
         let d = hamming(chunk, query);
         if d <= top.bound() {
             top.offer(d, first_row + row);
+            if top.done() {
+                return;
+            }
         }
     }
 }
@@ -282,6 +299,11 @@ mod x86 {
                         top.offer(lanes[lane], first_row + row + LANE_ROW[lane]);
                     }
                 }
+                // Lanes are offered out of row order (0, 2, 1, 3, ...), so stop only after the
+                // whole group: every row of it has been offered by then.
+                if top.done() {
+                    return;
+                }
             }
             row += 8;
         }
@@ -347,6 +369,9 @@ mod x86 {
                         top.offer(d, first_row + row + lane);
                     }
                 }
+                if top.done() {
+                    return;
+                }
             }
             row += 4;
         }
@@ -380,7 +405,8 @@ fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: u
 
 /// Scans `codes` (rows of `query.len()` words) and returns up to `k` rows with distance at most
 /// `max_distance`, sorted by distance, ties broken by `tie_key(row)` ascending; rows whose
-/// `tie_key` is `None` are skipped.
+/// `tie_key` is `None` are skipped. When `keys_follow_rows` (the tie key grows with the row),
+/// the scan stops as soon as it holds `k` rows at distance 0.
 ///
 /// # Panics
 /// If `query` is empty or `codes.len()` is not a multiple of `query.len()`: callers validate
@@ -391,8 +417,17 @@ pub fn top_k<F: Fn(usize) -> Option<u64>>(
     k: usize,
     max_distance: u32,
     tie_key: F,
+    keys_follow_rows: bool,
 ) -> Vec<Neighbor> {
-    top_k_with(active_kernel(), codes, query, k, max_distance, tie_key)
+    top_k_with(
+        active_kernel(),
+        codes,
+        query,
+        k,
+        max_distance,
+        tie_key,
+        keys_follow_rows,
+    )
 }
 
 /// [`top_k`] with a chosen kernel (which must be supported by this CPU).
@@ -403,6 +438,7 @@ pub fn top_k_with<F: Fn(usize) -> Option<u64>>(
     k: usize,
     max_distance: u32,
     tie_key: F,
+    keys_follow_rows: bool,
 ) -> Vec<Neighbor> {
     assert!(!query.is_empty(), "query must hold at least one word");
     assert_eq!(
@@ -415,7 +451,7 @@ pub fn top_k_with<F: Fn(usize) -> Option<u64>>(
     if k == 0 {
         return Vec::new();
     }
-    let mut top = TopK::new(k, max_distance, tie_key);
+    let mut top = TopK::new(k, max_distance, tie_key, keys_follow_rows);
     scan_with(kernel, codes, query, 0, &mut top);
     top.finish()
 }
@@ -423,16 +459,18 @@ pub fn top_k_with<F: Fn(usize) -> Option<u64>>(
 /// Rows per block of a batch scan: 2048 codes of 256 bits are 64 KiB, which stay in the L2
 /// cache while every query of the batch scans them.
 const BATCH_BLOCK_ROWS: usize = 2048;
-/// Queries a worker takes at a time from a batch (work is shared out in chunks, so a worker
-/// whose core is busy with something else takes fewer of them).
-const BATCH_CHUNK: usize = 4;
 /// Below this many code comparisons a batch runs on the calling thread only.
 const PARALLEL_MIN_WORK: usize = 1 << 22;
 
-/// [`top_k`] for many queries at once (`queries` holds `m` codes back to back): each block of
-/// codes is loaded once and scanned for every query while it is in cache, and with
-/// `threads > 1` and enough work, chunks of queries are shared out to that many threads.
-/// Results are exactly those of [`top_k`] for each query, in query order.
+/// [`top_k`] for many queries at once (`queries` holds `m` codes back to back). The codes are
+/// cut into blocks; a worker takes the next block, scans it for every query while it is in
+/// cache, and keeps a top-k per query; the workers' top-k lists are merged at the end. So the
+/// codes are read once per batch whatever the number of threads, and a worker whose core is
+/// busy with something else simply takes fewer blocks. Results are exactly those of [`top_k`]
+/// for each query, in query order.
+// The arguments are those of `top_k` plus the batch's shape and thread count; bundling them
+// into a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     codes: &[u64],
     queries: &[u64],
@@ -441,7 +479,10 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     max_distance: u32,
     threads: usize,
     tie_key: F,
+    keys_follow_rows: bool,
 ) -> Vec<Vec<Neighbor>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     let kernel = active_kernel();
     assert!(words > 0 && queries.len().is_multiple_of(words) && codes.len().is_multiple_of(words));
     let m = queries.len() / words;
@@ -450,55 +491,61 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     if k == 0 || m == 0 {
         return vec![Vec::new(); m];
     }
-    let scan_chunk = |first: usize, last: usize| -> Vec<Vec<Neighbor>> {
-        let mut tops: Vec<TopK<&F>> = (first..last)
-            .map(|_| TopK::new(k, max_distance, &tie_key))
+    let blocks = rows.div_ceil(BATCH_BLOCK_ROWS);
+    let next_block = AtomicUsize::new(0);
+    let work = || {
+        let mut tops: Vec<TopK<&F>> = (0..m)
+            .map(|_| TopK::new(k, max_distance, &tie_key, keys_follow_rows))
             .collect();
-        for start in (0..rows).step_by(BATCH_BLOCK_ROWS) {
+        // Blocks are handed out in ascending order, so each worker still sees its rows in
+        // ascending order and may stop a query early (see `TopK::done`).
+        loop {
+            let block = next_block.fetch_add(1, Ordering::Relaxed);
+            if block >= blocks {
+                break tops;
+            }
+            let start = block * BATCH_BLOCK_ROWS;
             let end = (start + BATCH_BLOCK_ROWS).min(rows);
             let block = &codes[start * words..end * words];
-            for (top, q) in tops
-                .iter_mut()
-                .zip(queries[first * words..last * words].chunks_exact(words))
-            {
-                scan_with(kernel, block, q, start, top);
+            for (top, q) in tops.iter_mut().zip(queries.chunks_exact(words)) {
+                if !top.done() {
+                    scan_with(kernel, block, q, start, top);
+                }
             }
         }
-        tops.into_iter().map(TopK::finish).collect()
     };
-    let threads = threads.max(1).min(m.div_ceil(BATCH_CHUNK));
+    let threads = threads.max(1).min(blocks);
     if threads == 1 || rows.saturating_mul(m) < PARALLEL_MIN_WORK {
-        return scan_chunk(0, m);
+        return work().into_iter().map(TopK::finish).collect();
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<Vec<Neighbor>> = vec![Vec::new(); m];
-    let done: Vec<Vec<(usize, Vec<Vec<Neighbor>>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let first = next.fetch_add(BATCH_CHUNK, std::sync::atomic::Ordering::Relaxed);
-                        if first >= m {
-                            break mine;
-                        }
-                        let last = (first + BATCH_CHUNK).min(m);
-                        mine.push((first, scan_chunk(first, last)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("a batch scan worker panicked"))
-            .collect()
+    let per_worker: Vec<Vec<TopK<&F>>> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = vec![work()];
+        all.extend(
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("a batch scan worker panicked")),
+        );
+        all
     });
-    for (first, results) in done.into_iter().flatten() {
-        for (offset, result) in results.into_iter().enumerate() {
-            out[first + offset] = result;
+    // Merge: per query, the k best (distance, tie key, row) over every worker's list.
+    let mut merged: Vec<Vec<(u32, u64, usize)>> = vec![Vec::new(); m];
+    for tops in per_worker {
+        for (j, top) in tops.into_iter().enumerate() {
+            merged[j].extend(top.heap.into_vec());
         }
     }
-    out
+    merged
+        .into_iter()
+        .map(|mut items| {
+            items.sort_unstable();
+            items.truncate(k);
+            items
+                .into_iter()
+                .map(|(distance, _, row)| Neighbor { distance, row })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -529,12 +576,12 @@ mod tests {
 
     #[test]
     fn empty_matrix_gives_nothing() {
-        assert!(top_k(&[], &[1, 2, 3, 4], 5, u32::MAX, |r| Some(r as u64)).is_empty());
+        assert!(top_k(&[], &[1, 2, 3, 4], 5, u32::MAX, |r| Some(r as u64), true).is_empty());
     }
 
     #[test]
     fn k_zero_gives_nothing() {
-        assert!(top_k(&[1, 2], &[1, 2], 0, u32::MAX, |r| Some(r as u64)).is_empty());
+        assert!(top_k(&[1, 2], &[1, 2], 0, u32::MAX, |r| Some(r as u64), true).is_empty());
     }
 
     #[test]
@@ -550,7 +597,7 @@ mod tests {
             codes.extend_from_slice(&row);
         }
         for kernel in Kernel::available() {
-            let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| Some(r as u64));
+            let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| Some(r as u64), true);
             let distances: Vec<u32> = got.iter().map(|n| n.distance).collect();
             assert_eq!(
                 distances,
@@ -567,6 +614,51 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_stops_at_the_first_k_exact_matches_when_keys_follow_rows() {
+        // 10,000 rows, exact matches at rows 100 and 5000: with keys that follow rows, k=1 stops
+        // within the group after row 100; with arbitrary keys it must read every row.
+        let mut codes = vec![u64::MAX; 10_000 * 4];
+        codes[100 * 4..101 * 4].copy_from_slice(&[0, 0, 0, 0]);
+        codes[5000 * 4..5001 * 4].copy_from_slice(&[0, 0, 0, 0]);
+        for kernel in Kernel::available() {
+            let asked = std::cell::Cell::new(0usize);
+            let key = |r: usize| {
+                asked.set(asked.get().max(r));
+                Some(r as u64)
+            };
+            let got = top_k_with(kernel, &codes, &[0; 4], 1, u32::MAX, key, true);
+            assert_eq!(
+                got,
+                vec![Neighbor {
+                    distance: 0,
+                    row: 100
+                }],
+                "kernel {}",
+                kernel.name()
+            );
+            assert!(
+                asked.get() < 200,
+                "kernel {} read on to row {}",
+                kernel.name(),
+                asked.get()
+            );
+            let two = top_k_with(kernel, &codes, &[0; 4], 2, u32::MAX, |r| Some(r as u64), true);
+            assert_eq!(two.iter().map(|n| n.row).collect::<Vec<_>>(), vec![100, 5000]);
+            // Reversed keys: the later match wins the tie, so no early stop is allowed.
+            let got = top_k_with(
+                kernel,
+                &codes,
+                &[0; 4],
+                1,
+                u32::MAX,
+                |r| Some(u64::MAX - r as u64),
+                false,
+            );
+            assert_eq!(got[0].row, 5000, "kernel {}", kernel.name());
+        }
+    }
+
+    #[test]
     fn detection_picks_a_supported_kernel() {
         let best = Kernel::detect();
         assert!(best.supported());
@@ -579,7 +671,7 @@ mod tests {
     fn ties_follow_the_tie_key() {
         // Three identical rows: the tie key decides the order, not the row position.
         let codes = [7u64, 7, 7];
-        let got = top_k(&codes, &[7], 3, u32::MAX, |r| Some([30, 10, 20][r]));
+        let got = top_k(&codes, &[7], 3, u32::MAX, |r| Some([30, 10, 20][r]), false);
         let rows: Vec<usize> = got.iter().map(|n| n.row).collect();
         assert_eq!(rows, vec![1, 2, 0]);
     }
@@ -601,18 +693,18 @@ mod tests {
         assert!(rows * m >= PARALLEL_MIN_WORK);
         for threads in [1, 2, 3] {
             for (k, radius) in [(1, u32::MAX), (5, 100), (3, 40)] {
-                let got = top_k_batch(&codes, &queries, 4, k, radius, threads, |r| Some(r as u64));
+                let got = top_k_batch(&codes, &queries, 4, k, radius, threads, |r| Some(r as u64), true);
                 assert_eq!(got.len(), m);
                 for (j, q) in queries.chunks_exact(4).enumerate().step_by(37) {
                     assert_eq!(
                         got[j],
-                        top_k(&codes, q, k, radius, |r| Some(r as u64)),
+                        top_k(&codes, q, k, radius, |r| Some(r as u64), true),
                         "query {j}, threads {threads}"
                     );
                 }
             }
         }
-        assert!(top_k_batch(&codes, &[], 4, 1, u32::MAX, 2, |r| Some(r as u64)).is_empty());
+        assert!(top_k_batch(&codes, &[], 4, 1, u32::MAX, 2, |r| Some(r as u64), true).is_empty());
     }
 
     proptest! {
@@ -634,7 +726,7 @@ mod tests {
             let max_distance = max_distance.unwrap_or(u32::MAX);
             let want = reference(&codes, &query, k, max_distance);
             for kernel in Kernel::available() {
-                let got = top_k_with(kernel, &codes, &query, k, max_distance, |r| Some(r as u64));
+                let got = top_k_with(kernel, &codes, &query, k, max_distance, |r| Some(r as u64), true);
                 prop_assert_eq!(&got, &want, "kernel {}", kernel.name());
             }
         }

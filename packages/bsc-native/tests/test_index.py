@@ -27,9 +27,11 @@ def popcount_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def reference_search(ids, codes, query, k, max_distance):
+    """(distance, id) of the k nearest, ties to the lower slot (the id's low 32 bits)."""
     d = popcount_distances(codes, query)
     order = sorted(
-        (int(dist), int(i)) for dist, i in zip(d, ids, strict=True) if max_distance is None or dist <= max_distance
+        ((int(dist), int(i)) for dist, i in zip(d, ids, strict=True) if max_distance is None or dist <= max_distance),
+        key=lambda pair: (pair[0], pair[1] & 0xFFFF_FFFF),
     )
     return order[:k]
 
@@ -95,7 +97,7 @@ def test_top_k_radius_and_ties():
     ids = index.add(codes).tolist()
     found, dist = index.search(np.array([0], dtype=np.uint64), k=10)
     assert dist.tolist() == [0, 1, 1, 2, 3]
-    assert found.tolist() == [ids[0], ids[1], ids[3], ids[2], ids[4]]  # ties by ascending id
+    assert found.tolist() == [ids[0], ids[1], ids[3], ids[2], ids[4]]  # ties by ascending slot
     found, dist = index.search(np.array([0], dtype=np.uint64), k=10, max_distance=1)
     assert dist.tolist() == [0, 1, 1]
     found, _ = index.search(np.array([0], dtype=np.uint64), k=10, max_distance=0)
@@ -352,6 +354,16 @@ def test_search_releases_the_gil():
         stop.set()
         thread.join()
         sys.setswitchinterval(interval)
+
+
+def test_ties_go_to_the_lower_slot_even_after_reuse():
+    index = BinaryIndex(code_bits=64)
+    a, _, c = index.add(np.array([[1], [9], [1]], dtype=np.uint64)).tolist()
+    assert index.remove(a)
+    (d,) = index.add(np.array([[1]], dtype=np.uint64)).tolist()  # reuses slot 0: a larger id
+    assert d > c and d & 0xFFFF_FFFF == 0
+    found, dist = index.search(np.array([1], dtype=np.uint64), k=2)
+    assert found.tolist() == [d, c] and dist.tolist() == [0, 0]
 
 
 def test_kernel_is_named():

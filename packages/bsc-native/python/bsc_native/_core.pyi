@@ -61,7 +61,8 @@ class BinaryIndex:
         self, query: npt.NDArray[np.uint64], k: int | None = None, max_distance: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """The ``k`` (``None``: 1) nearest codes to ``query`` (shape ``(code_bits // 64,)``), optionally only
-        those within ``max_distance``: ``(ids, distances)``, nearest first, ties by id."""
+        those within ``max_distance``: ``(ids, distances)``, nearest first, ties to the lower slot (the low 32
+        bits of the id)."""
     def search_batch(
         self,
         queries: npt.NDArray[np.uint64],
