@@ -114,29 +114,31 @@ def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.
     samples: dict[str, list[float]] = {k: [] for k in ["bsc_k1", "bsc_k1_hit", "bsc_k1_exact", "bsc_k10",
                                                         "bsc_radius", "roofline", "faiss_k1", "numpy_k1"]}  # fmt: skip
     ptr = codes.ctypes.data
+    calls: dict[str, Any] = {
+        "bsc_k1": lambda i: index.search(misses[i], k=1),
+        "bsc_k1_hit": lambda i: index.search(hits[i], k=1),
+        "bsc_k1_exact": lambda i: index.search(exact[i], k=1),
+        "bsc_k10": lambda i: index.search(misses[i], k=10),
+        # The cache-hit question: every code within distance 64 (estimated cosine >= 0.71).
+        "bsc_radius": lambda i: index.search(misses[i], k=n, max_distance=64),
+        "roofline": lambda i: roofline.roofline_min(ptr, n, misses[i].ctypes.data),
+    }
+    if flat is not None:
+        bytes_view = misses.view(np.uint8).reshape(queries, 1, WORDS * 8)
+        calls["faiss_k1"] = lambda i: flat.search(bytes_view[i], 1)
+    if with_numpy:
+        calls["numpy_k1"] = lambda i: int(np.bitwise_count(codes ^ misses[i]).sum(axis=1).argmin())
+    # Each method answers its queries in one run of consecutive calls after three untimed
+    # warm-up calls, in a random order of methods: every method is timed in the steady state of
+    # a server answering a stream of queries, with the caches to itself (interleaving methods
+    # query by query made each one pay for the others' data in unpredictable ways).
+    for name in rng.permutation(list(calls)):
+        call = calls[str(name)]
+        count = 20 if name == "numpy_k1" else queries
+        for i in range(3):
+            call(i)
+        samples[str(name)] = [timed(lambda i=i, call=call: call(i)) for i in range(count)]
 
-    def one_query(i: int, q: np.ndarray, hit: np.ndarray, same: np.ndarray) -> None:
-        qb = q.view(np.uint8).reshape(1, WORDS * 8)
-        calls = {
-            "bsc_k1": lambda: index.search(q, k=1),
-            "bsc_k1_hit": lambda: index.search(hit, k=1),
-            "bsc_k1_exact": lambda: index.search(same, k=1),
-            "bsc_k10": lambda: index.search(q, k=10),
-            # The cache-hit question: every code within distance 64 (estimated cosine >= 0.71).
-            "bsc_radius": lambda: index.search(q, k=n, max_distance=64),
-            "roofline": lambda: roofline.roofline_min(ptr, n, q.ctypes.data),
-        }
-        if flat is not None:
-            calls["faiss_k1"] = lambda: flat.search(qb, 1)
-        if with_numpy and i < 20:
-            calls["numpy_k1"] = lambda: int(np.bitwise_count(codes ^ q).sum(axis=1).argmin())
-        # A fresh order for every query, so that no method always runs right after another one
-        # has warmed (or flushed) the caches.
-        for name in rng.permutation(list(calls)):
-            samples[str(name)].append(timed(calls[str(name)]))
-
-    for i in range(queries):
-        one_query(i, misses[i], hits[i], exact[i])
     for name, values in samples.items():
         if values:
             result[name] = summary(values)
@@ -146,7 +148,7 @@ def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.
     assert int(dist[0]) == roofline.roofline_min(ptr, n, misses[0].ctypes.data)
 
     batch = np.ascontiguousarray(misses[:64])
-    rounds = max(3, queries // 64)
+    rounds = max(9, queries // 20)
 
     def batch_time(threads: int | None) -> float:
         return statistics.median(
