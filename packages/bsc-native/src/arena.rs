@@ -12,8 +12,16 @@ use crate::error::{Error, Result};
 pub const EMPTY: u32 = u32::MAX;
 /// Records start on multiples of this many bytes.
 const UNIT: usize = 8;
-/// Offsets are `u32` units below [`EMPTY`], so the buffer can address this many bytes (32 GiB).
-pub const MAX_BYTES: usize = (EMPTY as usize) * UNIT;
+/// Offsets are `u32` units below [`EMPTY`], so the buffer can address this many bytes (32 GiB,
+/// or the address space on a 32-bit target).
+pub const MAX_BYTES: usize = {
+    let bytes = EMPTY as u64 * UNIT as u64;
+    if bytes > usize::MAX as u64 {
+        usize::MAX
+    } else {
+        bytes as usize
+    }
+};
 /// Below this much garbage a compaction is not worth its copy.
 const MIN_GARBAGE: usize = 1 << 20;
 
@@ -30,12 +38,13 @@ pub struct Arena {
 
 impl Arena {
     /// Fails with [`Error::ResponseTooLarge`] or [`Error::StorageFull`] if `len` bytes cannot be
-    /// stored; changes nothing.
-    pub fn check_room(&self, len: usize) -> Result<()> {
+    /// stored once records of `freed` bytes (see [`Arena::record_bytes`]) are freed; changes
+    /// nothing.
+    pub fn check_room(&self, len: usize, freed: usize) -> Result<()> {
         if len > u32::MAX as usize {
             return Err(Error::ResponseTooLarge { len });
         }
-        if len > 0 && self.live + record_len(len) > MAX_BYTES {
+        if len > 0 && self.live.saturating_sub(freed) + record_len(len) > MAX_BYTES {
             return Err(Error::StorageFull { limit: MAX_BYTES });
         }
         Ok(())
@@ -73,11 +82,18 @@ impl Arena {
         &self.buf[start + 4..start + 4 + len]
     }
 
+    /// Bytes the record at `at` takes in the buffer (0 for an empty response).
+    pub fn record_bytes(&self, at: u32) -> usize {
+        if at == EMPTY {
+            0
+        } else {
+            record_len(self.get(at).len())
+        }
+    }
+
     /// Marks a record as garbage.
     pub fn free(&mut self, at: u32) {
-        if at != EMPTY {
-            self.live -= record_len(self.get(at).len());
-        }
+        self.live -= self.record_bytes(at);
     }
 
     /// Whether enough of the buffer is garbage that [`Arena::compacted`] should run.
@@ -146,11 +162,11 @@ mod tests {
     fn too_large_is_refused() {
         let arena = Arena::default();
         assert_eq!(
-            arena.check_room(u32::MAX as usize + 1),
+            arena.check_room(u32::MAX as usize + 1, 0),
             Err(Error::ResponseTooLarge {
                 len: u32::MAX as usize + 1
             })
         );
-        assert!(arena.check_room(1 << 20).is_ok());
+        assert!(arena.check_room(1 << 20, 0).is_ok());
     }
 }

@@ -4,7 +4,8 @@
 //! compacts its code rows. The LRU order is an intrusive doubly linked list over handles.
 //! Per entry, besides the index's code and id tables: LRU links (8 B), the creation time (f64),
 //! the last access as tenths of a second after creation (u32), an access count (u32,
-//! saturating) and the response's offset in the [`Arena`] (u32) — 24 bytes.
+//! saturating) and the response's offset in the [`Arena`] (u32) — 28 bytes; a non-empty
+//! response adds its arena record's 4-byte length and padding to 8 bytes.
 
 use crate::arena::{self, Arena};
 use crate::error::{Error, Result};
@@ -134,7 +135,15 @@ impl CacheCore {
                 got_words: code.len(),
             });
         }
-        self.arena.check_room(payload.len())?;
+        // Room for the response counts the responses the evictions below will free.
+        let evictions = (self.len() + 1).saturating_sub(self.max_entries);
+        let mut freed = 0;
+        let mut victim = self.tail;
+        for _ in 0..evictions {
+            freed += self.arena.record_bytes(self.payload_at[victim as usize]);
+            victim = self.prev[victim as usize];
+        }
+        self.arena.check_room(payload.len(), freed)?;
         let mut evicted = Vec::new();
         while self.len() >= self.max_entries {
             let victim = self.index.id_of_handle(self.tail);

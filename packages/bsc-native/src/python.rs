@@ -315,8 +315,9 @@ impl PyBinaryIndex {
     }
 
     /// `search` for each row of `queries` (shape `(m, code_bits / 64)`), on up to `threads`
-    /// threads (`None`: every CPU this process may use). Returns `(ids, distances)` of shape
-    /// `(m, k)`, padded with -1 where a query has fewer than `k` results.
+    /// threads (`None`, or more than there are: every CPU this process may use). Returns
+    /// `(ids, distances)` of shape `(m, w)`, where `w` is the longest result list (at least 1),
+    /// padded with -1.
     #[pyo3(signature = (queries, k = None, max_distance = None, threads = None))]
     fn search_batch<'py>(
         &self,
@@ -329,9 +330,10 @@ impl PyBinaryIndex {
         let k = k_arg(k)?;
         let queries = codes_arg(queries, "queries", self.code_bits / 64, true)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = match threads {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(t) => bounded_arg(t, "threads", 1, 1024)? as usize,
+            None => cpus,
+            Some(t) => (bounded_arg(t, "threads", 1, 1024)? as usize).min(cpus),
         };
         let found = with_read(py, &self.inner, |index| {
             index.search_batch(&queries, k, max_distance, threads)

@@ -139,13 +139,16 @@ impl Kernel {
     pub fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
+            // The SIMD kernels also run the `popcnt` loop for other code lengths and tails.
+            let popcnt = std::arch::is_x86_feature_detected!("popcnt");
+            if popcnt
+                && std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
             {
                 return Kernel::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if popcnt && std::arch::is_x86_feature_detected!("avx2") {
                 return Kernel::Avx2;
             }
             if std::arch::is_x86_feature_detected!("popcnt") {
@@ -170,12 +173,15 @@ impl Kernel {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f")
+                std::arch::is_x86_feature_detected!("popcnt")
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("popcnt") && std::arch::is_x86_feature_detected!("avx2")
+            }
             #[cfg(target_arch = "x86_64")]
             Kernel::Popcnt => std::arch::is_x86_feature_detected!("popcnt"),
             Kernel::Portable => true,
@@ -251,28 +257,19 @@ mod x86 {
     use super::{scan_portable, Sink};
     use std::arch::x86_64::*;
 
-    /// Row offset of each u64 lane after the AVX-512 reduction below (lanes come out as rows
-    /// 0, 2, 1, 3, 4, 6, 5, 7 of the group).
-    const LANE_ROW: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
-
-    /// Offers the rows of a group whose lanes are set in `mask` (lane `i` is row
-    /// `first + lane_row[i]` at distance `lanes[i]`); returns whether the scan may stop.
+    /// Offers, in ascending row order, the rows of a group whose lanes are set in `mask` (lane
+    /// `i` is row `first + i` at distance `lanes[i]`); returns whether the scan may stop. Every
+    /// kernel offers rows in ascending order, which the tie rule and `TopK::bound` rely on.
     /// Out of line and cold: most groups offer nothing, and keeping this path out of the loop
     /// leaves the loop's values in registers.
     #[cold]
     #[inline(never)]
-    fn offer_group<S: Sink>(
-        top: &mut S,
-        lanes: &[u32],
-        mut mask: u32,
-        first: usize,
-        lane_row: &[usize],
-    ) -> bool {
+    fn offer_group<S: Sink>(top: &mut S, lanes: &[u32], mut mask: u32, first: usize) -> bool {
         while mask != 0 {
             let lane = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             if lanes[lane] <= top.bound() {
-                top.offer(lanes[lane], first + lane_row[lane]);
+                top.offer(lanes[lane], first + lane);
             }
         }
         top.done()
@@ -317,15 +314,18 @@ mod x86 {
             // Add the two halves of each code: 128-bit chunks (0, 2) plus (1, 3) of ab and cd.
             let x = _mm512_shuffle_i64x2::<0x88>(ab, cd);
             let y = _mm512_shuffle_i64x2::<0xDD>(ab, cd);
-            let dist = _mm512_cvtepi64_epi32(_mm512_add_epi64(x, y)); // rows 0,2,1,3,4,6,5,7
+            // The sums come out as rows 0, 2, 1, 3, 4, 6, 5, 7; put them back in row order so that
+            // rows are offered in ascending order (a tie must go to the lower row, and once the
+            // top-k is full `bound()` admits only rows strictly better than the worst held).
+            let sums =
+                _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 6, 4, 3, 1, 2, 0), _mm512_add_epi64(x, y));
+            let dist = _mm512_cvtepi64_epi32(sums);
             let mask = _mm256_cmple_epu32_mask(dist, limit);
             if mask != 0 {
                 let mut lanes = [0u32; 8];
                 // SAFETY: `lanes` is 32 bytes, the size of the store; `storeu` needs no alignment.
                 unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, dist) };
-                // Lanes are offered out of row order (0, 2, 1, 3, ...), so stop only after the
-                // whole group: every row of it has been offered by then.
-                if offer_group(top, &lanes, u32::from(mask), first_row + row, &LANE_ROW) {
+                if offer_group(top, &lanes, u32::from(mask), first_row + row) {
                     return;
                 }
                 limit = _mm256_set1_epi32(top.bound() as i32);
@@ -388,7 +388,7 @@ mod x86 {
                 // SAFETY: `wide` is 32 bytes, the size of the store.
                 unsafe { _mm256_storeu_si256(wide.as_mut_ptr() as *mut __m256i, dist) };
                 let lanes = wide.map(|d| d as u32);
-                if offer_group(top, &lanes, mask, first_row + row, &[0, 1, 2, 3]) {
+                if offer_group(top, &lanes, mask, first_row + row) {
                     return;
                 }
                 limit = _mm256_set1_epi64x(top.bound() as i64);
@@ -411,11 +411,11 @@ fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: u
         // SAFETY: `supported()` checked the CPU features the kernel is compiled for.
         Kernel::Avx512 if query.len() == 4 => unsafe { x86::scan_w4_avx512(codes, query, first_row, top) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above; AVX2 CPUs all have popcnt, and `supported()` checked avx2.
+        // SAFETY: as above: `supported()` checked avx2 and popcnt.
         Kernel::Avx2 if query.len() == 4 => unsafe { x86::scan_w4_avx2(codes, query, first_row, top) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: every kernel above Portable implies popcnt, which `supported()` checked for
-        // Popcnt and which AVX2/AVX-512 CPUs have; for other code lengths they run this loop.
+        // SAFETY: `supported()` checked popcnt for each of these kernels; for code lengths other
+        // than 256 bits the SIMD kernels run this loop.
         Kernel::Avx512 | Kernel::Avx2 | Kernel::Popcnt => unsafe {
             x86::scan_popcnt(codes, query, first_row, top)
         },
@@ -543,7 +543,10 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
         return work().into_iter().map(TopK::finish).collect();
     }
     let per_worker: Vec<Vec<TopK<&F>>> = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        // A helper that cannot be started (a limit on threads) leaves its blocks to the others.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
+            .collect();
         let mut all = vec![work()];
         all.extend(
             helpers
@@ -679,6 +682,43 @@ mod tests {
                 false,
             );
             assert_eq!(got[0].row, 5000, "kernel {}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn ties_above_zero_go_to_the_lower_row_in_every_kernel() {
+        // Rows 1 and 2 tie at distance 3; the AVX-512 reduction computes row 2's lane before
+        // row 1's, and with a full top-k only strictly better rows are admitted: row 1 must win.
+        for (pair, groups) in [
+            ((1usize, 2usize), 1usize),
+            ((5, 6), 1),
+            ((9, 10), 2),
+            ((13, 14), 3),
+        ] {
+            let rows = 8 * groups;
+            let mut codes = vec![u64::MAX; rows * 4];
+            for r in [pair.0, pair.1] {
+                codes[r * 4..r * 4 + 4].copy_from_slice(&[0b111, 0, 0, 0]);
+            }
+            for kernel in Kernel::available() {
+                for radius in [u32::MAX, 3] {
+                    let got = top_k_with(kernel, &codes, &[0; 4], 1, radius, |r| Some(r as u64), true);
+                    assert_eq!(
+                        got,
+                        vec![Neighbor {
+                            distance: 3,
+                            row: pair.0
+                        }],
+                        "kernel {}",
+                        kernel.name()
+                    );
+                    let two = top_k_with(kernel, &codes, &[0; 4], 2, radius, |r| Some(r as u64), true);
+                    assert_eq!(
+                        two.iter().map(|n| n.row).collect::<Vec<_>>(),
+                        vec![pair.0, pair.1]
+                    );
+                }
+            }
         }
     }
 

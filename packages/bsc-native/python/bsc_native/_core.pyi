@@ -71,8 +71,8 @@ class BinaryIndex:
         threads: int | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """``search`` for each row of ``queries`` (shape ``(m, code_bits // 64)``) on up to ``threads``
-        threads (``None``: every CPU this process may use): ``(ids, distances)`` of shape ``(m, width)``,
-        padded with -1 where a query has fewer results."""
+        threads (``None``: every CPU this process may use; never more than that): ``(ids, distances)`` of
+        shape ``(m, w)``, ``w`` the longest result list (at least 1), padded with -1."""
     def memory_bytes(self) -> int:
         """Bytes held by the index's buffers."""
 
@@ -81,7 +81,9 @@ class CacheStore:
     """A bounded store of codes with payload bytes, access metadata and LRU eviction.
 
     Entry tuples are ``(id, distance, payload, created_at, last_accessed, access_count)``;
-    times are seconds since the Unix epoch.
+    times are seconds since the Unix epoch; ``last_accessed`` is kept in tenths of a second after
+    ``created_at`` (rounded down, saturating after about 13.6 years) and ``access_count`` saturates
+    at 2**32 - 1.
     """
 
     def __new__(cls, code_bits: int | None = None, max_entries: int | None = None) -> CacheStore:
