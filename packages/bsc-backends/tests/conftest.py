@@ -27,3 +27,36 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def make_backend(openai_server):
+    """Builds ``OpenAIEmbeddingBackend`` objects aimed at ``openai_server`` and closes them afterwards."""
+    from bsc_backends import OpenAIEmbeddingBackend
+
+    made: list[OpenAIEmbeddingBackend] = []
+
+    def make(**kwargs):
+        kwargs.setdefault("api_key", "sk-test")
+        made.append(OpenAIEmbeddingBackend(base_url=openai_server.url, **kwargs))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def make_embedder(ollama_server):
+    """Builds ``OllamaEmbedder`` objects aimed at ``ollama_server`` and closes them afterwards."""
+    from bsc_backends import OllamaEmbedder
+
+    made: list[OllamaEmbedder] = []
+
+    def make(**kwargs):
+        made.append(OllamaEmbedder(host=ollama_server.url, **kwargs))
+        return made[-1]
+
+    yield make
+    for embedder in made:
+        embedder.close()

@@ -20,21 +20,6 @@ from bsc_backends import (
 from bsc_backends.ollama import parse_host
 from bsc_backends.testing import word_embedding
 
-OPEN: list[OllamaEmbedder] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_embedders():
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def embedder(server, **kwargs) -> OllamaEmbedder:
-    made = OllamaEmbedder(host=server.url, **kwargs)
-    OPEN.append(made)
-    return made
-
 
 @pytest.mark.parametrize(
     ("given", "expected"),
@@ -62,8 +47,8 @@ def test_bad_hosts():
         parse_host("example.com:notaport")
 
 
-def test_embeds(ollama_server):
-    e = embedder(ollama_server)
+def test_embeds(ollama_server, make_embedder):
+    e = make_embedder()
     assert isinstance(e, Embedder)
     assert e.embedding_dim == 768 and e.model_name == "nomic-embed-text"
     v = e.embed_text("Hello Local World")
@@ -83,8 +68,8 @@ def test_host_from_ollama_host(ollama_server, monkeypatch):
     assert len(ollama_server.requests) == 1
 
 
-def test_batches_and_keeps_order(ollama_server):
-    e = embedder(ollama_server, batch_size=2, keep_alive="1m")
+def test_batches_and_keeps_order(ollama_server, make_embedder):
+    e = make_embedder(batch_size=2, keep_alive="1m")
     texts = ["one", "two", "three", "four", "five"]
     out = e.embed_texts(texts)
     assert [r.body["input"] for r in ollama_server.requests] == [["one", "two"], ["three", "four"], ["five"]]
@@ -101,40 +86,40 @@ def test_server_down(closed_port):
         e.embed_text("hi")
 
 
-def test_model_missing_says_how_to_pull_it(ollama_server):
+def test_model_missing_says_how_to_pull_it(ollama_server, make_embedder):
     with pytest.raises(ModelNotFoundError, match="ollama pull mxbai-embed-large"):
-        embedder(ollama_server, model_name="mxbai-embed-large").embed_text("hi")
+        make_embedder(model_name="mxbai-embed-large").embed_text("hi")
 
 
-def test_model_that_cannot_embed(ollama_server):
+def test_model_that_cannot_embed(ollama_server, make_embedder):
     with pytest.raises(ModelCannotEmbedError, match="does not support embeddings"):
-        embedder(ollama_server, model_name="llama3.2", embedding_dim=3072).embed_text("hi")
+        make_embedder(model_name="llama3.2", embedding_dim=3072).embed_text("hi")
     assert len(ollama_server.requests) == 1
     # Older servers said it with a 500: still not retried.
     ollama_server.enqueue(status=500, body={"error": '"llama2" does not support embeddings'})
     with pytest.raises(ModelCannotEmbedError):
-        embedder(ollama_server).embed_text("hi")
+        make_embedder().embed_text("hi")
     assert len(ollama_server.requests) == 2
 
 
-def test_retries_5xx_and_429_then_succeeds(ollama_server):
-    e = embedder(ollama_server, retry_backoff=0.01)
+def test_retries_5xx_and_429_then_succeeds(ollama_server, make_embedder):
+    e = make_embedder(retry_backoff=0.01)
     ollama_server.enqueue(status=503, body={"error": "server busy, please try again"})
     ollama_server.enqueue(status=429, body={"error": "too many requests"}, headers={"retry-after": "0"})
     assert e.embed_text("hi").shape == (768,)
     assert len(ollama_server.requests) == 3 and e.get_stats()["retries"] == 2
 
 
-def test_gives_up_after_max_retries(ollama_server):
-    e = embedder(ollama_server, retry_backoff=0.01, max_retries=1)
+def test_gives_up_after_max_retries(ollama_server, make_embedder):
+    e = make_embedder(retry_backoff=0.01, max_retries=1)
     ollama_server.enqueue(status=500, body={"error": "llama runner process has terminated"}, times=2)
     with pytest.raises(EmbeddingError, match="HTTP 500: llama runner"):
         e.embed_text("hi")
     assert len(ollama_server.requests) == 2 and e.get_stats()["errors"] == 1
 
 
-def test_timeout(ollama_server):
-    e = embedder(ollama_server, timeout=0.2)
+def test_timeout(ollama_server, make_embedder):
+    e = make_embedder(timeout=0.2)
     ollama_server.enqueue(delay=1.0)
     with pytest.raises(BackendUnavailableError, match=r"no answer within 0\.2 s"):
         e.embed_text("hi")
@@ -151,33 +136,33 @@ def test_timeout(ollama_server):
         ({"vectors": lambda vs: vs + vs}, "for 1 inputs"),
     ],
 )
-def test_malformed_answers(ollama_server, fault, message):
-    e = embedder(ollama_server)
+def test_malformed_answers(ollama_server, fault, message, make_embedder):
+    e = make_embedder()
     ollama_server.enqueue(**fault)
     with pytest.raises(InvalidEmbeddingError, match=message):
         e.embed_text("hi")
 
 
-def test_tagged_models_learn_their_dimension(ollama_server):
+def test_tagged_models_learn_their_dimension(ollama_server, make_embedder):
     ollama_server.models.add("snowflake-arctic-embed:22m")
-    e = embedder(ollama_server, model_name="snowflake-arctic-embed:22m")  # 384 in reality, not 1024
+    e = make_embedder(model_name="snowflake-arctic-embed:22m")  # 384 in reality, not 1024
     with pytest.raises(EmbeddingError, match="embedding_dim"):
         _ = e.embedding_dim
-    assert embedder(ollama_server, model_name="nomic-embed-text:latest").embedding_dim == 768
+    assert make_embedder(model_name="nomic-embed-text:latest").embedding_dim == 768
 
 
-def test_a_server_without_api_embed_is_not_a_missing_model(ollama_server):
+def test_a_server_without_api_embed_is_not_a_missing_model(ollama_server, make_embedder):
     ollama_server.enqueue(status=404, body=b"404 page not found")
     with pytest.raises(EmbeddingError, match=r"older than Ollama 0\.3") as raised:
-        embedder(ollama_server).embed_text("hi")
+        make_embedder().embed_text("hi")
     assert not isinstance(raised.value, ModelNotFoundError)
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
-def test_clients_of_closed_event_loops_are_dropped(ollama_server):
+def test_clients_of_closed_event_loops_are_dropped(ollama_server, make_embedder):
     import gc
 
-    e = embedder(ollama_server)
+    e = make_embedder()
     for _ in range(4):  # a loop per call, never closed by the caller
         asyncio.run(e.aembed_text("hi"))
     assert len(e._loop_clients) == 1  # only the last loop's client is still held
@@ -191,16 +176,16 @@ def test_clients_of_closed_event_loops_are_dropped(ollama_server):
     gc.collect()
 
 
-def test_unknown_dimension_is_learnt(ollama_server):
-    e = embedder(ollama_server, model_name="custom-embed")
+def test_unknown_dimension_is_learnt(ollama_server, make_embedder):
+    e = make_embedder(model_name="custom-embed")
     with pytest.raises(EmbeddingError, match="embedding_dim"):
         _ = e.embedding_dim
     e.embed_text("hi")
     assert e.embedding_dim == 768
 
 
-def test_bad_input_sends_nothing(ollama_server):
-    e = embedder(ollama_server)
+def test_bad_input_sends_nothing(ollama_server, make_embedder):
+    e = make_embedder()
     for bad, error in [("", ValueError), ("\n", ValueError), (None, TypeError), (["list"], TypeError)]:
         with pytest.raises(error):
             e.embed_text(bad)  # type: ignore[arg-type]
@@ -210,14 +195,14 @@ def test_bad_input_sends_nothing(ollama_server):
     assert ollama_server.requests == []
 
 
-def test_bad_arguments(ollama_server):
+def test_bad_arguments(ollama_server, make_embedder):
     for kwargs in [{"batch_size": 0}, {"max_retries": -1}, {"embedding_dim": 0}, {"model_name": ""}]:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
-            embedder(ollama_server, **kwargs)
+            make_embedder(**kwargs)
 
 
-def test_async_twins_across_event_loops(ollama_server):
-    e = embedder(ollama_server, retry_backoff=0.01)
+def test_async_twins_across_event_loops(ollama_server, make_embedder):
+    e = make_embedder(retry_backoff=0.01)
     ollama_server.enqueue(status=503, body={"error": "busy"})
 
     async def main():

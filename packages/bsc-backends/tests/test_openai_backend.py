@@ -24,25 +24,8 @@ from bsc_backends.testing import word_embedding
 FAST = {"retry-after-ms": "5"}  # the SDK honours this header; keeps retry tests quick
 
 
-OPEN: list[OpenAIEmbeddingBackend] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_backends():
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def backend(server, **kwargs) -> OpenAIEmbeddingBackend:
-    kwargs.setdefault("api_key", "sk-test")
-    made = OpenAIEmbeddingBackend(base_url=server.url, **kwargs)
-    OPEN.append(made)
-    return made
-
-
-def test_embeds_with_the_sdk(openai_server):
-    b = backend(openai_server)
+def test_embeds_with_the_sdk(openai_server, make_backend):
+    b = make_backend()
     assert isinstance(b, Embedder)
     assert b.embedding_dim == 1536 and b.model_name == "text-embedding-3-small"
     v = b.embed_text("What is the capital of France?")
@@ -61,8 +44,8 @@ def test_honours_openai_base_url_and_key_from_the_environment(openai_server, mon
     assert openai_server.requests[-1].headers["authorization"] == "Bearer sk-from-env"
 
 
-def test_batches_long_lists_within_the_api_limit_and_keeps_order(openai_server):
-    b = backend(openai_server, model="text-embedding-3-large", dimensions=64)
+def test_batches_long_lists_within_the_api_limit_and_keeps_order(openai_server, make_backend):
+    b = make_backend(model="text-embedding-3-large", dimensions=64)
     texts = [f"text number {i}" for i in range(4500)]
     out = b.embed_texts(texts)
     assert out.shape == (4500, 64)
@@ -74,8 +57,8 @@ def test_batches_long_lists_within_the_api_limit_and_keeps_order(openai_server):
     assert stats["requests"] == 3 and stats["texts"] == 4500
 
 
-def test_batches_by_bytes_and_truncates_long_inputs(openai_server):
-    b = backend(openai_server)
+def test_batches_by_bytes_and_truncates_long_inputs(openai_server, make_backend):
+    b = make_backend()
     long = "word " * 10_000  # 50,000 bytes: cut to MAX_INPUT_BYTES
     b.embed_texts([long] * 40)
     bodies = [r.body["input"] for r in openai_server.requests]
@@ -85,8 +68,8 @@ def test_batches_by_bytes_and_truncates_long_inputs(openai_server):
     assert [len(body) for body in bodies] == [12, 12, 12, 4]
 
 
-def test_an_input_the_api_calls_too_long_is_cut_to_the_hard_bound_and_sent_again(openai_server):
-    b = backend(openai_server)
+def test_an_input_the_api_calls_too_long_is_cut_to_the_hard_bound_and_sent_again(openai_server, make_backend):
+    b = make_backend()
     dense = "1 " * 10_000  # 20,000 bytes, under the first cut, but 10,000 tokens in this fake
     out = b.embed_texts(["short question", dense])
     assert out.shape == (2, 1536)
@@ -95,8 +78,8 @@ def test_an_input_the_api_calls_too_long_is_cut_to_the_hard_bound_and_sent_again
     np.testing.assert_allclose(out[1], word_embedding(second[1], 1536), atol=1e-6)
 
 
-def test_the_rate_limit_budget_delays_requests(openai_server):
-    b = backend(openai_server, requests_per_minute=600, tokens_per_minute=None)
+def test_the_rate_limit_budget_delays_requests(openai_server, make_backend):
+    b = make_backend(requests_per_minute=600, tokens_per_minute=None)
     for _ in range(600):  # spend the minute's budget
         b.limiter.acquire()
     b.embed_text("hello")  # the next request waits for 1/10 s of budget
@@ -139,8 +122,8 @@ def test_no_api_key_is_an_embedding_error(monkeypatch):
         ([{"index": 0, "embedding": [0.5, None]}, {"index": 1, "embedding": [0.5, 0.5]}], "not numeric"),
     ],
 )
-def test_answers_with_bad_indices_or_non_numbers_are_refused(openai_server, data, message):
-    b = backend(openai_server, model="custom")
+def test_answers_with_bad_indices_or_non_numbers_are_refused(openai_server, data, message, make_backend):
+    b = make_backend(model="custom")
     body = {"object": "list", "model": "custom", "usage": {"prompt_tokens": 4, "total_tokens": 4},
             "data": [{"object": "embedding", **item} for item in data]}  # fmt: skip
     openai_server.enqueue(body=body)
@@ -150,26 +133,26 @@ def test_answers_with_bad_indices_or_non_numbers_are_refused(openai_server, data
     assert stats["errors"] == 1 and stats["requests"] == 0 and stats["tokens"] == 4
 
 
-def test_smaller_batches_on_request(openai_server):
-    backend(openai_server, max_batch_size=2).embed_texts(["a", "b", "c"])
+def test_smaller_batches_on_request(openai_server, make_backend):
+    make_backend(max_batch_size=2).embed_texts(["a", "b", "c"])
     assert [len(r.body["input"]) for r in openai_server.requests] == [2, 1]
 
 
-def test_tracks_tokens_and_cost(openai_server):
-    b = backend(openai_server)
+def test_tracks_tokens_and_cost(openai_server, make_backend):
+    b = make_backend()
     b.embed_texts(["one two three", "four five"])
     stats = b.get_stats()
     assert stats["tokens"] == 5 and stats["cost_usd"] == pytest.approx(5 * 0.02 / 1_000_000)
     b.reset_stats()
     assert b.get_stats()["tokens"] == 0
-    assert backend(openai_server, model="custom").get_stats()["cost_usd"] is None
-    priced = backend(openai_server, model="custom", price_per_million_tokens=1.0, embedding_dim=1536)
+    assert make_backend(model="custom").get_stats()["cost_usd"] is None
+    priced = make_backend(model="custom", price_per_million_tokens=1.0, embedding_dim=1536)
     priced.embed_text("a b")
     assert priced.get_stats()["cost_usd"] == pytest.approx(2e-6)
 
 
-def test_retries_429_and_5xx_with_backoff(openai_server):
-    b = backend(openai_server)
+def test_retries_429_and_5xx_with_backoff(openai_server, make_backend):
+    b = make_backend()
     openai_server.enqueue(
         status=429, body={"error": {"message": "Rate limit reached", "type": "requests"}}, headers=FAST
     )
@@ -181,8 +164,8 @@ def test_retries_429_and_5xx_with_backoff(openai_server):
     assert stats["throttled_responses"] == 1 and stats["server_error_responses"] == 2 and stats["requests"] == 1
 
 
-def test_gives_up_after_max_retries(openai_server):
-    b = backend(openai_server, max_retries=2)
+def test_gives_up_after_max_retries(openai_server, make_backend):
+    b = make_backend(max_retries=2)
     openai_server.enqueue(status=429, body={"error": {"message": "Rate limit reached"}}, headers=FAST, times=3)
     with pytest.raises(RateLimitError, match="429"):
         b.embed_text("hello")
@@ -193,8 +176,8 @@ def test_gives_up_after_max_retries(openai_server):
     assert b.get_stats()["errors"] == 2
 
 
-def test_timeout_is_backend_unavailable(openai_server):
-    b = backend(openai_server, timeout=0.2, max_retries=0)
+def test_timeout_is_backend_unavailable(openai_server, make_backend):
+    b = make_backend(timeout=0.2, max_retries=0)
     openai_server.enqueue(delay=1.0)
     with pytest.raises(BackendUnavailableError, match="timed out"):
         b.embed_text("hello")
@@ -220,35 +203,35 @@ def test_server_down_is_backend_unavailable(closed_port):
         ({"vectors": lambda vs: vs[:-1]}, "for 2 inputs"),
     ],
 )
-def test_malformed_answers_are_invalid_embeddings(openai_server, fault, message):
-    b = backend(openai_server)
+def test_malformed_answers_are_invalid_embeddings(openai_server, fault, message, make_backend):
+    b = make_backend()
     openai_server.enqueue(**fault)
     with pytest.raises(InvalidEmbeddingError, match=message):
         b.embed_texts(["first text", "second text"])
 
 
-def test_unknown_model_and_bad_key(openai_server):
+def test_unknown_model_and_bad_key(openai_server, make_backend):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        backend(openai_server, model="no-such-model", embedding_dim=8).embed_text("hello")
+        make_backend(model="no-such-model", embedding_dim=8).embed_text("hello")
     openai_server.enqueue(status=401, body={"error": {"message": "Incorrect API key provided"}})
     with pytest.raises(EmbeddingError, match="OPENAI_API_KEY"):
-        backend(openai_server).embed_text("hello")
+        make_backend().embed_text("hello")
 
 
-def test_dimensions_and_unknown_models(openai_server):
-    short = backend(openai_server, model="text-embedding-3-large", dimensions=256)
+def test_dimensions_and_unknown_models(openai_server, make_backend):
+    short = make_backend(model="text-embedding-3-large", dimensions=256)
     assert short.embedding_dim == 256 and short.model_name == "text-embedding-3-large@256"
     assert short.embed_text("hello").shape == (256,)
     assert openai_server.requests[-1].body["dimensions"] == 256
-    unknown = backend(openai_server, model="custom")
+    unknown = make_backend(model="custom")
     with pytest.raises(EmbeddingError, match="embedding_dim"):
         _ = unknown.embedding_dim
     unknown.embed_text("hello")
     assert unknown.embedding_dim == 1536
 
 
-def test_bad_input_sends_nothing(openai_server):
-    b = backend(openai_server)
+def test_bad_input_sends_nothing(openai_server, make_backend):
+    b = make_backend()
     for bad, error in [("", ValueError), (" ", ValueError), (None, TypeError), (42, TypeError)]:
         with pytest.raises(error):
             b.embed_text(bad)  # type: ignore[arg-type]
@@ -256,7 +239,7 @@ def test_bad_input_sends_nothing(openai_server):
     assert openai_server.requests == []
 
 
-def test_bad_arguments(openai_server):
+def test_bad_arguments(openai_server, make_backend):
     for kwargs in [
         {"max_batch_size": 0},
         {"max_batch_size": 4096},
@@ -266,11 +249,11 @@ def test_bad_arguments(openai_server):
         {"model": ""},
     ]:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
-            backend(openai_server, **kwargs)
+            make_backend(**kwargs)
 
 
-def test_async_twins(openai_server):
-    b = backend(openai_server)
+def test_async_twins(openai_server, make_backend):
+    b = make_backend()
     openai_server.enqueue(status=429, body={"error": {"message": "slow down"}}, headers=FAST)
 
     async def main():
@@ -286,8 +269,8 @@ def test_async_twins(openai_server):
     assert stats["requests"] == 2 and stats["throttled_responses"] == 1
 
 
-def test_async_errors_are_mapped(openai_server):
-    b = backend(openai_server, max_retries=0)
+def test_async_errors_are_mapped(openai_server, make_backend):
+    b = make_backend(max_retries=0)
     openai_server.enqueue(body=b"garbage")
 
     async def main():

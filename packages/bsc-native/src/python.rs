@@ -330,10 +330,10 @@ impl PyBinaryIndex {
         let k = k_arg(k)?;
         let queries = codes_arg(queries, "queries", self.code_bits / 64, true)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // More threads than CPUs are cut to the CPUs by the scan itself.
         let threads = match threads {
-            None => cpus,
-            Some(t) => (bounded_arg(t, "threads", 1, 1024)? as usize).min(cpus),
+            None => usize::MAX,
+            Some(t) => bounded_arg(t, "threads", 1, 1024)? as usize,
         };
         let found = with_read(py, &self.inner, |index| {
             index.search_batch(&queries, k, max_distance, threads)

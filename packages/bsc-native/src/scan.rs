@@ -490,8 +490,8 @@ const PARALLEL_MIN_WORK: usize = 1 << 25;
 /// cut into blocks; a worker takes the next block, scans it for every query while it is in
 /// cache, and keeps a top-k per query; the workers' top-k lists are merged at the end. So the
 /// codes are read once per batch whatever the number of threads, and a worker whose core is
-/// busy with something else simply takes fewer blocks. Results are exactly those of [`top_k`]
-/// for each query, in query order.
+/// busy with something else simply takes fewer blocks. `threads` is cut to the CPUs this
+/// process may use. Results are exactly those of [`top_k`] for each query, in query order.
 // The arguments are those of `top_k` plus the batch's shape and thread count; bundling them
 // into a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -538,7 +538,8 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
             }
         }
     };
-    let threads = threads.max(1).min(blocks);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.clamp(1, cpus).min(blocks);
     if threads == 1 || rows.saturating_mul(m) < PARALLEL_MIN_WORK {
         return work().into_iter().map(TopK::finish).collect();
     }

@@ -230,7 +230,8 @@ class OllamaEmbedder(RemoteEmbedder["httpx.AsyncClient"]):
         """Seconds to wait before retrying, or ``None`` when the answer is final."""
         if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
             return None
-        if "support" in _error_text(response) and "embed" in _error_text(response):
+        message = _error_text(response)
+        if "support" in message and "embed" in message:
             return None  # a model that cannot embed will not learn to by retrying
         delay = self.retry_backoff * 2**attempt
         with contextlib.suppress(ValueError):
