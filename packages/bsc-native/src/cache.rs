@@ -1,17 +1,17 @@
 //! A bounded cache over [`CodeIndex`]: payload bytes, access metadata and O(1) LRU eviction.
 //!
-//! Side tables are indexed by the index's stable *handles*, so they never move when the index
-//! compacts its code rows. The LRU order is an intrusive doubly linked list over handles.
-//! Per entry, besides the index's code and id tables: LRU links (8 B), the creation time (f64),
-//! the last access as tenths of a second after creation (u32), an access count (u32,
-//! saturating) and the response's offset in the [`Arena`] (u32) — 28 bytes; a non-empty
-//! response adds its arena record's 4-byte length and padding to 8 bytes.
+//! Side tables are indexed by the index's stable *handles* (slots), so they never move. The
+//! LRU order is an [`LruQueue`] of uses. Per entry, besides the index's code and id tables:
+//! the LRU queue (4 to 6 bytes of queue and a 2-byte count), the creation time (f64), the last
+//! access as tenths of a second after creation (u32), an access count (u32, saturating) and
+//! the response's offset in the [`Arena`] (u32); a non-empty response adds its arena record's
+//! 4-byte length and padding to 8 bytes.
 
 use crate::arena::{self, Arena};
 use crate::error::{Error, Result};
-use crate::index::{CodeIndex, Hit, Id, MAX_ENTRIES};
-
-const NIL: u32 = u32::MAX;
+use crate::index::{CodeIndex, Hit, Id, FREE, MAX_ENTRIES};
+use crate::lru::LruQueue;
+use crate::mapped::Column;
 
 /// A copy of one entry's stored state.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +21,14 @@ pub struct EntryView {
     pub created_at: f64,
     pub last_accessed: f64,
     pub access_count: u32,
+}
+
+/// `view` as [`CacheCore::touch`] at `now` would return it.
+pub fn touched(mut view: EntryView, now: f64) -> EntryView {
+    let tenths = tenths_since(view.created_at, now);
+    view.last_accessed = view.created_at + f64::from(tenths) / 10.0;
+    view.access_count = view.access_count.saturating_add(1);
+    view
 }
 
 /// Tenths of a second from `created` to `now`, rounded down (so the time it stands for is never
@@ -34,23 +42,18 @@ fn tenths_since(created: f64, now: f64) -> u32 {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct CacheCore {
-    index: CodeIndex,
+    pub(crate) index: CodeIndex,
     max_entries: usize,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    created_at: Vec<f64>,
+    lru: LruQueue,
+    pub(crate) created_at: Column<f64>,
     /// Tenths of a second after `created_at`.
-    last_accessed: Vec<u32>,
-    access_count: Vec<u32>,
+    pub(crate) last_accessed: Column<u32>,
+    pub(crate) access_count: Column<u32>,
     /// Offset of the entry's response in `arena`.
-    payload_at: Vec<u32>,
-    arena: Arena,
-    /// Most recently used handle.
-    head: u32,
-    /// Least recently used handle: the next to evict.
-    tail: u32,
+    pub(crate) payload_at: Column<u32>,
+    pub(crate) arena: Arena,
     payload_bytes: usize,
 }
 
@@ -62,17 +65,110 @@ impl CacheCore {
         Ok(Self {
             index: CodeIndex::new(code_bits)?,
             max_entries,
-            prev: Vec::new(),
-            next: Vec::new(),
-            created_at: Vec::new(),
-            last_accessed: Vec::new(),
-            access_count: Vec::new(),
-            payload_at: Vec::new(),
+            lru: LruQueue::default(),
+            created_at: Column::default(),
+            last_accessed: Column::default(),
+            access_count: Column::default(),
+            payload_at: Column::default(),
             arena: Arena::default(),
-            head: NIL,
-            tail: NIL,
             payload_bytes: 0,
         })
+    }
+
+    /// A cache from a loaded file's columns (one value per slot); [`CacheCore::restore_order`]
+    /// must follow to restore the LRU order.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        index: CodeIndex,
+        max_entries: usize,
+        created_at: Column<f64>,
+        last_accessed: Column<u32>,
+        access_count: Column<u32>,
+        payload_at: Column<u32>,
+        arena: Arena,
+        payload_bytes: usize,
+    ) -> Self {
+        Self {
+            index,
+            max_entries,
+            lru: LruQueue::default(),
+            created_at,
+            last_accessed,
+            access_count,
+            payload_at,
+            arena,
+            payload_bytes,
+        }
+    }
+
+    /// Restores the LRU order from `order` (live slots, most recently used first). Fails,
+    /// naming the problem, unless it lists every live slot exactly once.
+    pub(crate) fn restore_order(&mut self, order: Vec<u32>) -> std::result::Result<(), String> {
+        let slots = self.created_at.len();
+        if order.len() != self.len() {
+            return Err(format!(
+                "the LRU order lists {} of {} entries",
+                order.len(),
+                self.len()
+            ));
+        }
+        // Mark the listed slots in a bitmap (small enough to stay in cache), then compare it
+        // with the live slots in one sequential pass: equal sets of the same size as the list
+        // mean every live slot is listed exactly once.
+        let mut listed = vec![0u64; slots.div_ceil(64)];
+        for &handle in &order {
+            let h = handle as usize;
+            if h >= slots {
+                return Err(format!(
+                    "the LRU order names slot {handle}, beyond the {slots} slots"
+                ));
+            }
+            listed[h / 64] |= 1 << (h % 64);
+        }
+        let generation: &[u32] = &self.index.generation[..slots];
+        let is_listed = |h: usize| (listed[h / 64] >> (h % 64)) & 1 == 1;
+        if let Some(slot) = (0..slots).find(|&h| is_listed(h) && generation[h] & FREE != 0) {
+            return Err(format!("the LRU order names slot {slot}, which is free"));
+        }
+        if listed.iter().map(|w| w.count_ones() as usize).sum::<usize>() != self.len() {
+            return Err("the LRU order lists a slot twice".into());
+        }
+        self.lru = LruQueue::from_order(order, generation);
+        Ok(())
+    }
+
+    /// Live handles from most to least recently used.
+    pub(crate) fn lru_handles(&self) -> Vec<u32> {
+        let index = &self.index;
+        self.lru.order(|h| index.is_live_handle(h))
+    }
+
+    /// The least recently used entry's handle.
+    fn lru_victim(&mut self) -> Option<u32> {
+        let index = &self.index;
+        self.lru.victim(|h| index.is_live_handle(h))
+    }
+
+    fn record_use(&mut self, handle: u32) {
+        let (index, live) = (&self.index, self.index.len());
+        self.lru.touch(handle, live, |h| index.is_live_handle(h));
+    }
+
+    /// Lowers (or raises) the entry limit, evicting least-recently-used entries down to it;
+    /// returns their ids.
+    pub fn set_max_entries(&mut self, max_entries: usize) -> Result<Vec<Id>> {
+        if max_entries == 0 || max_entries > MAX_ENTRIES {
+            return Err(Error::InvalidMaxEntries(max_entries));
+        }
+        self.max_entries = max_entries;
+        let mut evicted = Vec::new();
+        while self.len() > max_entries {
+            let handle = self.lru_victim().expect("a live entry");
+            let victim = self.index.id_of_handle(handle);
+            self.delete(victim);
+            evicted.push(victim);
+        }
+        Ok(evicted)
     }
 
     pub fn code_bits(&self) -> usize {
@@ -99,33 +195,6 @@ impl CacheCore {
         self.index.contains(id)
     }
 
-    fn unlink(&mut self, handle: u32) {
-        let h = handle as usize;
-        let (p, n) = (self.prev[h], self.next[h]);
-        if p == NIL {
-            self.head = n;
-        } else {
-            self.next[p as usize] = n;
-        }
-        if n == NIL {
-            self.tail = p;
-        } else {
-            self.prev[n as usize] = p;
-        }
-    }
-
-    fn link_front(&mut self, handle: u32) {
-        let h = handle as usize;
-        self.prev[h] = NIL;
-        self.next[h] = self.head;
-        if self.head == NIL {
-            self.tail = handle;
-        } else {
-            self.prev[self.head as usize] = handle;
-        }
-        self.head = handle;
-    }
-
     /// Stores a code with its payload, evicting least-recently-used entries first if the cache
     /// is full. Returns the new id and the ids it evicted. On error nothing changes.
     pub fn put(&mut self, code: &[u64], payload: &[u8], now: f64) -> Result<(Id, Vec<Id>)> {
@@ -135,30 +204,28 @@ impl CacheCore {
                 got_words: code.len(),
             });
         }
-        // Room for the response counts the responses the evictions below will free.
-        let evictions = (self.len() + 1).saturating_sub(self.max_entries);
-        let mut freed = 0;
-        let mut victim = self.tail;
-        for _ in 0..evictions {
-            freed += self.arena.record_bytes(self.payload_at[victim as usize]);
-            victim = self.prev[victim as usize];
-        }
+        // Room for the response counts the one the eviction below frees (the cache never
+        // holds more than max_entries, so a put evicts at most one entry).
+        let victim = if self.len() >= self.max_entries {
+            self.lru_victim()
+        } else {
+            None
+        };
+        let freed = victim.map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
         self.arena.check_room(payload.len(), freed)?;
         let mut evicted = Vec::new();
-        while self.len() >= self.max_entries {
-            let victim = self.index.id_of_handle(self.tail);
+        if let Some(victim) = victim {
+            let victim = self.index.id_of_handle(victim);
             self.delete(victim);
             evicted.push(victim);
         }
         if !self.arena.fits_without_compaction(payload.len()) {
-            self.compact_payloads();
+            self.compact_payloads()?;
         }
         let id = self.index.push_row(code);
         let handle = self.index.handle_of(id).expect("a fresh id is live");
         let h = handle as usize;
-        if h == self.prev.len() {
-            self.prev.push(NIL);
-            self.next.push(NIL);
+        if h == self.created_at.len() {
             self.created_at.push(now);
             self.last_accessed.push(0);
             self.access_count.push(0);
@@ -169,7 +236,7 @@ impl CacheCore {
         self.access_count[h] = 0;
         self.payload_at[h] = self.arena.push(payload);
         self.payload_bytes += payload.len();
-        self.link_front(handle);
+        self.record_use(handle);
         Ok((id, evicted))
     }
 
@@ -183,34 +250,54 @@ impl CacheCore {
         self.index.search(query, k, max_distance)
     }
 
-    fn view(&self, id: Id, handle: u32) -> EntryView {
+    /// Fails only for a response of a loaded file that fails its checksum.
+    fn view(&self, id: Id, handle: u32) -> Result<EntryView> {
         let h = handle as usize;
-        EntryView {
+        Ok(EntryView {
             id,
-            payload: self.arena.get(self.payload_at[h]).to_vec(),
+            payload: self.arena.get(self.payload_at[h])?.to_vec(),
             created_at: self.created_at[h],
             last_accessed: self.created_at[h] + f64::from(self.last_accessed[h]) / 10.0,
             access_count: self.access_count[h],
-        }
+        })
     }
 
     /// Marks an entry as used now (moves it to the front of the LRU order) and returns it.
-    pub fn touch(&mut self, id: Id, now: f64) -> Option<EntryView> {
-        let handle = self.index.handle_of(id)?;
+    /// If its response cannot be read ([`Error::Corrupt`]), nothing changes.
+    pub fn touch(&mut self, id: Id, now: f64) -> Result<Option<EntryView>> {
+        let Some(handle) = self.index.handle_of(id) else {
+            return Ok(None);
+        };
+        let mut view = self.view(id, handle)?;
         let h = handle as usize;
         self.last_accessed[h] = tenths_since(self.created_at[h], now);
         self.access_count[h] = self.access_count[h].saturating_add(1);
-        if self.head != handle {
-            self.unlink(handle);
-            self.link_front(handle);
+        self.record_use(handle);
+        view.last_accessed = self.created_at[h] + f64::from(self.last_accessed[h]) / 10.0;
+        view.access_count = self.access_count[h];
+        Ok(Some(view))
+    }
+
+    /// Records uses that could not be recorded when they happened (see the binding's
+    /// lookup); ids deleted since are skipped.
+    pub fn touch_many(&mut self, uses: &[(Id, f64)]) {
+        for &(id, now) in uses {
+            let Some(handle) = self.index.handle_of(id) else {
+                continue;
+            };
+            let h = handle as usize;
+            self.last_accessed[h] = self.last_accessed[h].max(tenths_since(self.created_at[h], now));
+            self.access_count[h] = self.access_count[h].saturating_add(1);
+            self.record_use(handle);
         }
-        Some(self.view(id, handle))
     }
 
     /// An entry's state, without touching it.
-    pub fn peek(&self, id: Id) -> Option<EntryView> {
-        let handle = self.index.handle_of(id)?;
-        Some(self.view(id, handle))
+    pub fn peek(&self, id: Id) -> Result<Option<EntryView>> {
+        match self.index.handle_of(id) {
+            Some(handle) => self.view(id, handle).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The stored code of an entry.
@@ -222,51 +309,51 @@ impl CacheCore {
         let Some(handle) = self.index.handle_of(id) else {
             return false;
         };
-        self.unlink(handle);
         let h = handle as usize;
-        self.payload_bytes -= self.arena.get(self.payload_at[h]).len();
+        self.payload_bytes = self
+            .payload_bytes
+            .saturating_sub(self.arena.len_of(self.payload_at[h]));
         self.arena.free(self.payload_at[h]);
         self.payload_at[h] = arena::EMPTY;
         self.index.remove(id);
-        if self.arena.wants_compaction() {
-            self.compact_payloads();
+        if self.arena.wants_compaction() && self.compact_payloads().is_err() {
+            // A corrupt response of a loaded file: keep the garbage rather than fail a delete.
+            self.arena.note_failed_compaction();
         }
         true
     }
 
     /// Copies the live responses into a fresh arena, dropping freed ones: O(live bytes), run
-    /// when garbage outweighs live bytes, so O(1) amortised per byte deleted.
-    fn compact_payloads(&mut self) {
+    /// when garbage outweighs live bytes, so O(1) amortised per byte deleted. Changes nothing
+    /// if a response of a loaded file fails its checksum.
+    fn compact_payloads(&mut self) -> Result<()> {
         let mut live: Vec<(usize, u32)> = Vec::with_capacity(self.len());
-        let mut handle = self.head;
-        while handle != NIL {
-            live.push((handle as usize, self.payload_at[handle as usize]));
-            handle = self.next[handle as usize];
+        for (h, &at) in self.payload_at.iter().enumerate() {
+            if at != arena::EMPTY && self.index.is_live_handle(h as u32) {
+                live.push((h, at));
+            }
         }
-        self.arena = self.arena.compacted(live.iter_mut().map(|(_, at)| at));
+        self.arena = self.arena.compacted(live.iter_mut().map(|(_, at)| at))?;
         for (h, at) in live {
             self.payload_at[h] = at;
         }
+        Ok(())
     }
 
     pub fn clear(&mut self) {
         self.index.clear();
         self.payload_at.fill(arena::EMPTY);
         self.arena.clear();
-        self.head = NIL;
-        self.tail = NIL;
+        self.lru.clear();
         self.payload_bytes = 0;
     }
 
     /// Live ids from most to least recently used.
     pub fn lru_order(&self) -> Vec<Id> {
-        let mut out = Vec::with_capacity(self.len());
-        let mut handle = self.head;
-        while handle != NIL {
-            out.push(self.index.id_of_handle(handle));
-            handle = self.next[handle as usize];
-        }
-        out
+        self.lru_handles()
+            .into_iter()
+            .map(|h| self.index.id_of_handle(h))
+            .collect()
     }
 
     /// Bytes of the live entries' responses.
@@ -274,16 +361,25 @@ impl CacheCore {
         self.payload_bytes
     }
 
-    /// Bytes held: index buffers, side tables and the response arena (capacity).
+    /// Bytes of a loaded file read in place: columns until they grow (pages written since
+    /// are private copies, not counted), and the responses.
+    pub fn mapped_bytes(&self) -> usize {
+        self.index.mapped_bytes()
+            + self.created_at.mapped_bytes()
+            + self.last_accessed.mapped_bytes()
+            + self.access_count.mapped_bytes()
+            + self.payload_at.mapped_bytes()
+            + self.arena.mapped_bytes()
+    }
+
+    /// Bytes held on the heap: index buffers, side tables and the response arena (capacity).
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_bytes()
-            + (self.prev.capacity()
-                + self.next.capacity()
-                + self.last_accessed.capacity()
-                + self.access_count.capacity()
-                + self.payload_at.capacity())
-                * 4
-            + self.created_at.capacity() * 8
+            + self.lru.memory_bytes()
+            + self.created_at.heap_bytes()
+            + self.last_accessed.heap_bytes()
+            + self.access_count.heap_bytes()
+            + self.payload_at.heap_bytes()
             + self.arena.memory_bytes()
     }
 }
@@ -305,7 +401,7 @@ mod tests {
         let (a, _) = cache.put(&[1], b"a", 1.0).unwrap();
         let (b, _) = cache.put(&[2], b"b", 2.0).unwrap();
         // Using `a` makes `b` the least recently used.
-        let seen = cache.touch(a, 3.0).unwrap();
+        let seen = cache.touch(a, 3.0).unwrap().unwrap();
         assert_eq!(
             (seen.payload.as_slice(), seen.access_count, seen.last_accessed),
             (&b"a"[..], 1, 3.0)
@@ -313,15 +409,15 @@ mod tests {
         let (c, evicted) = cache.put(&[3], b"c", 4.0).unwrap();
         assert_eq!(evicted, vec![b]);
         assert_eq!(cache.lru_order(), vec![c, a]);
-        assert!(cache.peek(b).is_none());
-        assert_eq!(cache.peek(a).unwrap().created_at, 1.0);
+        assert!(cache.peek(b).unwrap().is_none());
+        assert_eq!(cache.peek(a).unwrap().unwrap().created_at, 1.0);
     }
 
     #[test]
     fn last_access_is_kept_in_tenths_of_a_second_after_creation() {
         let mut cache = CacheCore::new(64, 4).unwrap();
         let (a, _) = cache.put(&[1], b"", 1_700_000_000.25).unwrap();
-        let seen = cache.touch(a, 1_700_000_003.99).unwrap();
+        let seen = cache.touch(a, 1_700_000_003.99).unwrap().unwrap();
         assert_eq!(seen.created_at, 1_700_000_000.25);
         assert!(
             (seen.last_accessed - 1_700_000_003.95).abs() < 1e-6,
@@ -329,7 +425,10 @@ mod tests {
             seen.last_accessed
         );
         // A clock that went backwards gives the creation time, never an earlier one.
-        assert_eq!(cache.touch(a, 1.0).unwrap().last_accessed, 1_700_000_000.25);
+        assert_eq!(
+            cache.touch(a, 1.0).unwrap().unwrap().last_accessed,
+            1_700_000_000.25
+        );
         assert_eq!(tenths_since(0.0, 1e12), u32::MAX);
         assert_eq!(tenths_since(0.0, f64::NAN), 0);
     }
@@ -356,11 +455,11 @@ mod tests {
             cache.memory_bytes()
         );
         for (i, id) in ids.iter().enumerate().skip(30) {
-            let payload = cache.peek(*id).unwrap().payload;
+            let payload = cache.peek(*id).unwrap().unwrap().payload;
             assert_eq!((payload.len(), payload[0], payload[1]), (big.len(), i as u8, 9));
         }
         let (fresh, _) = cache.put(&[99], b"after", 0.0).unwrap();
-        assert_eq!(cache.peek(fresh).unwrap().payload, b"after");
+        assert_eq!(cache.peek(fresh).unwrap().unwrap().payload, b"after");
     }
 
     #[test]
@@ -406,7 +505,7 @@ mod tests {
                     }
                     1 if !order.is_empty() => {
                         let id = order.remove(pick % order.len());
-                        prop_assert!(cache.touch(id, step as f64).is_some());
+                        prop_assert!(cache.touch(id, step as f64).unwrap().is_some());
                         order.insert(0, id);
                     }
                     2 if !order.is_empty() => {

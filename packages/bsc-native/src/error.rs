@@ -16,6 +16,44 @@ pub enum Error {
     ResponseTooLarge { len: usize },
     /// The responses of all entries would exceed the bytes the store can address.
     StorageFull { limit: usize },
+    /// A fingerprint or metadata blob too long to save.
+    TooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    /// An operating-system error on `file`.
+    Io {
+        file: String,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    /// A zero-length file.
+    EmptyFile { file: String },
+    /// A file that does not start with the bsc magic bytes, or holds another kind of object.
+    NotACacheFile { file: String, problem: String },
+    /// A file written by a later format version, or needing a feature this version lacks.
+    UnsupportedVersion { file: String, problem: String },
+    /// A file shorter than its header says.
+    Truncated { file: String, problem: String },
+    /// A checksum that does not match, or contents that contradict each other.
+    Corrupt { file: String, problem: String },
+    /// A file whose codes were made by another encoder than the caller's.
+    EncoderMismatch {
+        file: String,
+        expected: String,
+        found: String,
+    },
+}
+
+impl Error {
+    pub fn io(file: &std::path::Path, err: &std::io::Error) -> Self {
+        Error::Io {
+            file: file.display().to_string(),
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -52,6 +90,23 @@ impl fmt::Display for Error {
                     "the stored responses would exceed {limit} bytes, the most one store can hold"
                 )
             }
+            Error::TooLong { what, len, limit } => {
+                write!(f, "{what} is {len} bytes long; the most a file can hold is {limit}")
+            }
+            Error::Io { file, message, .. } => write!(f, "{file}: {message}"),
+            Error::EmptyFile { file } => write!(f, "{file}: the file is empty (0 bytes), not a bsc file"),
+            Error::NotACacheFile { file, problem }
+            | Error::UnsupportedVersion { file, problem }
+            | Error::Truncated { file, problem }
+            | Error::Corrupt { file, problem } => write!(f, "{file}: {problem}"),
+            Error::EncoderMismatch {
+                file,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{file}: its codes were made by encoder {found:?}, not {expected:?}; load it with that encoder (or none, to rebuild it from the file)"
+            ),
             Error::InvalidMaxEntries(n) => {
                 write!(
                     f,

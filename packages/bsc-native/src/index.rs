@@ -11,6 +11,7 @@
 //! slot. Generations wrap after 2^31 reuses of one slot (ids stay non-negative `i64`).
 
 use crate::error::{Error, Result};
+use crate::mapped::{Codes, Column};
 use crate::scan::{self, Neighbor};
 
 /// Smallest and largest supported code length in bits.
@@ -18,7 +19,7 @@ pub const MIN_CODE_BITS: usize = 64;
 pub const MAX_CODE_BITS: usize = 4096;
 
 /// Set in a slot's generation word while the slot is free.
-const FREE: u32 = 1 << 31;
+pub(crate) const FREE: u32 = 1 << 31;
 const GENERATION_MASK: u32 = FREE - 1;
 /// Slots are `u32` handles; `u32::MAX` stays reserved as a "no slot" marker for side tables.
 pub const MAX_ENTRIES: usize = (u32::MAX - 1) as usize;
@@ -55,20 +56,20 @@ pub struct Hit {
 pub struct CodeIndex {
     words: usize,
     /// Slot-major codes of every allocated slot, live or free.
-    codes: Vec<u64>,
+    pub(crate) codes: Codes,
     /// Per allocated-or-once-allocated slot: its generation, with [`FREE`] set while free.
-    generation: Vec<u32>,
+    pub(crate) generation: Column<u32>,
     /// Allocated slots that are free, reused last-freed first.
-    free_slots: Vec<u32>,
-    len: usize,
+    pub(crate) free_slots: Vec<u32>,
+    pub(crate) len: usize,
 }
 
 impl CodeIndex {
     pub fn new(code_bits: usize) -> Result<Self> {
         Ok(Self {
             words: words_for_bits(code_bits)?,
-            codes: Vec::new(),
-            generation: Vec::new(),
+            codes: Codes::default(),
+            generation: Column::default(),
             free_slots: Vec::new(),
             len: 0,
         })
@@ -91,7 +92,7 @@ impl CodeIndex {
     }
 
     /// Slots in the code buffer, live or free: what a scan reads.
-    fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.codes.len() / self.words
     }
 
@@ -111,6 +112,14 @@ impl CodeIndex {
     /// The id of the entry that currently owns `handle` (which must be live).
     pub fn id_of_handle(&self, handle: u32) -> Id {
         make_id(handle, self.generation[handle as usize])
+    }
+
+    /// Whether slot `handle` exists and holds an entry.
+    #[inline]
+    pub(crate) fn is_live_handle(&self, handle: u32) -> bool {
+        self.generation
+            .get(handle as usize)
+            .is_some_and(|g| g & FREE == 0)
     }
 
     /// The id of the entry in slot `row`, or `None` when the slot is free.
@@ -166,6 +175,7 @@ impl CodeIndex {
     pub fn add(&mut self, codes: &[u64]) -> Result<Vec<Id>> {
         let n = self.check_batch(codes)?;
         self.codes
+            .to_mut()
             .reserve(codes.len().saturating_sub(self.free_slots.len() * self.words));
         let mut ids = Vec::with_capacity(n);
         for code in codes.chunks_exact(self.words) {
@@ -186,7 +196,7 @@ impl CodeIndex {
             }
             None => {
                 let slot = self.slots() as u32;
-                self.codes.extend_from_slice(code);
+                self.codes.to_mut().extend_from_slice(code);
                 if slot as usize == self.generation.len() {
                     self.generation.push(FREE);
                 }
@@ -212,12 +222,12 @@ impl CodeIndex {
     /// Removes every entry and returns the code buffer's memory. Ids handed out before stay
     /// dead: the generation table is kept, and slots are handed out again from 0.
     pub fn clear(&mut self) {
-        for generation in &mut self.generation {
+        for generation in self.generation.iter_mut() {
             if *generation & FREE == 0 {
                 *generation = ((*generation + 1) & GENERATION_MASK) | FREE;
             }
         }
-        self.codes = Vec::new();
+        self.codes = Codes::default();
         self.free_slots = Vec::new();
         self.len = 0;
     }
@@ -278,9 +288,14 @@ impl CodeIndex {
             .collect())
     }
 
-    /// Bytes held by this index's buffers (capacity, not length).
+    /// Bytes of a loaded file this index reads in place (0 once it has been changed).
+    pub fn mapped_bytes(&self) -> usize {
+        self.codes.mapped_bytes() + self.generation.mapped_bytes()
+    }
+
+    /// Bytes held by this index's buffers on the heap (capacity, not length).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.capacity() * 8 + (self.generation.capacity() + self.free_slots.capacity()) * 4
+        self.codes.heap_bytes() + self.generation.heap_bytes() + self.free_slots.capacity() * 4
     }
 }
 

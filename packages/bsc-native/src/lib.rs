@@ -7,7 +7,10 @@
 pub mod arena;
 pub mod cache;
 pub mod error;
+pub mod format;
 pub mod index;
+pub mod lru;
+pub mod mapped;
 pub mod scan;
 
 #[cfg(feature = "python")]

@@ -1,8 +1,9 @@
 //! The PyO3 binding: argument checks and conversions, GIL release, error mapping.
 //! Everything else lives in the plain-Rust modules.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use numpy::{
@@ -13,8 +14,9 @@ use pyo3::exceptions::{PyException, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
 
-use crate::cache::{CacheCore, EntryView};
+use crate::cache::{touched, CacheCore, EntryView};
 use crate::error::Error;
+use crate::format::{self, Counters, Extras, Kind, PendingSave};
 use crate::index::{CodeIndex, Hit, Id};
 
 create_exception!(
@@ -30,14 +32,87 @@ create_exception!(
     "An index cannot address more entries."
 );
 
+create_exception!(
+    bsc_native,
+    CacheFileError,
+    BscError,
+    "A file that cannot be loaded as a bsc index or cache. The message names the file."
+);
+create_exception!(bsc_native, EmptyFileError, CacheFileError, "A zero-length file.");
+create_exception!(
+    bsc_native,
+    NotACacheFileError,
+    CacheFileError,
+    "A file without the bsc magic bytes, or holding another kind of object."
+);
+create_exception!(
+    bsc_native,
+    UnsupportedVersionError,
+    CacheFileError,
+    "A file written by a newer format version than this bsc-native reads."
+);
+create_exception!(
+    bsc_native,
+    TruncatedFileError,
+    CacheFileError,
+    "A file shorter than its header says: cut off while copying, or a partial download."
+);
+create_exception!(
+    bsc_native,
+    CorruptFileError,
+    CacheFileError,
+    "A file whose checksums fail or whose contents contradict each other."
+);
+create_exception!(
+    bsc_native,
+    EncoderMismatchError,
+    CacheFileError,
+    "A file whose codes were made by another encoder than the one given."
+);
+
 fn to_py(err: Error) -> PyErr {
+    let message = err.to_string();
     match err {
-        Error::Full { .. } | Error::StorageFull { .. } => IndexFullError::new_err(err.to_string()),
+        Error::Full { .. } | Error::StorageFull { .. } => IndexFullError::new_err(message),
         Error::InvalidCodeBits(_)
         | Error::BadCodeLength { .. }
         | Error::InvalidMaxEntries(_)
-        | Error::ResponseTooLarge { .. } => PyValueError::new_err(err.to_string()),
+        | Error::ResponseTooLarge { .. }
+        | Error::TooLong { .. } => PyValueError::new_err(message),
+        Error::Io { kind, .. } => std::io::Error::new(kind, message).into(),
+        Error::EmptyFile { .. } => EmptyFileError::new_err(message),
+        Error::NotACacheFile { .. } => NotACacheFileError::new_err(message),
+        Error::UnsupportedVersion { .. } => UnsupportedVersionError::new_err(message),
+        Error::Truncated { .. } => TruncatedFileError::new_err(message),
+        Error::Corrupt { .. } => CorruptFileError::new_err(message),
+        Error::EncoderMismatch { .. } => EncoderMismatchError::new_err(message),
     }
+}
+
+/// Opens `path` as a file of `kind`, checking the fingerprint when one is expected.
+fn open_file(path: &Path, kind: Kind, fingerprint: Option<&str>) -> Result<(format::Opened, Extras), Error> {
+    let opened = format::open(path)?;
+    opened.expect(kind)?;
+    if let Some(expected) = fingerprint {
+        opened.expect_fingerprint(expected)?;
+    }
+    let extras = opened.extras()?;
+    Ok((opened, extras))
+}
+
+/// Writes through a temporary file: the data under the read lock (`write`), then the fsyncs
+/// and the rename after releasing it, so only the copy into the file cache holds the lock.
+fn save_with<T>(
+    path: &Path,
+    save_lock: &Mutex<()>,
+    lock: &RwLock<T>,
+    write: impl FnOnce(&PendingSave, &T) -> Result<(), Error>,
+) -> PyResult<()> {
+    // One save at a time per object, so an older snapshot never renames over a newer one.
+    let _one = save_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = PendingSave::begin(path).map_err(to_py)?;
+    write(&pending, &*read(lock)?).map_err(to_py)?;
+    pending.commit().map_err(to_py)
 }
 
 fn poisoned() -> PyErr {
@@ -166,6 +241,13 @@ fn bounded_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64, max: i64) -> PyResu
     }
 }
 
+fn max_entries_arg(max_entries: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let limit = crate::index::MAX_ENTRIES as i64;
+    max_entries
+        .map(|m| bounded_arg(m, "max_entries", 1, limit).map(|m| m as usize))
+        .transpose()
+}
+
 fn k_arg(k: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
     k.map_or(Ok(1), |k| bounded_arg(k, "k", 1, i64::MAX).map(|k| k as usize))
 }
@@ -221,24 +303,92 @@ fn hits_tuple<'py>(py: Python<'py>, hits: &[Hit]) -> PyResult<Bound<'py, PyTuple
 pub struct PyBinaryIndex {
     inner: RwLock<CodeIndex>,
     code_bits: usize,
+    fingerprint: String,
+    meta: Vec<u8>,
+    save_lock: Mutex<()>,
+}
+
+fn fingerprint_arg(fingerprint: Option<String>) -> PyResult<String> {
+    let fingerprint = fingerprint.unwrap_or_default();
+    if fingerprint.len() > format::MAX_FINGERPRINT {
+        return Err(PyValueError::new_err(format!(
+            "fingerprint is {} bytes long; at most {} fit in a file",
+            fingerprint.len(),
+            format::MAX_FINGERPRINT
+        )));
+    }
+    Ok(fingerprint)
 }
 
 #[pymethods]
 impl PyBinaryIndex {
     #[new]
-    #[pyo3(signature = (code_bits = None))]
-    fn new(code_bits: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (code_bits = None, *, fingerprint = None))]
+    fn new(code_bits: Option<&Bound<'_, PyAny>>, fingerprint: Option<String>) -> PyResult<Self> {
         let code_bits = code_bits.map_or(Ok(256), code_bits_arg)?;
         let index = CodeIndex::new(code_bits).map_err(to_py)?;
         Ok(Self {
             inner: RwLock::new(index),
             code_bits,
+            fingerprint: fingerprint_arg(fingerprint)?,
+            meta: Vec::new(),
+            save_lock: Mutex::new(()),
         })
     }
 
     #[getter]
     fn code_bits(&self) -> usize {
         self.code_bits
+    }
+
+    /// The encoder that made the codes, as given or as loaded ("" when unknown).
+    #[getter]
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The metadata bytes of the file this index was loaded from (b"" otherwise).
+    #[getter]
+    fn meta<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.meta)
+    }
+
+    /// Saves to `path` crash-safely (a temporary file in the same directory, fsynced, renamed
+    /// over `path`, directory fsynced), with `meta` bytes of the caller's. Searches proceed
+    /// while it runs; changes wait until the data is written (the fsync runs after).
+    #[pyo3(signature = (path, meta = None))]
+    fn save(&self, py: Python<'_>, path: PathBuf, meta: Option<Vec<u8>>) -> PyResult<()> {
+        let extras = Extras {
+            fingerprint: self.fingerprint.clone(),
+            meta: meta.unwrap_or_default(),
+            counters: Counters::default(),
+        };
+        py.detach(|| {
+            save_with(&path, &self.save_lock, &self.inner, |pending, index| {
+                format::write_index(pending.path(), pending.file(), index, &extras)
+            })
+        })
+    }
+
+    /// Loads an index saved by `save`. Its codes stay in the memory-mapped file (searched in
+    /// place) until the first change copies them. With `fingerprint`, a file made by another
+    /// encoder raises `EncoderMismatchError`.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, fingerprint = None))]
+    fn load(py: Python<'_>, path: PathBuf, fingerprint: Option<String>) -> PyResult<Self> {
+        let (index, extras) = py
+            .detach(|| {
+                let (opened, extras) = open_file(&path, Kind::Index, fingerprint.as_deref())?;
+                Ok((opened.index()?, extras))
+            })
+            .map_err(to_py)?;
+        Ok(Self {
+            code_bits: index.code_bits(),
+            inner: RwLock::new(index),
+            fingerprint: extras.fingerprint,
+            meta: extras.meta,
+            save_lock: Mutex::new(()),
+        })
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
@@ -354,9 +504,14 @@ impl PyBinaryIndex {
         PyTuple::new(py, [ids.into_any(), distances.into_any()])
     }
 
-    /// Bytes held by the index's buffers.
+    /// Bytes held by the index's buffers on the heap.
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
         with_read(py, &self.inner, |index| index.memory_bytes())
+    }
+
+    /// Bytes of a loaded file searched in place (0 once the index has changed).
+    fn mapped_bytes(&self, py: Python<'_>) -> PyResult<usize> {
+        with_read(py, &self.inner, |index| index.mapped_bytes())
     }
 }
 
@@ -367,6 +522,12 @@ pub struct PyCacheStore {
     inner: RwLock<CacheCore>,
     code_bits: usize,
     max_entries: usize,
+    fingerprint: String,
+    meta: Vec<u8>,
+    save_lock: Mutex<()>,
+    /// Hits whose LRU update found the write lock taken (by a save, or a writer); applied by
+    /// the next holder of the write lock.
+    pending: Mutex<Vec<(Id, f64)>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -388,22 +549,134 @@ fn entry_tuple<'py>(
         .into_pyobject(py)
 }
 
+/// Queued LRU updates beyond this many are dropped (the entries' order then lags their use).
+const MAX_PENDING: usize = 1 << 16;
+
+impl PyCacheStore {
+    fn apply_pending(&self, core: &mut CacheCore) {
+        let uses = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if !uses.is_empty() {
+            core.touch_many(&uses);
+        }
+    }
+
+    /// Runs `f` under the write lock, detached, after applying queued LRU updates.
+    fn with_core_mut<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut CacheCore) -> R + Send,
+    ) -> PyResult<R> {
+        py.detach(|| {
+            let mut core = write(&self.inner)?;
+            self.apply_pending(&mut core);
+            Ok(f(&mut core))
+        })
+    }
+}
+
 #[pymethods]
 impl PyCacheStore {
     #[new]
-    #[pyo3(signature = (code_bits = None, max_entries = None))]
-    fn new(code_bits: Option<&Bound<'_, PyAny>>, max_entries: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (code_bits = None, max_entries = None, *, fingerprint = None))]
+    fn new(
+        code_bits: Option<&Bound<'_, PyAny>>,
+        max_entries: Option<&Bound<'_, PyAny>>,
+        fingerprint: Option<String>,
+    ) -> PyResult<Self> {
         let code_bits = code_bits.map_or(Ok(256), code_bits_arg)?;
-        let limit = crate::index::MAX_ENTRIES as i64;
-        let max_entries = max_entries.map_or(Ok(1000), |m| bounded_arg(m, "max_entries", 1, limit))? as usize;
+        let max_entries = max_entries_arg(max_entries)?.unwrap_or(1000);
         let core = CacheCore::new(code_bits, max_entries).map_err(to_py)?;
         Ok(Self {
             inner: RwLock::new(core),
             code_bits,
             max_entries,
+            fingerprint: fingerprint_arg(fingerprint)?,
+            meta: Vec::new(),
+            save_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+        })
+    }
+
+    /// The encoder that made the codes, as given or as loaded ("" when unknown).
+    #[getter]
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The metadata bytes of the file this store was loaded from (b"" otherwise).
+    #[getter]
+    fn meta<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.meta)
+    }
+
+    /// Saves every entry, response, timestamp, the LRU order and the counters to `path`
+    /// crash-safely (a temporary file in the same directory, fsynced, renamed over `path`,
+    /// directory fsynced), with `meta` bytes of the caller's. Lookups proceed while it runs (a
+    /// hit's LRU update is queued until the lock is free); changes wait until the data is
+    /// written (the fsync runs after).
+    #[pyo3(signature = (path, meta = None))]
+    fn save(&self, py: Python<'_>, path: PathBuf, meta: Option<Vec<u8>>) -> PyResult<()> {
+        let meta = meta.unwrap_or_default();
+        // Queued LRU updates go into the file.
+        self.with_core_mut(py, |_| ())?;
+        py.detach(|| {
+            save_with(&path, &self.save_lock, &self.inner, |pending, core| {
+                // Counters read under the lock, with the entries they describe.
+                let extras = Extras {
+                    fingerprint: self.fingerprint.clone(),
+                    meta,
+                    counters: Counters {
+                        hits: self.hits.load(Ordering::Relaxed),
+                        misses: self.misses.load(Ordering::Relaxed),
+                        evictions: self.evictions.load(Ordering::Relaxed),
+                    },
+                };
+                format::write_cache(pending.path(), pending.file(), core, &extras)
+            })
+        })
+    }
+
+    /// Loads a store saved by `save`. Codes stay in the memory-mapped file until the first
+    /// change; responses are read from it on demand, each 64 KiB block checked against its
+    /// checksum when first read (`verify=True` checks them all now). With `fingerprint`, a
+    /// file made by another encoder raises `EncoderMismatchError`; with `max_entries`, the
+    /// least recently used entries beyond it are evicted.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, fingerprint = None, max_entries = None, verify = false))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        fingerprint: Option<String>,
+        max_entries: Option<&Bound<'_, PyAny>>,
+        verify: bool,
+    ) -> PyResult<Self> {
+        let max_entries = max_entries_arg(max_entries)?;
+        let (core, extras, evicted) = py
+            .detach(|| {
+                let (opened, extras) = open_file(&path, Kind::Cache, fingerprint.as_deref())?;
+                let mut core = opened.cache(verify)?;
+                let evicted = match max_entries {
+                    Some(max) => core.set_max_entries(max)?.len() as u64,
+                    None => 0,
+                };
+                Ok((core, extras, evicted))
+            })
+            .map_err(to_py)?;
+        let counters = extras.counters;
+        Ok(Self {
+            code_bits: core.code_bits(),
+            max_entries: core.max_entries(),
+            inner: RwLock::new(core),
+            fingerprint: extras.fingerprint,
+            meta: extras.meta,
+            save_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            hits: AtomicU64::new(counters.hits),
+            misses: AtomicU64::new(counters.misses),
+            evictions: AtomicU64::new(counters.evictions.saturating_add(evicted)),
         })
     }
 
@@ -441,8 +714,9 @@ impl PyCacheStore {
     fn put(&self, py: Python<'_>, code: &Bound<'_, PyAny>, payload: &[u8]) -> PyResult<i64> {
         let code = codes_arg(code, "code", self.code_bits / 64, false)?;
         // `payload` borrows an immutable `bytes` object, so reading it detached is sound.
-        let (id, evicted) =
-            with_write(py, &self.inner, |core| core.put(&code, payload, now()))?.map_err(to_py)?;
+        let (id, evicted) = self
+            .with_core_mut(py, |core| core.put(&code, payload, now()))?
+            .map_err(to_py)?;
         self.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         Ok(id as i64)
     }
@@ -460,15 +734,36 @@ impl PyCacheStore {
         let query = codes_arg(code, "code", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
         let found = py.detach(|| -> PyResult<Option<(u32, EntryView)>> {
-            // The scan runs under the read lock so lookups proceed in parallel; only the O(1)
-            // LRU touch takes the write lock. If the entry is deleted in between, scan again;
-            // after three such races in a row the lookup reports a miss.
+            // The scan and the copy of the entry run under the read lock, so lookups proceed
+            // in parallel with each other and with a save. The O(1) LRU update then takes the
+            // write lock if it is free; if it is not, the use is queued for the next holder
+            // rather than waiting. If the entry was deleted in between, scan again; after three
+            // such races in a row the lookup reports a miss.
             for _ in 0..3 {
-                let Some(hit) = read(&self.inner)?.nearest(&query, max_distance).map_err(to_py)? else {
-                    return Ok(None);
+                let (hit, view) = {
+                    let core = read(&self.inner)?;
+                    let Some(hit) = core.nearest(&query, max_distance).map_err(to_py)? else {
+                        return Ok(None);
+                    };
+                    (hit, core.peek(hit.id).map_err(to_py)?)
                 };
-                if let Some(view) = write(&self.inner)?.touch(hit.id, now()) {
-                    return Ok(Some((hit.distance, view)));
+                let Some(view) = view else { continue };
+                let at = now();
+                match self.inner.try_write() {
+                    Ok(mut core) => {
+                        self.apply_pending(&mut core);
+                        if let Some(view) = core.touch(hit.id, at).map_err(to_py)? {
+                            return Ok(Some((hit.distance, view)));
+                        }
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        if pending.len() < MAX_PENDING {
+                            pending.push((hit.id, at));
+                        }
+                        return Ok(Some((hit.distance, touched(view, at))));
+                    }
+                    Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
                 }
             }
             Ok(None)
@@ -506,7 +801,7 @@ impl PyCacheStore {
     /// marking it used, or `None`.
     fn peek<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
-        let view = with_read(py, &self.inner, |core| core.peek(id))?;
+        let view = with_read(py, &self.inner, |core| core.peek(id))?.map_err(to_py)?;
         view.map(|v| entry_tuple(py, v, None)).transpose()
     }
 
@@ -523,19 +818,19 @@ impl PyCacheStore {
 
     fn delete(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         match id_arg(id)? {
-            Some(id) => with_write(py, &self.inner, |core| core.delete(id)),
+            Some(id) => self.with_core_mut(py, |core| core.delete(id)),
             None => Ok(false),
         }
     }
 
     /// Removes every entry. Counters are kept; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        with_write(py, &self.inner, |core| core.clear())
+        self.with_core_mut(py, |core| core.clear())
     }
 
     /// Live ids from most to least recently used.
     fn lru_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let order = with_read(py, &self.inner, |core| core.lru_order())?;
+        let order = self.with_core_mut(py, |core| core.lru_order())?;
         Ok(ids_array(py, order))
     }
 
@@ -543,10 +838,21 @@ impl PyCacheStore {
         with_read(py, &self.inner, |core| core.memory_bytes())
     }
 
-    /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`.
+    /// Bytes of a loaded file read in place (codes until the first change, and responses).
+    fn mapped_bytes(&self, py: Python<'_>) -> PyResult<usize> {
+        with_read(py, &self.inner, |core| core.mapped_bytes())
+    }
+
+    /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`,
+    /// `response_bytes`, `mapped_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (size, memory_bytes, response_bytes) = with_read(py, &self.inner, |core| {
-            (core.len(), core.memory_bytes(), core.response_bytes())
+        let (size, memory_bytes, response_bytes, mapped_bytes) = with_read(py, &self.inner, |core| {
+            (
+                core.len(),
+                core.memory_bytes(),
+                core.response_bytes(),
+                core.mapped_bytes(),
+            )
         })?;
         let out = PyDict::new(py);
         out.set_item("size", size)?;
@@ -556,6 +862,7 @@ impl PyCacheStore {
         out.set_item("evictions", self.evictions.load(Ordering::Relaxed))?;
         out.set_item("memory_bytes", memory_bytes)?;
         out.set_item("response_bytes", response_bytes)?;
+        out.set_item("mapped_bytes", mapped_bytes)?;
         Ok(out)
     }
 }
@@ -569,6 +876,17 @@ fn bsc_native_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KERNEL", crate::scan::active_kernel().name())?;
     m.add("BscError", m.py().get_type::<BscError>())?;
     m.add("IndexFullError", m.py().get_type::<IndexFullError>())?;
+    m.add("CacheFileError", m.py().get_type::<CacheFileError>())?;
+    m.add("EmptyFileError", m.py().get_type::<EmptyFileError>())?;
+    m.add("NotACacheFileError", m.py().get_type::<NotACacheFileError>())?;
+    m.add(
+        "UnsupportedVersionError",
+        m.py().get_type::<UnsupportedVersionError>(),
+    )?;
+    m.add("TruncatedFileError", m.py().get_type::<TruncatedFileError>())?;
+    m.add("CorruptFileError", m.py().get_type::<CorruptFileError>())?;
+    m.add("EncoderMismatchError", m.py().get_type::<EncoderMismatchError>())?;
+    m.add("FORMAT_VERSION", format::VERSION)?;
     m.add_class::<PyBinaryIndex>()?;
     m.add_class::<PyCacheStore>()?;
     Ok(())

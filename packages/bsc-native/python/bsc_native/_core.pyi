@@ -1,32 +1,66 @@
 """Type stubs for the compiled ``bsc_native._core`` module."""
 
+from os import PathLike
 from typing import final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "FORMAT_VERSION",
     "KERNEL",
     "MAX_CODE_BITS",
     "MIN_CODE_BITS",
     "BinaryIndex",
     "BscError",
+    "CacheFileError",
     "CacheStore",
+    "CorruptFileError",
+    "EmptyFileError",
+    "EncoderMismatchError",
     "IndexFullError",
+    "NotACacheFileError",
+    "TruncatedFileError",
+    "UnsupportedVersionError",
     "__version__",
 ]
+
+_Path = str | PathLike[str]
 
 __version__: str
 #: The Hamming kernel this CPU runs: "avx512-vpopcntdq", "avx2", "popcnt" or "portable".
 KERNEL: str
 MIN_CODE_BITS: int
 MAX_CODE_BITS: int
+#: The file format version ``save`` writes and the newest ``load`` reads.
+FORMAT_VERSION: int
 
 class BscError(Exception):
     """Base class of every error bsc raises on purpose."""
 
 class IndexFullError(BscError):
     """An index cannot address more entries."""
+
+class CacheFileError(BscError):
+    """A file that cannot be loaded as a bsc index or cache. The message names the file."""
+
+class EmptyFileError(CacheFileError):
+    """A zero-length file."""
+
+class NotACacheFileError(CacheFileError):
+    """A file without the bsc magic bytes, or holding another kind of object."""
+
+class UnsupportedVersionError(CacheFileError):
+    """A file written by a newer format version than this bsc-native reads."""
+
+class TruncatedFileError(CacheFileError):
+    """A file shorter than its header says: cut off while copying, or a partial download."""
+
+class CorruptFileError(CacheFileError):
+    """A file whose checksums fail or whose contents contradict each other."""
+
+class EncoderMismatchError(CacheFileError):
+    """A file whose codes were made by another encoder than the one given."""
 
 _EntryTuple = tuple[int, int | None, bytes, float, float, int]
 
@@ -39,11 +73,25 @@ class BinaryIndex:
     is reused by the next insert. Searches release the GIL and may run from many threads.
     """
 
-    def __new__(cls, code_bits: int | None = None) -> BinaryIndex:
-        """Create an empty index; ``code_bits`` (``None``: 256) is a multiple of 64 from 64 to 4096."""
+    def __new__(cls, code_bits: int | None = None, *, fingerprint: str | None = None) -> BinaryIndex:
+        """Create an empty index; ``code_bits`` (``None``: 256) is a multiple of 64 from 64 to 4096;
+        ``fingerprint`` names the encoder of its codes (saved with them)."""
     @property
     def code_bits(self) -> int:
         """Bits per code."""
+    @property
+    def fingerprint(self) -> str:
+        """The encoder that made the codes, as given or as loaded (``""`` when unknown)."""
+    @property
+    def meta(self) -> bytes:
+        """The metadata bytes of the file this index was loaded from (``b""`` otherwise)."""
+    def save(self, path: _Path, meta: bytes | None = None) -> None:
+        """Save crash-safely: a temporary file in the same directory, fsynced, renamed over ``path``, the
+        directory fsynced. Searches proceed meanwhile; changes wait until the data is written."""
+    @staticmethod
+    def load(path: _Path, *, fingerprint: str | None = None) -> BinaryIndex:
+        """Load a saved index; its codes are searched in the memory-mapped file until the first change.
+        ``fingerprint``: raise ``EncoderMismatchError`` unless the file's is this one."""
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool: ...
     def add(self, codes: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
@@ -74,7 +122,9 @@ class BinaryIndex:
         threads (``None``: every CPU this process may use; never more than that): ``(ids, distances)`` of
         shape ``(m, w)``, ``w`` the longest result list (at least 1), padded with -1."""
     def memory_bytes(self) -> int:
-        """Bytes held by the index's buffers."""
+        """Bytes held by the index's buffers on the heap."""
+    def mapped_bytes(self) -> int:
+        """Bytes of a loaded file searched in place (0 once the index has changed)."""
 
 @final
 class CacheStore:
@@ -86,19 +136,42 @@ class CacheStore:
     at 2**32 - 1.
     """
 
-    def __new__(cls, code_bits: int | None = None, max_entries: int | None = None) -> CacheStore:
-        """Create an empty store; ``code_bits`` ``None`` means 256, ``max_entries`` ``None`` 1000."""
+    def __new__(
+        cls, code_bits: int | None = None, max_entries: int | None = None, *, fingerprint: str | None = None
+    ) -> CacheStore:
+        """Create an empty store; ``code_bits`` ``None`` means 256, ``max_entries`` ``None`` 1000;
+        ``fingerprint`` names the encoder of its codes (saved with them)."""
     @property
     def code_bits(self) -> int: ...
     @property
     def max_entries(self) -> int: ...
+    @property
+    def fingerprint(self) -> str:
+        """The encoder that made the codes, as given or as loaded (``""`` when unknown)."""
+    @property
+    def meta(self) -> bytes:
+        """The metadata bytes of the file this store was loaded from (``b""`` otherwise)."""
+    def save(self, path: _Path, meta: bytes | None = None) -> None:
+        """Save every entry, response, timestamp, the LRU order and the counters crash-safely (a temporary
+        file in the same directory, fsynced, renamed over ``path``, the directory fsynced). Lookups proceed
+        meanwhile (a hit's LRU update is queued until the lock is free); changes wait until the data is
+        written; the fsync runs after."""
+    @staticmethod
+    def load(
+        path: _Path, *, fingerprint: str | None = None, max_entries: int | None = None, verify: bool = False
+    ) -> CacheStore:
+        """Load a saved store. Codes stay in the memory-mapped file until the first change; responses are
+        read from it on demand, each 64 KiB block checked when first read (``verify=True``: all now).
+        ``fingerprint``: raise ``EncoderMismatchError`` unless the file's is this one. ``max_entries``:
+        evict least recently used entries beyond it."""
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool: ...
     def put(self, code: npt.NDArray[np.uint64], payload: bytes) -> int:
         """Store one code with its payload, evicting least-recently-used entries when full;
         return the new id."""
     def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> _EntryTuple | None:
-        """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss."""
+        """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss. A response of a
+        loaded file that fails its checksum raises ``CorruptFileError``."""
     def search(
         self, code: npt.NDArray[np.uint64], k: int | None = None, max_distance: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
@@ -114,7 +187,10 @@ class CacheStore:
     def lru_ids(self) -> npt.NDArray[np.int64]:
         """Live ids from most to least recently used."""
     def memory_bytes(self) -> int:
-        """Bytes held: codes, metadata and payloads."""
+        """Bytes held on the heap: codes, metadata and payloads."""
+    def mapped_bytes(self) -> int:
+        """Bytes of a loaded file read in place (codes until the first change, and responses)."""
     def stats(self) -> dict[str, int]:
-        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes`` (everything held,
-        responses included) and ``response_bytes`` (the live responses alone)."""
+        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes`` (everything held on
+        the heap, responses included), ``response_bytes`` (the live responses alone) and ``mapped_bytes``
+        (a loaded file read in place)."""

@@ -9,7 +9,17 @@ from bsc import _native  # noqa: F401  (refuses a bsc_native of another release)
 from bsc._version import NATIVE_VERSION, __version__
 from bsc.cache import BinarySemanticCache, CacheEntry, CacheStats
 from bsc_encoder import BinaryEncoder
-from bsc_native import BscError, IndexFullError
+from bsc_native import (
+    BscError,
+    CacheFileError,
+    CorruptFileError,
+    EmptyFileError,
+    EncoderMismatchError,
+    IndexFullError,
+    NotACacheFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
 
 __all__ = [
     "NATIVE_VERSION",
@@ -17,7 +27,14 @@ __all__ = [
     "BinarySemanticCache",
     "BscError",
     "CacheEntry",
+    "CacheFileError",
     "CacheStats",
+    "CorruptFileError",
+    "EmptyFileError",
+    "EncoderMismatchError",
     "IndexFullError",
+    "NotACacheFileError",
+    "TruncatedFileError",
+    "UnsupportedVersionError",
     "__version__",
 ]

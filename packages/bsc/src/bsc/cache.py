@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import threading
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from bsc._codec import decode_response, encode_response
+from bsc._version import __version__
 from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
-from bsc_native import CacheStore
+from bsc_encoder.encoder import ALGORITHM_VERSION
+from bsc_native import CacheStore, CorruptFileError, UnsupportedVersionError
+
+logger = logging.getLogger("bsc")
 
 __all__ = ["BinarySemanticCache", "CacheEntry", "CacheStats"]
 
@@ -71,7 +82,13 @@ class BinarySemanticCache:
 
     All per-entry state lives in the native ``CacheStore``. Lookups run in parallel from
     many threads: the scan holds a shared read lock, and only the O(1) LRU update of a hit
-    takes the write lock.
+    takes the write lock (or is queued, if a save or a writer holds it).
+
+    **Persistence.** ``save(path)`` writes one crash-safe file (docs/FORMAT.md) and
+    ``BinarySemanticCache.load(path)`` opens it. With ``persist_path=``, the cache loads that
+    file at start if it exists, saves it in a background thread after every ``persist_every``
+    puts or ``persist_interval`` seconds (whichever comes first, only if something changed),
+    and once more on ``close()`` or when a ``with`` block ends.
     """
 
     def __init__(
@@ -81,6 +98,10 @@ class BinarySemanticCache:
         similarity_threshold: float = 0.80,
         code_bits: int | None = None,
         storage_mode: str = "memory",
+        *,
+        persist_path: str | os.PathLike[str] | None = None,
+        persist_every: int | None = 1000,
+        persist_interval: float | None = 60.0,
     ) -> None:
         if not isinstance(encoder, BinaryEncoder):
             raise TypeError(f"encoder must be a bsc.BinaryEncoder, got {type(encoder).__name__}")
@@ -97,10 +118,22 @@ class BinarySemanticCache:
             raise ValueError(f"storage_mode must be 'memory', got {storage_mode!r}")
         threshold = _check_threshold(similarity_threshold)
         self._encoder = encoder
-        self._store = CacheStore(code_bits=encoder.code_bits, max_entries=int(max_entries))
         # One tuple, replaced whole, so a concurrent reader never sees a threshold with the
         # radius of another.
         self._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
+        self._persister: _Persister | None = None
+        self._closed = False
+        path = None if persist_path is None else Path(os.fspath(persist_path))
+        if path is not None and path.exists():
+            # Raises EncoderMismatchError when the file holds another encoder's codes.
+            self._store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
+            logger.info("loaded %d entries from %s", len(self._store), path)
+        else:
+            self._store = CacheStore(
+                code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
+            )
+        if path is not None:
+            self._persister = _Persister(self, path, persist_every, persist_interval)
 
     @property
     def encoder(self) -> BinaryEncoder:
@@ -161,6 +194,8 @@ class BinarySemanticCache:
         code = self._code(embedding)
         _, radius = self._rule
         found = self._store.lookup(code, max_distance=radius)
+        if self._persister is not None:
+            self._persister.changed()
         if found is None:
             return None
         entry_id, distance, payload, created_at, last_accessed, access_count = found
@@ -180,7 +215,10 @@ class BinarySemanticCache:
         recently used entry when the cache is full. Bad input changes nothing."""
         payload = encode_response(response)
         code = self._code(embedding)
-        return self._store.put(code, payload)
+        entry_id = self._store.put(code, payload)
+        if self._persister is not None:
+            self._persister.changed(put=True)
+        return entry_id
 
     def peek(self, entry_id: int) -> CacheEntry | None:
         """An entry by id without counting a lookup or marking it used (similarity 1.0)."""
@@ -192,11 +230,100 @@ class BinarySemanticCache:
 
     def delete(self, entry_id: int) -> bool:
         """Remove an entry by id; return whether it was present. Its slot is reused."""
-        return self._store.delete(entry_id)
+        removed = self._store.delete(entry_id)
+        if removed and self._persister is not None:
+            self._persister.changed()
+        return removed
 
     def clear(self) -> None:
         """Remove every entry (counters are kept)."""
         self._store.clear()
+        if self._persister is not None:
+            self._persister.changed()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    @property
+    def persist_path(self) -> Path | None:
+        """The file this cache loads from and saves to automatically, if any."""
+        return None if self._persister is None else self._persister.path
+
+    def _meta(self) -> bytes:
+        meta = {
+            "bsc_version": __version__,
+            "similarity_threshold": self.similarity_threshold,
+            "encoder": {
+                "algorithm_version": ALGORITHM_VERSION,
+                "embedding_dim": self._encoder.embedding_dim,
+                "code_bits": self._encoder.code_bits,
+                "seed": self._encoder.seed,
+            },
+        }
+        return json.dumps(meta, sort_keys=True).encode()
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write every entry, response, timestamp, the LRU order, the counters and the settings
+        to ``path`` (default: ``persist_path``) in one file, crash-safely: a temporary file in
+        the same directory, fsynced, renamed over ``path``, the directory fsynced. A crash
+        leaves the old file or the new one, never a mix. Lookups keep running meanwhile."""
+        if path is None:
+            if self._persister is None:
+                raise ValueError("save() needs a path: this cache has no persist_path")
+            path = self._persister.path
+        self._store.save(Path(os.fspath(path)), self._meta())
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: BinaryEncoder | None = None,
+        *,
+        max_entries: int | None = None,
+        similarity_threshold: float | None = None,
+        verify: bool = False,
+    ) -> BinarySemanticCache:
+        """Open a cache saved by :meth:`save`.
+
+        ``encoder``: the encoder the file must have been made with (``EncoderMismatchError``
+        otherwise); by default it is rebuilt from the file. ``max_entries`` and
+        ``similarity_threshold`` default to the saved ones (a smaller ``max_entries`` evicts the
+        least recently used entries). Codes are searched in the memory-mapped file and each
+        response is read (and its 64 KiB block checksummed) on its first hit; ``verify=True``
+        checks every response now. Bad files raise a ``bsc.CacheFileError`` subclass naming
+        the file and the problem; nothing in a file is ever executed.
+        """
+        file = Path(os.fspath(path))
+        fingerprint = None if encoder is None else encoder.fingerprint()
+        store = CacheStore.load(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
+        meta = _read_meta(file, store.meta)
+        if encoder is None:
+            encoder = _encoder_from_meta(file, meta, store.fingerprint)
+        if similarity_threshold is None:
+            similarity_threshold = meta.get("similarity_threshold", 0.80)
+        cache = cls.__new__(cls)
+        cache._encoder = encoder
+        cache._store = store
+        threshold = _check_threshold(similarity_threshold)
+        cache._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
+        cache._persister = None
+        cache._closed = False
+        return cache
+
+    def close(self) -> None:
+        """Stop background saving and save a last time (with ``persist_path``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._persister is not None:
+            self._persister.stop()
+
+    def __enter__(self) -> BinarySemanticCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def stats(self) -> CacheStats:
         raw = self._store.stats()
@@ -211,3 +338,116 @@ class BinarySemanticCache:
             memory_bytes=raw["memory_bytes"],
             response_bytes=raw["response_bytes"],
         )
+
+
+def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
+    """The settings ``save`` wrote; a file without them (a bare ``CacheStore.save``) has none."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{file}: its settings are not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{file}: its settings are not a JSON object")
+    threshold = meta.get("similarity_threshold", 0.80)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+        raise CorruptFileError(f"{file}: its similarity_threshold {threshold!r} is not a number in [-1, 1]")
+    return meta
+
+
+def _encoder_from_meta(file: Path, meta: dict[str, Any], fingerprint: str) -> BinaryEncoder:
+    """Rebuild the encoder named by the file, and check it against the file's fingerprint."""
+    spec = meta.get("encoder")
+    if not isinstance(spec, dict):
+        raise CorruptFileError(f"{file}: it does not say which encoder made its codes; pass encoder=")
+    version = spec.get("algorithm_version")
+    if version != ALGORITHM_VERSION:
+        raise UnsupportedVersionError(
+            f"{file}: its codes were made by encoder algorithm version {version!r}; this bsc-encoder has "
+            f"version {ALGORITHM_VERSION}: upgrade bsc-encoder"
+        )
+    try:
+        encoder = BinaryEncoder(spec["embedding_dim"], spec["code_bits"], spec["seed"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptFileError(f"{file}: its encoder settings {spec!r} are invalid: {err}") from None
+    if encoder.fingerprint() != fingerprint:
+        raise CorruptFileError(
+            f"{file}: its encoder settings give fingerprint {encoder.fingerprint()!r}, but its codes are "
+            f"marked {fingerprint!r}"
+        )
+    return encoder
+
+
+class _Persister:
+    """Saves a cache in a background thread after ``every`` puts or ``interval`` seconds with
+    changes, whichever comes first, and once more when stopped."""
+
+    def __init__(self, cache: BinarySemanticCache, path: Path, every: int | None, interval: float | None) -> None:
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
+            raise ValueError(f"persist_every must be a positive int or None, got {every!r}")
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0
+        ):
+            raise ValueError(f"persist_interval must be a positive number of seconds or None, got {interval!r}")
+        self.path = path
+        self._cache = cache
+        self._every = every
+        self._interval = interval
+        self._wake = threading.Condition()
+        self._puts = 0
+        self._changes = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if every is not None or interval is not None:
+            self._thread = threading.Thread(target=self._run, name=f"bsc-persist:{path.name}", daemon=True)
+            self._thread.start()
+
+    def changed(self, put: bool = False) -> None:
+        with self._wake:
+            self._changes += 1
+            if put:
+                self._puts += 1
+                if self._every is not None and self._puts >= self._every:
+                    self._wake.notify()
+
+    def _due(self) -> bool:
+        return self._stopping or (self._every is not None and self._puts >= self._every)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                deadline = None if self._interval is None else time.monotonic() + self._interval
+                while not self._due():
+                    timeout = None if deadline is None else deadline - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._wake.wait(timeout)
+                if self._stopping:
+                    return
+            self._save_if_changed()
+
+    def _save_if_changed(self) -> None:
+        with self._wake:
+            changes, self._changes, self._puts = self._changes, 0, 0
+        if not changes:
+            return
+        try:
+            self._cache.save(self.path)
+        except Exception:
+            # Keep the count so the next round tries again; the file on disk is the last
+            # complete save.
+            with self._wake:
+                self._changes += changes
+            logger.exception("bsc: saving the cache to %s failed; will retry", self.path)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        with self._wake:
+            changes, self._changes = self._changes, 0
+        if changes:
+            self._cache.save(self.path)
