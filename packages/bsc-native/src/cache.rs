@@ -463,6 +463,24 @@ mod tests {
     }
 
     #[test]
+    fn queued_uses_update_the_lru_order_and_skip_deleted_entries() {
+        let mut cache = CacheCore::new(64, 3).unwrap();
+        let (a, _) = cache.put(&[1], b"a", 1.0).unwrap();
+        let (b, _) = cache.put(&[2], b"b", 2.0).unwrap();
+        let (c, _) = cache.put(&[3], b"c", 3.0).unwrap();
+        cache.delete(c);
+        cache.touch_many(&[(a, 10.0), (c, 11.0)]);
+        assert_eq!(cache.lru_order(), vec![a, b]);
+        let seen = cache.peek(a).unwrap().unwrap();
+        assert_eq!((seen.access_count, seen.last_accessed), (1, 10.0));
+        let (d, evicted) = cache.put(&[4], b"d", 12.0).unwrap();
+        assert!(evicted.is_empty());
+        let (_, evicted) = cache.put(&[5], b"e", 13.0).unwrap();
+        assert_eq!(evicted, vec![b]);
+        assert_eq!(cache.lru_order()[1..], [d, a]);
+    }
+
+    #[test]
     fn bad_code_leaves_cache_unchanged() {
         let mut cache = CacheCore::new(128, 1).unwrap();
         let (a, _) = cache.put(&[1, 1], b"a", 0.0).unwrap();

@@ -32,13 +32,14 @@ def servers():
 
 
 @pytest.mark.parametrize("block", BLOCKS)
-def test_readme_example_runs(block, servers, monkeypatch):
+def test_readme_example_runs(block, servers, monkeypatch, tmp_path):
     # Examples that use OpenAI or Ollama reach loopback servers speaking those APIs, found the way
     # a user's program finds a non-default server.
     openai_server, ollama_server = servers
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
     monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    monkeypatch.chdir(tmp_path)  # examples that save a file write it here
     namespace: dict[str, object] = {}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(block, "<readme>", "exec"), namespace)
