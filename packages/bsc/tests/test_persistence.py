@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -191,3 +193,17 @@ def test_round_trip_property(tmp_path: Path, encoder: BinaryEncoder, ops: list, 
     loaded = BinarySemanticCache.load(path)
     assert state(loaded) == state(cache)
     assert loaded.stats().as_dict() | {"memory_bytes": 0} == cache.stats().as_dict() | {"memory_bytes": 0}
+
+
+def test_a_program_that_exits_without_close_still_saves(tmp_path: Path) -> None:
+    path = tmp_path / "exit.bsc"
+    program = (
+        "import numpy as np\n"
+        "from bsc import BinaryEncoder, BinarySemanticCache\n"
+        f"cache = BinarySemanticCache(BinaryEncoder(64), persist_path={str(path)!r}, persist_every=None,"
+        " persist_interval=None)\n"
+        "cache.put(np.ones(64), 'kept')\n"
+    )
+    subprocess.run([sys.executable, "-c", program], check=True)
+    hit = BinarySemanticCache.load(path).get(np.ones(64))
+    assert hit is not None and hit.response == "kept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -88,7 +89,7 @@ class BinarySemanticCache:
     ``BinarySemanticCache.load(path)`` opens it. With ``persist_path=``, the cache loads that
     file at start if it exists, saves it in a background thread after every ``persist_every``
     puts or ``persist_interval`` seconds (whichever comes first, only if something changed),
-    and once more on ``close()`` or when a ``with`` block ends.
+    and once more on ``close()``, when a ``with`` block ends, or when the program exits.
     """
 
     def __init__(
@@ -402,6 +403,15 @@ class _Persister:
         if every is not None or interval is not None:
             self._thread = threading.Thread(target=self._run, name=f"bsc-persist:{path.name}", daemon=True)
             self._thread.start()
+        # A program that ends without close() still saves its last changes (not on a crash or
+        # os._exit: the background saves cover those).
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        try:
+            self.stop()
+        except Exception:
+            logger.exception("bsc: the final save of the cache to %s failed", self.path)
 
     def changed(self, put: bool = False) -> None:
         with self._wake:
@@ -442,6 +452,7 @@ class _Persister:
             logger.exception("bsc: saving the cache to %s failed; will retry", self.path)
 
     def stop(self) -> None:
+        atexit.unregister(self._at_exit)
         with self._wake:
             self._stopping = True
             self._wake.notify()
