@@ -342,8 +342,11 @@ def test_a_save_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path
         seen.add(first[2][:2])
         assert first[2][:2] in (b"1-", b"2-")
     assert path.exists() and seen
-    # Killed saves may leave their temporary files behind; nothing else.
-    assert all(name == "c.bsc" or name.startswith(".c.bsc.") for name in os.listdir(tmp_path))
+    # Killed saves leave their temporary files behind, and nothing else. Some did: the kills
+    # landed in the middle of saves, not only between them.
+    leftovers = [name for name in os.listdir(tmp_path) if name != "c.bsc"]
+    assert all(name.startswith(".c.bsc.") and name.endswith(".tmp") for name in leftovers)
+    assert len(leftovers) >= min(3, points // 5), leftovers
 
 
 def test_format_version_is_exposed() -> None:
