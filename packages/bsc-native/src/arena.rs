@@ -90,6 +90,11 @@ impl MappedRecords {
         Ok(())
     }
 
+    /// Checks every block now.
+    pub fn verify_all(&self) -> Result<()> {
+        self.verify(0, self.bytes.len())
+    }
+
     /// The record at byte `start`: its length field, bounds checked but not yet verified.
     fn span(&self, start: usize) -> Option<(usize, usize)> {
         let bytes = self.bytes.bytes();

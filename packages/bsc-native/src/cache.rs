@@ -9,9 +9,28 @@
 
 use crate::arena::{self, Arena};
 use crate::error::{Error, Result};
-use crate::index::{CodeIndex, Hit, Id, FREE, MAX_ENTRIES};
+use crate::index::{CodeIndex, Hit, Id, MAX_ENTRIES};
 use crate::lru::LruQueue;
 use crate::mapped::Column;
+use crate::partition::{self, Partitions};
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// `expires` of an entry without a time to live.
+pub const NEVER: u32 = u32::MAX;
+
+/// An entry's expiry as tenths of a second since the epoch (for ordering only; whether an
+/// entry has expired is decided by [`CacheCore::expired`] with the exact times).
+fn deadline(created_at: f64, expires: u32) -> i64 {
+    (created_at * 10.0).floor() as i64 + i64::from(expires)
+}
+
+/// Tenths of a second in `ttl` seconds, rounded down (so an entry never outlives its TTL),
+/// at most about 13.6 years.
+pub fn ttl_tenths(ttl: f64) -> u32 {
+    (ttl * 10.0).floor().clamp(0.0, f64::from(NEVER - 1)) as u32
+}
 
 /// A copy of one entry's stored state.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +72,16 @@ pub struct CacheCore {
     pub(crate) access_count: Column<u32>,
     /// Offset of the entry's response in `arena`.
     pub(crate) payload_at: Column<u32>,
+    /// The entry's partition id (see [`Partitions`]).
+    pub(crate) partition: Column<u32>,
+    /// Tenths of a second after `created_at` when the entry expires; [`NEVER`] without a TTL.
+    pub(crate) expires: Column<u32>,
+    pub(crate) partitions: Partitions,
+    /// Entries with a TTL by deadline, with their slot and generation (stale items, of entries
+    /// deleted since, are skipped when popped). Built on first need after a load.
+    expiry: Option<BinaryHeap<Reverse<(i64, u32, u32)>>>,
+    /// Entries removed because their TTL ran out.
+    pub(crate) expirations: u64,
     pub(crate) arena: Arena,
     payload_bytes: usize,
 }
@@ -70,6 +99,11 @@ impl CacheCore {
             last_accessed: Column::default(),
             access_count: Column::default(),
             payload_at: Column::default(),
+            partition: Column::default(),
+            expires: Column::default(),
+            partitions: Partitions::default(),
+            expiry: Some(BinaryHeap::new()),
+            expirations: 0,
             arena: Arena::default(),
             payload_bytes: 0,
         })
@@ -85,6 +119,7 @@ impl CacheCore {
         last_accessed: Column<u32>,
         access_count: Column<u32>,
         payload_at: Column<u32>,
+        (partition, expires, partitions, expirations): (Column<u32>, Column<u32>, Partitions, u64),
         arena: Arena,
         payload_bytes: usize,
     ) -> Self {
@@ -96,45 +131,19 @@ impl CacheCore {
             last_accessed,
             access_count,
             payload_at,
+            partition,
+            expires,
+            partitions,
+            expiry: None,
+            expirations,
             arena,
             payload_bytes,
         }
     }
 
-    /// Restores the LRU order from `order` (live slots, most recently used first). Fails,
-    /// naming the problem, unless it lists every live slot exactly once.
-    pub(crate) fn restore_order(&mut self, order: Vec<u32>) -> std::result::Result<(), String> {
-        let slots = self.created_at.len();
-        if order.len() != self.len() {
-            return Err(format!(
-                "the LRU order lists {} of {} entries",
-                order.len(),
-                self.len()
-            ));
-        }
-        // Mark the listed slots in a bitmap (small enough to stay in cache), then compare it
-        // with the live slots in one sequential pass: equal sets of the same size as the list
-        // mean every live slot is listed exactly once.
-        let mut listed = vec![0u64; slots.div_ceil(64)];
-        for &handle in &order {
-            let h = handle as usize;
-            if h >= slots {
-                return Err(format!(
-                    "the LRU order names slot {handle}, beyond the {slots} slots"
-                ));
-            }
-            listed[h / 64] |= 1 << (h % 64);
-        }
-        let generation: &[u32] = &self.index.generation[..slots];
-        let is_listed = |h: usize| (listed[h / 64] >> (h % 64)) & 1 == 1;
-        if let Some(slot) = (0..slots).find(|&h| is_listed(h) && generation[h] & FREE != 0) {
-            return Err(format!("the LRU order names slot {slot}, which is free"));
-        }
-        if listed.iter().map(|w| w.count_ones() as usize).sum::<usize>() != self.len() {
-            return Err("the LRU order lists a slot twice".into());
-        }
-        self.lru = LruQueue::from_order(order, generation);
-        Ok(())
+    /// Installs a LRU order restored from a file (see [`LruQueue::restore`]).
+    pub(crate) fn set_lru(&mut self, lru: LruQueue) {
+        self.lru = lru;
     }
 
     /// Live handles from most to least recently used.
@@ -195,15 +204,42 @@ impl CacheCore {
         self.index.contains(id)
     }
 
-    /// Stores a code with its payload, evicting least-recently-used entries first if the cache
-    /// is full. Returns the new id and the ids it evicted. On error nothing changes.
+    /// Stores a code with its payload in the default partition, without a TTL.
     pub fn put(&mut self, code: &[u64], payload: &[u8], now: f64) -> Result<(Id, Vec<Id>)> {
+        self.put_in(code, payload, now, b"", NEVER)
+    }
+
+    /// Stores a code with its payload in partition `name`, expiring `expires` tenths of a second
+    /// from `now` ([`NEVER`]: no TTL; see [`ttl_tenths`]). Expired entries are removed first,
+    /// then least-recently-used ones if the cache is still full. Returns the new id and the ids
+    /// it evicted (not counting expired ones). On error nothing changes.
+    pub fn put_in(
+        &mut self,
+        code: &[u64],
+        payload: &[u8],
+        now: f64,
+        name: &[u8],
+        expires: u32,
+    ) -> Result<(Id, Vec<Id>)> {
         if code.len() != self.words() {
             return Err(Error::BadCodeLength {
                 expected_words: self.words(),
                 got_words: code.len(),
             });
         }
+        if name.len() > partition::MAX_NAME {
+            return Err(Error::TooLong {
+                what: "a namespace",
+                len: name.len(),
+                limit: partition::MAX_NAME,
+            });
+        }
+        if payload.len() > u32::MAX as usize {
+            return Err(Error::ResponseTooLarge { len: payload.len() });
+        }
+        // Removing expired entries changes nothing a lookup can see, so it may precede a put
+        // that fails for want of room below.
+        self.purge_expired(now);
         // Room for the response counts the one the eviction below frees (the cache never
         // holds more than max_entries, so a put evicts at most one entry).
         let victim = if self.len() >= self.max_entries {
@@ -230,14 +266,146 @@ impl CacheCore {
             self.last_accessed.push(0);
             self.access_count.push(0);
             self.payload_at.push(arena::EMPTY);
+            self.partition.push(partition::DEFAULT);
+            self.expires.push(NEVER);
         }
         self.created_at[h] = now;
         self.last_accessed[h] = 0;
         self.access_count[h] = 0;
         self.payload_at[h] = self.arena.push(payload);
+        self.partition[h] = self.partitions.add(name);
+        self.expires[h] = expires;
+        if expires != NEVER {
+            let generation = (id >> 32) as u32;
+            self.expiry_heap()
+                .push(Reverse((deadline(now, expires), handle, generation)));
+        }
         self.payload_bytes += payload.len();
         self.record_use(handle);
         Ok((id, evicted))
+    }
+
+    /// Whether the entry in slot `h` has expired at `now`.
+    #[inline]
+    pub fn expired(&self, h: usize, now: f64) -> bool {
+        let e = self.expires[h];
+        e != NEVER && now >= self.created_at[h] + f64::from(e) / 10.0
+    }
+
+    /// The expiry heap, built from the columns if this cache was loaded from a file.
+    fn expiry_heap(&mut self) -> &mut BinaryHeap<Reverse<(i64, u32, u32)>> {
+        if self.expiry.is_none() {
+            self.rebuild_expiry();
+        }
+        self.expiry.as_mut().expect("built above")
+    }
+
+    fn rebuild_expiry(&mut self) {
+        let heap: BinaryHeap<_> = (0..self.expires.len())
+            .filter(|&h| self.expires[h] != NEVER && self.index.is_live_handle(h as u32))
+            .map(|h| {
+                let generation = (self.index.id_of_handle(h as u32) >> 32) as u32;
+                Reverse((
+                    deadline(self.created_at[h], self.expires[h]),
+                    h as u32,
+                    generation,
+                ))
+            })
+            .collect();
+        self.expiry = Some(heap);
+    }
+
+    /// Removes every entry whose TTL has run out at `now`; returns how many. O(log n) per
+    /// entry removed, plus skipping items of entries deleted since they were stored.
+    pub fn purge_expired(&mut self, now: f64) -> usize {
+        let mut removed = 0;
+        let now_key = (now * 10.0).floor() as i64;
+        loop {
+            let heap = self.expiry_heap();
+            let Some(&Reverse((key, handle, generation))) = heap.peek() else {
+                break;
+            };
+            if key > now_key {
+                break;
+            }
+            let id = (u64::from(generation) << 32) | u64::from(handle);
+            if self.index.handle_of(id).is_some() && self.expires[handle as usize] != NEVER {
+                if !self.expired(handle as usize, now) {
+                    break; // due within this tenth of a second: next time
+                }
+                self.delete(id);
+                removed += 1;
+            }
+            self.expiry_heap().pop();
+        }
+        // Items of entries deleted or evicted before they expired pile up under long TTLs.
+        let stale_limit = 2 * self.len() + 1024;
+        if self.expiry.as_ref().is_some_and(|h| h.len() > stale_limit) {
+            self.rebuild_expiry();
+        }
+        self.expirations += removed as u64;
+        removed
+    }
+
+    /// The nearest live, unexpired entry of partition `name` within `max_distance`.
+    pub fn nearest_in(&self, query: &[u64], max_distance: u32, name: &[u8], now: f64) -> Result<Option<Hit>> {
+        Ok(self
+            .search_in(query, 1, max_distance, Some(name), now)?
+            .into_iter()
+            .next())
+    }
+
+    /// The `k` nearest live, unexpired entries within `max_distance`, of partition `name` (of
+    /// every partition when `None`), without touching them. The partition and expiry are checked
+    /// inside the scan, so entries of other partitions never take a place in the result.
+    pub fn search_in(
+        &self,
+        query: &[u64],
+        k: usize,
+        max_distance: u32,
+        name: Option<&[u8]>,
+        now: f64,
+    ) -> Result<Vec<Hit>> {
+        let wanted = match name {
+            Some(name) => match self.partitions.find(name) {
+                Some(id) => Some(id),
+                None => {
+                    self.index.check_query(query)?;
+                    return Ok(Vec::new());
+                }
+            },
+            None => None,
+        };
+        let partition: &[u32] = &self.partition;
+        let expires: &[u32] = &self.expires;
+        let created: &[f64] = &self.created_at;
+        self.index.search_where(query, k, max_distance, |row| {
+            wanted.is_none_or(|id| partition[row] == id)
+                && (expires[row] == NEVER || now < created[row] + f64::from(expires[row]) / 10.0)
+        })
+    }
+
+    /// Removes every entry of partition `name`; returns their ids. O(slots).
+    pub fn delete_partition(&mut self, name: &[u8]) -> Vec<Id> {
+        let Some(wanted) = self.partitions.find(name) else {
+            return Vec::new();
+        };
+        let ids: Vec<Id> = (0..self.partition.len())
+            .filter(|&h| self.partition[h] == wanted && self.index.is_live_handle(h as u32))
+            .map(|h| self.index.id_of_handle(h as u32))
+            .collect();
+        for &id in &ids {
+            self.delete(id);
+        }
+        ids
+    }
+
+    /// The partition name and expiry time (seconds since the epoch) of an entry.
+    pub fn placement(&self, id: Id) -> Option<(&[u8], Option<f64>)> {
+        let h = self.index.handle_of(id)? as usize;
+        let e = self.expires[h];
+        let expires_at = (e != NEVER).then(|| self.created_at[h] + f64::from(e) / 10.0);
+        Some((self.partitions.name(self.partition[h]), expires_at))
     }
 
     /// The nearest entry within `max_distance`, without touching it.
@@ -315,6 +483,7 @@ impl CacheCore {
             .saturating_sub(self.arena.len_of(self.payload_at[h]));
         self.arena.free(self.payload_at[h]);
         self.payload_at[h] = arena::EMPTY;
+        self.partitions.remove(self.partition[h]);
         self.index.remove(id);
         if self.arena.wants_compaction() && self.compact_payloads().is_err() {
             // A corrupt response of a loaded file: keep the garbage rather than fail a delete.
@@ -345,6 +514,8 @@ impl CacheCore {
         self.payload_at.fill(arena::EMPTY);
         self.arena.clear();
         self.lru.clear();
+        self.partitions.clear();
+        self.expiry = Some(BinaryHeap::new());
         self.payload_bytes = 0;
     }
 
@@ -369,6 +540,8 @@ impl CacheCore {
             + self.last_accessed.mapped_bytes()
             + self.access_count.mapped_bytes()
             + self.payload_at.mapped_bytes()
+            + self.partition.mapped_bytes()
+            + self.expires.mapped_bytes()
             + self.arena.mapped_bytes()
     }
 
@@ -380,6 +553,10 @@ impl CacheCore {
             + self.last_accessed.heap_bytes()
             + self.access_count.heap_bytes()
             + self.payload_at.heap_bytes()
+            + self.partition.heap_bytes()
+            + self.expires.heap_bytes()
+            + self.partitions.memory_bytes()
+            + self.expiry.as_ref().map_or(0, |h| h.capacity() * 16)
             + self.arena.memory_bytes()
     }
 }
@@ -460,6 +637,64 @@ mod tests {
         }
         let (fresh, _) = cache.put(&[99], b"after", 0.0).unwrap();
         assert_eq!(cache.peek(fresh).unwrap().unwrap().payload, b"after");
+    }
+
+    #[test]
+    fn partitions_never_cross_and_a_nearer_entry_elsewhere_hides_nothing() {
+        let mut cache = CacheCore::new(64, 10).unwrap();
+        let (a, _) = cache.put_in(&[0b1111], b"a", 1.0, b"tenant-a", NEVER).unwrap();
+        let (b, _) = cache.put_in(&[0b1111], b"b", 1.0, b"tenant-b", NEVER).unwrap();
+        let (b_near, _) = cache.put_in(&[0b0111], b"b2", 1.0, b"tenant-b", NEVER).unwrap();
+        let hit = |cache: &CacheCore, q: u64, name: &[u8]| {
+            cache.nearest_in(&[q], 64, name, 2.0).unwrap().map(|h| h.id)
+        };
+        assert_eq!(hit(&cache, 0b1111, b"tenant-a"), Some(a));
+        assert_eq!(hit(&cache, 0b1111, b"tenant-b"), Some(b));
+        // Two entries of tenant-b are nearer to this query than tenant-a's only entry.
+        assert_eq!(hit(&cache, 0b0011, b"tenant-a"), Some(a));
+        assert_eq!(hit(&cache, 0b0011, b"tenant-b"), Some(b_near));
+        assert_eq!(hit(&cache, 0b1111, b"nobody"), None);
+        assert_eq!(hit(&cache, 0b1111, b""), None);
+        assert_eq!(cache.search_in(&[0b1111], 5, 64, None, 2.0).unwrap().len(), 3);
+        assert_eq!(cache.placement(b_near), Some((&b"tenant-b"[..], None)));
+        assert_eq!(cache.delete_partition(b"tenant-b"), vec![b, b_near]);
+        assert_eq!(hit(&cache, 0b1111, b"tenant-b"), None);
+        assert_eq!(cache.partitions.find(b"tenant-b"), None);
+        assert!(cache.nearest_in(&[1, 2], 64, b"x", 0.0).is_err()); // bad query length
+        assert!(cache.put_in(&[1], b"", 0.0, &[b'n'; 1025], NEVER).is_err());
+    }
+
+    #[test]
+    fn an_expired_entry_is_never_served_and_is_reclaimed() {
+        let mut cache = CacheCore::new(64, 3).unwrap();
+        let (a, _) = cache.put_in(&[1], b"a", 100.0, b"", ttl_tenths(1.0)).unwrap();
+        let (b, _) = cache.put_in(&[1], b"b", 100.0, b"", ttl_tenths(5.0)).unwrap();
+        let hit = |cache: &CacheCore, now: f64| cache.nearest_in(&[1], 0, b"", now).unwrap().map(|h| h.id);
+        assert_eq!(hit(&cache, 100.9), Some(a));
+        assert_eq!(hit(&cache, 101.0), Some(b)); // a expired at exactly 101.0
+        assert_eq!(hit(&cache, 105.0), None);
+        assert_eq!(cache.placement(a).unwrap().1, Some(101.0));
+        // Reclaimed by the next put (or purge_expired), counted as expirations, not evictions.
+        let (_, evicted) = cache.put(&[2], b"c", 102.0).unwrap();
+        assert!(evicted.is_empty());
+        assert!(!cache.contains(a) && cache.contains(b));
+        assert_eq!(cache.expirations, 1);
+        assert_eq!(cache.purge_expired(106.0), 1);
+        assert_eq!(cache.len(), 1);
+        // LRU and max_entries still hold with TTLs set.
+        for i in 0..5 {
+            cache
+                .put_in(&[10 + i], b"x", 107.0, b"", ttl_tenths(60.0))
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        // Items of entries evicted before their TTL do not pile up.
+        for i in 0..5000 {
+            cache
+                .put_in(&[100 + i], b"x", 108.0, b"", ttl_tenths(3600.0))
+                .unwrap();
+        }
+        assert!(cache.expiry.as_ref().unwrap().len() <= 2 * 3 + 1024 + 1);
     }
 
     #[test]

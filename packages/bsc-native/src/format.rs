@@ -22,10 +22,12 @@ use tempfile::NamedTempFile;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::arena::{self, Arena, MappedRecords, BLOCK};
-use crate::cache::CacheCore;
+use crate::cache::{CacheCore, NEVER};
 use crate::error::{Error, Result};
 use crate::index::{words_for_bits, CodeIndex, FREE, MAX_ENTRIES};
+use crate::lru::LruQueue;
 use crate::mapped::{Column, MappedBytes};
+use crate::partition::{self, Partitions};
 
 /// The first 8 bytes of every bsc file (PNG-style: a non-ASCII byte, the name, and line
 /// endings that a text-mode transfer would mangle).
@@ -73,10 +75,16 @@ const PAYL: Tag = *b"PAYL";
 const LRUO: Tag = *b"LRUO";
 const RESP: Tag = *b"RESP";
 const RSUM: Tag = *b"RSUM";
+const PART: Tag = *b"PART";
+const EXPR: Tag = *b"EXPR";
+const PKEY: Tag = *b"PKEY";
 const INDEX_SECTIONS: [Tag; 5] = [META, FPRT, CODE, GENS, FREE_SLOTS];
-const CACHE_SECTIONS: [Tag; 12] = [
-    META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM,
+const CACHE_SECTIONS: [Tag; 15] = [
+    META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY,
 ];
+/// Cache sections a file written before they existed lacks: defaults apply (every entry in the
+/// default partition, none with a TTL).
+const OPTIONAL: [Tag; 3] = [PART, EXPR, PKEY];
 
 /// The cache's counters, kept in the header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +103,9 @@ pub struct Extras {
     pub meta: Vec<u8>,
     pub counters: Counters,
 }
+
+/// Expirations, kept in the header (bytes 96..104) beside the counters.
+const EXPIRATIONS_AT: usize = 96;
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
@@ -140,6 +151,7 @@ struct Out<'a> {
     hasher: Xxh3,
     start: u64,
     sections: Vec<Section>,
+    expirations: u64,
 }
 
 impl<'a> Out<'a> {
@@ -157,6 +169,7 @@ impl<'a> Out<'a> {
             hasher: Xxh3::new(),
             start: first,
             sections: Vec::with_capacity(section_count),
+            expirations: 0,
         })
     }
 
@@ -178,6 +191,13 @@ impl<'a> Out<'a> {
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
+        self.w.write_all(bytes).map_err(|e| Error::io(self.file, &e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes bytes the section checksum does not cover (the caller sets it).
+    fn put_unhashed(&mut self, bytes: &[u8]) -> Result<()> {
         self.w.write_all(bytes).map_err(|e| Error::io(self.file, &e))?;
         self.pos += bytes.len() as u64;
         Ok(())
@@ -259,6 +279,7 @@ impl<'a> Out<'a> {
             head[at + 16..at + 24].copy_from_slice(&s.len.to_le_bytes());
             head[at + 24..at + 32].copy_from_slice(&s.checksum.to_le_bytes());
         }
+        head[EXPIRATIONS_AT..EXPIRATIONS_AT + 8].copy_from_slice(&self.expirations.to_le_bytes());
         let checksum = header_checksum(&head);
         head[120..128].copy_from_slice(&checksum.to_le_bytes());
         self.w.seek(SeekFrom::Start(0)).map_err(|e| self.io(e))?;
@@ -343,6 +364,20 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     }
     out.section_u32s(PAYL, &offsets)?;
     out.section_u32s(LRUO, &core.lru_handles())?;
+    out.section_u32s(PART, &core.partition[..slots])?;
+    out.section_u32s(EXPR, &core.expires[..slots])?;
+    let mut names = Vec::new();
+    for name in core.partitions.names() {
+        match name {
+            Some(name) => {
+                names.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                names.extend_from_slice(name);
+            }
+            None => names.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+    }
+    out.section(PKEY, &names)?;
+    out.expirations = core.expirations;
     // The responses, hashed whole and in blocks.
     out.begin()?;
     let mut sums = Vec::with_capacity(cursor.div_ceil(BLOCK));
@@ -357,7 +392,7 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
         let len = (payload.len() as u32).to_le_bytes();
         let pad = &zeros[..arena::record_len(payload.len()) - 4 - payload.len()];
         for mut piece in [&len[..], payload, pad] {
-            out.put(piece)?;
+            out.put_unhashed(piece)?;
             while !piece.is_empty() {
                 let take = piece.len().min(BLOCK - in_block);
                 block.update(&piece[..take]);
@@ -386,6 +421,14 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     out.begin()?;
     out.put_u64s(&sums)?;
     out.end(RSUM);
+    // The responses' checksum is that of their block checksums (a hash list): one pass over
+    // the bytes serves both, and a check of every block against RSUM checks the section.
+    let rsum = *out.sections.last().expect("RSUM");
+    out.sections
+        .iter_mut()
+        .find(|s| s.tag == RESP)
+        .expect("RESP")
+        .checksum = rsum.checksum;
     out.finish(
         Kind::Cache,
         index,
@@ -476,6 +519,9 @@ impl PendingSave {
 // ---------------------------------------------------------------------------------------------
 // Reading
 
+/// The partition and expiry columns and the partition names, as read.
+type SavedPlacement = (Column<u32>, Column<u32>, Vec<Option<Box<[u8]>>>);
+
 /// A validated file: its header fields and the byte ranges of its sections, not yet decoded.
 pub struct Opened {
     file: Arc<str>,
@@ -487,6 +533,7 @@ pub struct Opened {
     live: usize,
     max_entries: usize,
     counters: Counters,
+    expirations: u64,
     response_bytes: u64,
     sections: HashMap<Tag, (usize, usize, u64)>,
 }
@@ -588,33 +635,100 @@ impl Opened {
         Ok(())
     }
 
+    /// The partition and expiry columns, the partition names and the expiration count: from
+    /// the file, or defaults for a file written before they existed.
+    fn placement_columns(&self) -> Result<SavedPlacement> {
+        let slots = self.slots;
+        let partition = if self.sections.contains_key(&PART) {
+            self.column(PART, |w| le_u32(w, 0))?
+        } else {
+            Column::from(vec![partition::DEFAULT; slots])
+        };
+        let expires = if self.sections.contains_key(&EXPR) {
+            self.column(EXPR, |w| le_u32(w, 0))?
+        } else {
+            Column::from(vec![NEVER; slots])
+        };
+        let mut names = Vec::new();
+        if self.sections.contains_key(&PKEY) {
+            let mut rest = self.checked(PKEY)?;
+            while !rest.is_empty() {
+                let len = rest.get(..4).map(|w| le_u32(w, 0));
+                match len {
+                    Some(u32::MAX) => {
+                        names.push(None);
+                        rest = &rest[4..];
+                    }
+                    Some(len) if (len as usize) <= partition::MAX_NAME && rest.len() >= 4 + len as usize => {
+                        names.push(Some(Box::from(&rest[4..4 + len as usize])));
+                        rest = &rest[4 + len as usize..];
+                    }
+                    _ => return Err(self.corrupt("the partition names are malformed")),
+                }
+            }
+        } else {
+            names.push(Some(Box::from(&b""[..])));
+        }
+        Ok((partition, expires, names))
+    }
+
+    /// Checks the partition names against the entries' partition ids.
+    fn placement(
+        &self,
+        index: &CodeIndex,
+        (partition, expires, names): SavedPlacement,
+    ) -> Result<(Column<u32>, Column<u32>, Partitions, u64)> {
+        let slots = self.slots;
+        let generation: &[u32] = &index.generation;
+        let ids: &[u32] = &partition;
+        let live_partitions = generation[..slots]
+            .iter()
+            .zip(ids)
+            .filter(|(g, _)| *g & FREE == 0)
+            .map(|(_, &id)| id);
+        let partitions =
+            Partitions::from_saved(names, live_partitions).map_err(|problem| self.corrupt(problem))?;
+        Ok((partition, expires, partitions, self.expirations))
+    }
+
     /// Decodes the code and slot sections into an index.
     pub fn index(&self) -> Result<CodeIndex> {
-        self.index_with(|| Ok(())).map(|(index, ())| index)
+        self.index_with(|| Ok(()), || Ok(())).map(|(index, (), ())| index)
     }
 
     /// Decodes the index while `also` runs: the code array (the largest section) is
     /// checksummed on a second thread meanwhile.
-    fn index_with<R: Send>(&self, also: impl FnOnce() -> Result<R>) -> Result<(CodeIndex, R)> {
+    fn index_with<R, H: Send>(
+        &self,
+        also: impl FnOnce() -> Result<R>,
+        helper_also: impl FnOnce() -> Result<H> + Send,
+    ) -> Result<(CodeIndex, R, H)> {
         let codes = self.column_unchecked(CODE, |w| le_u64(w, 0))?;
-        let (codes_ok, rest) = std::thread::scope(|scope| {
-            let codes = &codes;
-            let hashing = std::thread::Builder::new()
-                .spawn_scoped(scope, move || self.check_sum(CODE, codes))
-                .ok();
+        let helper_job = std::sync::Mutex::new(Some(helper_also));
+        // Captures only references, so it is Copy: run on a thread, or here if none starts.
+        let work = || -> Result<H> {
+            self.check_sum(CODE, &codes)?;
+            let job = helper_job
+                .lock()
+                .map_err(|_| self.corrupt("checksum thread failed"))?
+                .take();
+            job.expect("run once")()
+        };
+        let (helped, rest) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, work).ok();
             let rest = self.index_rest().and_then(|index| Ok((index, also()?)));
-            let codes_ok = match hashing {
+            let helped = match helper {
                 Some(thread) => thread
                     .join()
                     .unwrap_or_else(|_| Err(self.corrupt("checksum thread failed"))),
-                None => self.check_sum(CODE, codes),
+                None => work(),
             };
-            (codes_ok, rest)
+            (helped, rest)
         });
-        codes_ok?;
+        let helped = helped?;
         let (mut index, extra) = rest?;
         index.codes = codes;
-        Ok((index, extra))
+        Ok((index, extra, helped))
     }
 
     /// The index without its codes.
@@ -651,15 +765,74 @@ impl Opened {
     /// when first read (all of them now when `verify_all`).
     pub fn cache(&self, verify_all: bool) -> Result<CacheCore> {
         self.expect(Kind::Cache)?;
-        let (index, (created, last_accessed, access_count, payload_at, order)) = self.index_with(|| {
-            Ok((
-                self.column(CRTD, |w| f64::from_bits(le_u64(w, 0)))?,
-                self.column(LAST, |w| le_u32(w, 0))?,
-                self.column(CNTS, |w| le_u32(w, 0))?,
-                self.column(PAYL, |w| le_u32(w, 0))?,
-                u32s(self.checked(LRUO)?),
-            ))
-        })?;
+        // Two threads: this one maps and checksums the slot columns while the other checksums
+        // the codes and the partition columns; then this one validates the columns while the
+        // other checks the LRU order and turns it into a queue.
+        let (index, (created, last_accessed, access_count, payload_at, order), placement) = self.index_with(
+            || {
+                Ok((
+                    self.column(CRTD, |w| f64::from_bits(le_u64(w, 0)))?,
+                    self.column(LAST, |w| le_u32(w, 0))?,
+                    self.column(CNTS, |w| le_u32(w, 0))?,
+                    self.column(PAYL, |w| le_u32(w, 0))?,
+                    u32s(self.checked(LRUO)?),
+                ))
+            },
+            || self.placement_columns(),
+        )?;
+        let slots = self.slots;
+        let generation: &[u32] = &index.generation[..slots];
+        let live = index.len();
+        let order = std::sync::Mutex::new(Some(order));
+        let restore = || {
+            let order = order
+                .lock()
+                .map_err(|_| "the LRU thread failed".to_string())?
+                .take();
+            LruQueue::restore(order.expect("run once"), generation, live)
+        };
+        let (lru, checked) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
+            let checked = self.check_slots(&index, &created, &payload_at, placement);
+            let lru = match helper {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err("the LRU thread failed".into())),
+                None => restore(),
+            };
+            (lru, checked)
+        });
+        let (placement, records, resp_len) = checked?;
+        let lru = lru.map_err(|problem| self.corrupt(problem))?;
+        if verify_all {
+            records.verify_all()?;
+        }
+        let arena = Arena::from_mapped(records, resp_len);
+        let mut core = CacheCore::from_parts(
+            index,
+            self.max_entries,
+            created,
+            last_accessed,
+            access_count,
+            payload_at,
+            placement,
+            arena,
+            self.response_bytes as usize,
+        );
+        core.set_lru(lru);
+        Ok(core)
+    }
+
+    /// Checks the per-slot columns against each other and the responses section; returns the
+    /// checked placement and the (still unread) responses.
+    #[allow(clippy::type_complexity)]
+    fn check_slots(
+        &self,
+        index: &CodeIndex,
+        created: &[f64],
+        payload_at: &[u32],
+        placement: SavedPlacement,
+    ) -> Result<((Column<u32>, Column<u32>, Partitions, u64), MappedRecords, usize)> {
         let slots = self.slots;
         let sums: Vec<u64> = self
             .checked(RSUM)?
@@ -670,46 +843,37 @@ impl Opened {
         // Every live slot has a finite creation time; every response offset belongs to a live
         // slot and lies in the responses section. One branch-free pass, then a search for the
         // culprit only if something is wrong.
-        let (gens, times, offsets): (&[u32], &[f64], &[u32]) =
-            (&index.generation[..slots], &created, &payload_at);
+        let gens: &[u32] = &index.generation[..slots];
         let bad = |(&generation, &time, &at): (&u32, &f64, &u32)| {
             let live = generation & FREE == 0;
             (live & !time.is_finite())
                 | ((at != arena::EMPTY) & (!live | ((at as usize) * arena::UNIT + 4 > resp_len)))
         };
-        let rows = || gens.iter().zip(times).zip(offsets).map(|((g, t), a)| (g, t, a));
+        let rows = || {
+            gens.iter()
+                .zip(created)
+                .zip(payload_at)
+                .map(|((g, t), a)| (g, t, a))
+        };
         if rows().fold(false, |any, row| any | bad(row)) {
             let slot = rows().position(bad).expect("a bad slot");
             return Err(self.corrupt(format!(
                 "slot {slot} has creation time {} and response offset {}, which do not fit a {} slot",
                 created[slot],
                 payload_at[slot],
-                if index.generation[slot] & FREE == 0 {
-                    "live"
-                } else {
-                    "free"
-                }
+                if gens[slot] & FREE == 0 { "live" } else { "free" }
             )));
         }
-        let bytes = self.map.slice(resp_offset, resp_len);
-        if verify_all && xxh3_64(bytes.bytes()) != resp_sum {
-            return Err(self.corrupt("section RESP fails its checksum"));
+        if resp_sum != self.sections[&RSUM].2 {
+            return Err(self.corrupt("section RESP fails its checksum (that of its block checksums)"));
         }
-        let records = MappedRecords::new(bytes, sums, Arc::clone(&self.file));
-        let arena = Arena::from_mapped(records, resp_len);
-        let mut core = CacheCore::from_parts(
-            index,
-            self.max_entries,
-            created,
-            last_accessed,
-            access_count,
-            payload_at,
-            arena,
-            self.response_bytes as usize,
-        );
-        core.restore_order(order)
-            .map_err(|problem| self.corrupt(problem))?;
-        Ok(core)
+        let placement = self.placement(index, placement)?;
+        let bytes = self.map.slice(resp_offset, resp_len);
+        Ok((
+            placement,
+            MappedRecords::new(bytes, sums, Arc::clone(&self.file)),
+            resp_len,
+        ))
     }
 }
 
@@ -843,6 +1007,7 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         evictions: le_u64(b, 64),
     };
     let response_bytes = le_u64(b, 72);
+    let expirations = le_u64(b, EXPIRATIONS_AT);
     let mut sections = HashMap::new();
     let mut ranges = Vec::new();
     for i in 0..section_count {
@@ -911,12 +1076,15 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
     let (slots_w, live_w) = (slots as u128, live as u128);
     for tag in expected {
         let Some(&(_, len, _)) = sections.get(tag) else {
+            if OPTIONAL.contains(tag) {
+                continue;
+            }
             return Err(corrupt(format!("section {} is missing", tag_str(tag))));
         };
         let want: Option<u128> = match *tag {
             CODE => Some(slots_w * words as u128 * 8),
             GENS => Some(handles as u128 * 4),
-            LAST | CNTS | PAYL => Some(slots_w * 4),
+            LAST | CNTS | PAYL | PART | EXPR => Some(slots_w * 4),
             CRTD => Some(slots_w * 8),
             FREE_SLOTS => Some((slots_w - live_w) * 4),
             LRUO => Some(live_w * 4),
@@ -950,6 +1118,7 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         live,
         max_entries: max_entries as usize,
         counters,
+        expirations,
         response_bytes,
         sections,
     })
@@ -1177,7 +1346,12 @@ mod tests {
             let apply = |core: &mut CacheCore, (kind, pick, len): (u8, u16, usize), step: usize| {
                 let order = core.lru_order();
                 match kind {
-                    0 => { core.put(&[u64::from(pick)], &vec![pick as u8; len], step as f64).unwrap(); }
+                    0 => {
+                        // Three partitions; every other entry has a TTL of 1 to 8 steps.
+                        let name = [b"".as_slice(), b"a", b"b"][pick as usize % 3];
+                        let ttl = if pick % 2 == 0 { crate::cache::NEVER } else { crate::cache::ttl_tenths(f64::from(pick % 8 + 1)) };
+                        core.put_in(&[u64::from(pick)], &vec![pick as u8; len], step as f64, name, ttl).unwrap();
+                    }
                     1 if !order.is_empty() => { core.touch(order[pick as usize % order.len()], step as f64 + 0.5).unwrap(); }
                     2 if !order.is_empty() => { core.delete(order[pick as usize % order.len()]); }
                     _ => {}
@@ -1199,6 +1373,16 @@ mod tests {
             }
             prop_assert_eq!(loaded.response_bytes(), core.response_bytes());
             prop_assert_eq!(loaded.len(), core.len());
+            prop_assert_eq!(loaded.expirations, core.expirations);
+            let now = ops.len() as f64;
+            for id in core.lru_order() {
+                prop_assert_eq!(loaded.placement(id), core.placement(id));
+            }
+            for q in 0..8u64 {
+                for name in [b"".as_slice(), b"a", b"b"] {
+                    prop_assert_eq!(loaded.nearest_in(&[q], 64, name, now).unwrap(), core.nearest_in(&[q], 64, name, now).unwrap());
+                }
+            }
         }
     }
 }

@@ -251,6 +251,45 @@ impl CodeIndex {
             .collect())
     }
 
+    /// Fails unless `query` has this index's code length.
+    pub fn check_query(&self, query: &[u64]) -> Result<()> {
+        if query.len() != self.words {
+            return Err(Error::BadCodeLength {
+                expected_words: self.words,
+                got_words: query.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`CodeIndex::search`] over the live entries for whose slot `keep` is true. `keep` runs
+    /// inside the scan, only for rows that would enter the result, so the result is the `k`
+    /// nearest kept entries however many nearer entries are not kept.
+    pub fn search_where(
+        &self,
+        query: &[u64],
+        k: usize,
+        max_distance: u32,
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Hit>> {
+        self.check_query(query)?;
+        let found = scan::top_k(
+            &self.codes,
+            query,
+            k,
+            max_distance,
+            |row| if keep(row) { self.tie_key(row) } else { None },
+            true,
+        );
+        Ok(found
+            .into_iter()
+            .map(|Neighbor { distance, row }| Hit {
+                id: self.id_of_handle(row as u32),
+                distance,
+            })
+            .collect())
+    }
+
     /// [`CodeIndex::search`] for `queries.len() / words` queries, on up to `threads` threads.
     pub fn search_batch(
         &self,

@@ -11,6 +11,7 @@ pub mod format;
 pub mod index;
 pub mod lru;
 pub mod mapped;
+pub mod partition;
 pub mod scan;
 
 #[cfg(feature = "python")]

@@ -41,6 +41,36 @@ impl LruQueue {
         }
     }
 
+    /// A queue from a saved order (most recently used first), checked against the slots'
+    /// generation words: it must list every live slot exactly once. The error names the problem.
+    pub fn restore(order: Vec<u32>, generation: &[u32], live: usize) -> Result<Self, String> {
+        let slots = generation.len();
+        if order.len() != live {
+            return Err(format!("the LRU order lists {} of {live} entries", order.len()));
+        }
+        // Mark the listed slots in a bitmap (small enough to stay in cache), then compare it
+        // with the live slots in one sequential pass: equal sets of the same size as the list
+        // mean every live slot is listed exactly once.
+        let mut listed = vec![0u64; slots.div_ceil(64)];
+        for &handle in &order {
+            let h = handle as usize;
+            if h >= slots {
+                return Err(format!(
+                    "the LRU order names slot {handle}, beyond the {slots} slots"
+                ));
+            }
+            listed[h / 64] |= 1 << (h % 64);
+        }
+        let is_listed = |h: usize| (listed[h / 64] >> (h % 64)) & 1 == 1;
+        if let Some(slot) = (0..slots).find(|&h| is_listed(h) && generation[h] & FREE != 0) {
+            return Err(format!("the LRU order names slot {slot}, which is free"));
+        }
+        if listed.iter().map(|w| w.count_ones() as usize).sum::<usize>() != live {
+            return Err("the LRU order lists a slot twice".into());
+        }
+        Ok(Self::from_order(order, generation))
+    }
+
     /// Records a use of `handle` (an insert or a hit). `live` is the number of live entries.
     pub fn touch(&mut self, handle: u32, live: usize, is_live: impl Fn(u32) -> bool) {
         let h = handle as usize;

@@ -248,6 +248,56 @@ fn max_entries_arg(max_entries: Option<&Bound<'_, PyAny>>) -> PyResult<Option<us
         .transpose()
 }
 
+/// A namespace: `str` (UTF-8) or `bytes`, at most 1024 bytes; `None` is the unnamed one.
+fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u8>> {
+    let Some(obj) = namespace else {
+        return Ok(Vec::new());
+    };
+    let name = if let Ok(text) = obj.cast::<pyo3::types::PyString>() {
+        text.to_str()?.as_bytes().to_vec()
+    } else if let Ok(bytes) = obj.cast::<PyBytes>() {
+        bytes.as_bytes().to_vec()
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "namespace must be str or bytes, got {}",
+            obj.get_type().name()?
+        )));
+    };
+    if name.len() > crate::partition::MAX_NAME {
+        return Err(PyValueError::new_err(format!(
+            "namespace is {} bytes long; at most {} are allowed",
+            name.len(),
+            crate::partition::MAX_NAME
+        )));
+    }
+    Ok(name)
+}
+
+/// A time to live in seconds: a positive finite number, or `None` for none.
+fn ttl_arg(ttl: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+    let Some(obj) = ttl else {
+        return Ok(crate::cache::NEVER);
+    };
+    if obj.is_none() {
+        return Ok(crate::cache::NEVER);
+    }
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("ttl must be a number of seconds, got bool"));
+    }
+    let Ok(seconds) = obj.extract::<f64>() else {
+        return Err(PyTypeError::new_err(format!(
+            "ttl must be a number of seconds, got {}",
+            obj.get_type().name()?
+        )));
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "ttl must be a positive number of seconds, got {seconds}"
+        )));
+    }
+    Ok(crate::cache::ttl_tenths(seconds))
+}
+
 fn k_arg(k: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
     k.map_or(Ok(1), |k| bounded_arg(k, "k", 1, i64::MAX).map(|k| k as usize))
 }
@@ -709,13 +759,24 @@ impl PyCacheStore {
         ))
     }
 
-    /// Stores one code with its payload, evicting least-recently-used entries when full.
-    /// Returns the new id.
-    fn put(&self, py: Python<'_>, code: &Bound<'_, PyAny>, payload: &[u8]) -> PyResult<i64> {
+    /// Stores one code with its payload in `namespace` (default: the unnamed one), expiring
+    /// after `ttl` seconds (default: never). Expired entries are removed first, then
+    /// least-recently-used ones when full. Returns the new id.
+    #[pyo3(signature = (code, payload, *, namespace = None, ttl = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        code: &Bound<'_, PyAny>,
+        payload: &[u8],
+        namespace: Option<&Bound<'_, PyAny>>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<i64> {
         let code = codes_arg(code, "code", self.code_bits / 64, false)?;
+        let name = namespace_arg(namespace)?;
+        let expires = ttl_arg(ttl)?;
         // `payload` borrows an immutable `bytes` object, so reading it detached is sound.
         let (id, evicted) = self
-            .with_core_mut(py, |core| core.put(&code, payload, now()))?
+            .with_core_mut(py, |core| core.put_in(&code, payload, now(), &name, expires))?
             .map_err(to_py)?;
         self.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         Ok(id as i64)
@@ -724,15 +785,17 @@ impl PyCacheStore {
     /// Finds the nearest entry within `max_distance`, marks it used and returns
     /// `(id, distance, payload, created_at, last_accessed, access_count)`, or `None` on a miss.
     /// Counts a hit or a miss.
-    #[pyo3(signature = (code, max_distance = None))]
+    #[pyo3(signature = (code, max_distance = None, *, namespace = None))]
     fn lookup<'py>(
         &self,
         py: Python<'py>,
         code: &Bound<'py, PyAny>,
         max_distance: Option<&Bound<'py, PyAny>>,
+        namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let query = codes_arg(code, "code", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let name = namespace_arg(namespace)?;
         let found = py.detach(|| -> PyResult<Option<(u32, EntryView)>> {
             // The scan and the copy of the entry run under the read lock, so lookups proceed
             // in parallel with each other and with a save. The O(1) LRU update then takes the
@@ -742,7 +805,10 @@ impl PyCacheStore {
             for _ in 0..3 {
                 let (hit, view) = {
                     let core = read(&self.inner)?;
-                    let Some(hit) = core.nearest(&query, max_distance).map_err(to_py)? else {
+                    let found = core
+                        .nearest_in(&query, max_distance, &name, now())
+                        .map_err(to_py)?;
+                    let Some(hit) = found else {
                         return Ok(None);
                     };
                     (hit, core.peek(hit.id).map_err(to_py)?)
@@ -782,19 +848,51 @@ impl PyCacheStore {
 
     /// The `k` nearest entries within `max_distance` as `(ids, distances)` arrays, without
     /// marking them used or counting hits.
-    #[pyo3(signature = (code, k = None, max_distance = None))]
+    #[pyo3(signature = (code, k = None, max_distance = None, *, namespace = None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
         code: &Bound<'py, PyAny>,
         k: Option<&Bound<'py, PyAny>>,
         max_distance: Option<&Bound<'py, PyAny>>,
+        namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let k = k_arg(k)?;
         let query = codes_arg(code, "code", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
-        let hits = with_read(py, &self.inner, |core| core.search(&query, k, max_distance))?.map_err(to_py)?;
+        let name = namespace.map(|n| namespace_arg(Some(n))).transpose()?;
+        let hits = with_read(py, &self.inner, |core| {
+            core.search_in(&query, k, max_distance, name.as_deref(), now())
+        })?
+        .map_err(to_py)?;
         hits_tuple(py, &hits)
+    }
+
+    /// Removes every entry of `namespace`; returns how many.
+    fn delete_namespace(&self, py: Python<'_>, namespace: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let name = namespace_arg(Some(namespace))?;
+        self.with_core_mut(py, |core| core.delete_partition(&name).len())
+    }
+
+    /// Removes every entry whose TTL has run out; returns how many (lookups never return
+    /// them either way; puts remove them too).
+    fn purge_expired(&self, py: Python<'_>) -> PyResult<usize> {
+        self.with_core_mut(py, |core| core.purge_expired(now()))
+    }
+
+    /// An entry's `(namespace, expires_at)`: its namespace's bytes and its expiry time in
+    /// seconds since the Unix epoch (`None` without a TTL); `None` for an unknown id.
+    #[allow(clippy::type_complexity)]
+    fn placement<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, Option<f64>)>> {
+        let Some(id) = id_arg(id)? else { return Ok(None) };
+        let found = with_read(py, &self.inner, |core| {
+            core.placement(id).map(|(name, expires)| (name.to_vec(), expires))
+        })?;
+        Ok(found.map(|(name, expires)| (PyBytes::new(py, &name), expires)))
     }
 
     /// An entry as `(id, None, payload, created_at, last_accessed, access_count)` without
@@ -846,14 +944,17 @@ impl PyCacheStore {
     /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`,
     /// `response_bytes`, `mapped_bytes`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (size, memory_bytes, response_bytes, mapped_bytes) = with_read(py, &self.inner, |core| {
-            (
-                core.len(),
-                core.memory_bytes(),
-                core.response_bytes(),
-                core.mapped_bytes(),
-            )
-        })?;
+        let (size, memory_bytes, response_bytes, mapped_bytes, expirations, namespaces) =
+            with_read(py, &self.inner, |core| {
+                (
+                    core.len(),
+                    core.memory_bytes(),
+                    core.response_bytes(),
+                    core.mapped_bytes(),
+                    core.expirations,
+                    core.partitions.len(),
+                )
+            })?;
         let out = PyDict::new(py);
         out.set_item("size", size)?;
         out.set_item("max_entries", self.max_entries)?;
@@ -863,6 +964,8 @@ impl PyCacheStore {
         out.set_item("memory_bytes", memory_bytes)?;
         out.set_item("response_bytes", response_bytes)?;
         out.set_item("mapped_bytes", mapped_bytes)?;
+        out.set_item("expirations", expirations)?;
+        out.set_item("namespaces", namespaces)?;
         Ok(out)
     }
 }

@@ -207,3 +207,27 @@ def test_a_program_that_exits_without_close_still_saves(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", program], check=True)
     hit = BinarySemanticCache.load(path).get(np.ones(64))
     assert hit is not None and hit.response == "kept"
+
+
+def test_namespaces_and_ttls_through_the_embedding_cache(tmp_path: Path, encoder: BinaryEncoder) -> None:
+    vector = embeddings(1)[0]
+    cache = BinarySemanticCache(encoder, default_ttl=3600)
+    cache.put(vector, "for alice", namespace="alice")
+    cache.put(vector, "for bob", namespace="bob", ttl=0.1)
+    alice = cache.get(vector, namespace="alice")
+    assert alice is not None and alice.response == "for alice"
+    assert cache.get(vector) is None  # the unnamed namespace holds nothing
+    time.sleep(0.15)
+    assert cache.get(vector, namespace="bob") is None  # expired
+    assert cache.purge_expired() == 1
+    assert cache.stats().expirations == 1 and cache.stats().namespaces == 1
+    cache.save(tmp_path / "ns.bsc")
+    loaded = BinarySemanticCache.load(tmp_path / "ns.bsc")
+    assert loaded.default_ttl == 3600
+    hit = loaded.get(vector, namespace="alice")
+    assert hit is not None and hit.response == "for alice"
+    assert loaded.delete_namespace("alice") == 1 and len(loaded) == 0
+    with pytest.raises(ValueError, match="default_ttl"):
+        BinarySemanticCache(encoder, default_ttl=-1)
+    with pytest.raises(TypeError, match="namespace"):
+        cache.put(vector, "x", namespace=7)  # type: ignore[arg-type]

@@ -166,16 +166,44 @@ class CacheStore:
         evict least recently used entries beyond it."""
     def __len__(self) -> int: ...
     def __contains__(self, id: int, /) -> bool: ...
-    def put(self, code: npt.NDArray[np.uint64], payload: bytes) -> int:
-        """Store one code with its payload, evicting least-recently-used entries when full;
-        return the new id."""
-    def lookup(self, code: npt.NDArray[np.uint64], max_distance: int | None = None) -> _EntryTuple | None:
-        """The nearest entry within ``max_distance``, marked as used; counts a hit or a miss. A response of a
-        loaded file that fails its checksum raises ``CorruptFileError``."""
+    def put(
+        self,
+        code: npt.NDArray[np.uint64],
+        payload: bytes,
+        *,
+        namespace: str | bytes | None = None,
+        ttl: float | None = None,
+    ) -> int:
+        """Store one code with its payload in ``namespace`` (``None``: the unnamed one; at most 1024 bytes),
+        expiring after ``ttl`` seconds (``None``: never; kept in tenths of a second, rounded down). Expired
+        entries are removed first, then least-recently-used ones when full; return the new id."""
+    def lookup(
+        self,
+        code: npt.NDArray[np.uint64],
+        max_distance: int | None = None,
+        *,
+        namespace: str | bytes | None = None,
+    ) -> _EntryTuple | None:
+        """The nearest unexpired entry of ``namespace`` (``None``: the unnamed one) within ``max_distance``,
+        marked as used; counts a hit or a miss. Entries of other namespaces are never returned and never
+        hide one of this namespace. A response of a loaded file that fails its checksum raises
+        ``CorruptFileError``."""
     def search(
-        self, code: npt.NDArray[np.uint64], k: int | None = None, max_distance: int | None = None
+        self,
+        code: npt.NDArray[np.uint64],
+        k: int | None = None,
+        max_distance: int | None = None,
+        *,
+        namespace: str | bytes | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-        """The ``k`` nearest entries, without marking them used or counting."""
+        """The ``k`` nearest unexpired entries of ``namespace`` (``None``: of every namespace), without marking
+        them used or counting."""
+    def delete_namespace(self, namespace: str | bytes) -> int:
+        """Remove every entry of ``namespace``; return how many."""
+    def purge_expired(self) -> int:
+        """Remove every entry whose TTL has run out; return how many."""
+    def placement(self, id: int) -> tuple[bytes, float | None] | None:
+        """An entry's namespace and expiry time (seconds since the Unix epoch, ``None`` without a TTL)."""
     def peek(self, id: int) -> _EntryTuple | None:
         """An entry without marking it used (its distance is ``None``)."""
     def get_code(self, id: int) -> npt.NDArray[np.uint64] | None:
@@ -191,6 +219,6 @@ class CacheStore:
     def mapped_bytes(self) -> int:
         """Bytes of a loaded file read in place (codes until the first change, and responses)."""
     def stats(self) -> dict[str, int]:
-        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``memory_bytes`` (everything held on
-        the heap, responses included), ``response_bytes`` (the live responses alone) and ``mapped_bytes``
-        (a loaded file read in place)."""
+        """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``expirations``, ``namespaces`` (with
+        entries), ``memory_bytes`` (everything held on the heap, responses included), ``response_bytes`` (the
+        live responses alone) and ``mapped_bytes`` (a loaded file read in place)."""

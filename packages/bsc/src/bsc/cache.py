@@ -49,7 +49,8 @@ class CacheEntry:
 class CacheStats:
     """Counters and sizes of a cache. ``hit_rate`` is ``hits / (hits + misses)`` (0.0 before
     any lookup); ``memory_bytes`` counts everything held (codes, metadata, stored responses and
-    spare capacity), ``response_bytes`` the stored responses alone."""
+    spare capacity), ``response_bytes`` the stored responses alone; ``expirations`` counts
+    entries removed because their TTL ran out, ``namespaces`` the namespaces holding entries."""
 
     size: int
     max_size: int
@@ -59,9 +60,21 @@ class CacheStats:
     hit_rate: float
     memory_bytes: int
     response_bytes: int
+    expirations: int = 0
+    namespaces: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_ttl(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"default_ttl must be a number of seconds or None, got {type(value).__name__}")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"default_ttl must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _check_threshold(value: Any) -> float:
@@ -103,6 +116,7 @@ class BinarySemanticCache:
         persist_path: str | os.PathLike[str] | None = None,
         persist_every: int | None = 1000,
         persist_interval: float | None = 60.0,
+        default_ttl: float | None = None,
     ) -> None:
         if not isinstance(encoder, BinaryEncoder):
             raise TypeError(f"encoder must be a bsc.BinaryEncoder, got {type(encoder).__name__}")
@@ -118,6 +132,7 @@ class BinarySemanticCache:
         if storage_mode != "memory":
             raise ValueError(f"storage_mode must be 'memory', got {storage_mode!r}")
         threshold = _check_threshold(similarity_threshold)
+        self._default_ttl = _check_ttl(default_ttl)
         self._encoder = encoder
         # One tuple, replaced whole, so a concurrent reader never sees a threshold with the
         # radius of another.
@@ -190,11 +205,15 @@ class BinarySemanticCache:
             raise ValueError(f"expected one embedding of shape ({self._encoder.embedding_dim},), got shape {shape}")
         return self._encoder.encode(embedding)
 
-    def get(self, embedding: npt.ArrayLike) -> CacheEntry | None:
-        """The cached entry nearest to ``embedding`` if its similarity reaches the threshold."""
+    def get(self, embedding: npt.ArrayLike, *, namespace: str | bytes | None = None) -> CacheEntry | None:
+        """The cached entry nearest to ``embedding`` if its similarity reaches the threshold.
+
+        Only entries of ``namespace`` (default: the unnamed one) are candidates — the namespace
+        is checked inside the native scan, so a nearer entry of another namespace neither
+        answers nor hides one of this namespace — and an expired entry is never returned."""
         code = self._code(embedding)
         _, radius = self._rule
-        found = self._store.lookup(code, max_distance=radius)
+        found = self._store.lookup(code, max_distance=radius, namespace=namespace)
         if self._persister is not None:
             self._persister.changed()
         if found is None:
@@ -211,12 +230,23 @@ class BinarySemanticCache:
             distance=distance,
         )
 
-    def put(self, embedding: npt.ArrayLike, response: Any) -> int:
-        """Store ``response`` under ``embedding``; return the new entry's id. Evicts the least
-        recently used entry when the cache is full. Bad input changes nothing."""
+    def put(
+        self,
+        embedding: npt.ArrayLike,
+        response: Any,
+        *,
+        namespace: str | bytes | None = None,
+        ttl: float | None = None,
+    ) -> int:
+        """Store ``response`` under ``embedding``; return the new entry's id.
+
+        ``namespace`` (str or bytes, at most 1024 bytes; default: the unnamed one) isolates the
+        entry; ``ttl`` (seconds, default ``default_ttl``) makes it expire. Expired entries are
+        removed first, then the least recently used one when the cache is full. Bad input
+        changes nothing."""
         payload = encode_response(response)
         code = self._code(embedding)
-        entry_id = self._store.put(code, payload)
+        entry_id = self._store.put(code, payload, namespace=namespace, ttl=self._default_ttl if ttl is None else ttl)
         if self._persister is not None:
             self._persister.changed(put=True)
         return entry_id
@@ -236,6 +266,23 @@ class BinarySemanticCache:
             self._persister.changed()
         return removed
 
+    def delete_namespace(self, namespace: str | bytes) -> int:
+        """Remove every entry of ``namespace``; return how many."""
+        removed = self._store.delete_namespace(namespace)
+        if removed and self._persister is not None:
+            self._persister.changed()
+        return removed
+
+    def purge_expired(self) -> int:
+        """Remove every entry whose TTL has run out; return how many. (Lookups never return
+        them anyway, and puts remove them as they go.)"""
+        return self._store.purge_expired()
+
+    @property
+    def default_ttl(self) -> float | None:
+        """Seconds an entry lives when ``put`` gives no ``ttl`` (``None``: forever)."""
+        return self._default_ttl
+
     def clear(self) -> None:
         """Remove every entry (counters are kept)."""
         self._store.clear()
@@ -253,6 +300,7 @@ class BinarySemanticCache:
         meta = {
             "bsc_version": __version__,
             "similarity_threshold": self.similarity_threshold,
+            "default_ttl": self._default_ttl,
             "encoder": {
                 "algorithm_version": ALGORITHM_VERSION,
                 "embedding_dim": self._encoder.embedding_dim,
@@ -306,6 +354,7 @@ class BinarySemanticCache:
         cache._store = store
         threshold = _check_threshold(similarity_threshold)
         cache._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
+        cache._default_ttl = _check_ttl(meta.get("default_ttl"))
         cache._persister = None
         cache._closed = False
         return cache
@@ -338,6 +387,8 @@ class BinarySemanticCache:
             hit_rate=raw["hits"] / lookups if lookups else 0.0,
             memory_bytes=raw["memory_bytes"],
             response_bytes=raw["response_bytes"],
+            expirations=raw["expirations"],
+            namespaces=raw["namespaces"],
         )
 
 
@@ -354,6 +405,9 @@ def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
     threshold = meta.get("similarity_threshold", 0.80)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
         raise CorruptFileError(f"{file}: its similarity_threshold {threshold!r} is not a number in [-1, 1]")
+    ttl = meta.get("default_ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf")):
+        raise CorruptFileError(f"{file}: its default_ttl {ttl!r} is not a positive number of seconds")
     return meta
 
 
