@@ -142,6 +142,11 @@ impl Arena {
         }
     }
 
+    /// Bytes of records, live or garbage, in the mapped base and the buffer.
+    pub fn total_bytes(&self) -> usize {
+        self.base_len() + self.buf.len()
+    }
+
     fn base_len(&self) -> usize {
         self.base.as_ref().map_or(0, MappedRecords::len)
     }
@@ -249,8 +254,19 @@ impl Arena {
             ..Arena::default()
         };
         let mut moved = Vec::new();
+        // Records never overlap in a healthy arena, so the copy is no larger than the buffer; a
+        // crafted file whose entries share or overlap records would make it larger (and could
+        // multiply it), so that is refused.
+        let limit = self.total_bytes();
         for at in offsets {
-            let new_at = fresh.push(self.get(*at)?);
+            let data = self.get(*at)?;
+            if fresh.buf.len() + record_len(data.len()) > limit {
+                return Err(self.base.as_ref().map_or_else(
+                    || Error::StorageFull { limit },
+                    |b| b.corrupt("responses share or overlap records".into()),
+                ));
+            }
+            let new_at = fresh.push(data);
             moved.push((at, new_at));
         }
         for (at, new_at) in moved {

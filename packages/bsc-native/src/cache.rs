@@ -23,7 +23,7 @@ pub const NEVER: u32 = u32::MAX;
 /// An entry's expiry as tenths of a second since the epoch (for ordering only; whether an
 /// entry has expired is decided by [`CacheCore::expired`] with the exact times).
 fn deadline(created_at: f64, expires: u32) -> i64 {
-    (created_at * 10.0).floor() as i64 + i64::from(expires)
+    ((created_at * 10.0).floor() as i64).saturating_add(i64::from(expires))
 }
 
 /// Tenths of a second in `ttl` seconds, rounded down (so an entry never outlives its TTL),
@@ -249,14 +249,16 @@ impl CacheCore {
         };
         let freed = victim.map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
         self.arena.check_room(payload.len(), freed)?;
+        // Compact before evicting, so that if compaction fails (a corrupt response of a loaded
+        // file) nothing has changed.
+        if !self.arena.fits_without_compaction(payload.len()) {
+            self.compact_payloads()?;
+        }
         let mut evicted = Vec::new();
         if let Some(victim) = victim {
             let victim = self.index.id_of_handle(victim);
             self.delete(victim);
             evicted.push(victim);
-        }
-        if !self.arena.fits_without_compaction(payload.len()) {
-            self.compact_payloads()?;
         }
         let id = self.index.push_row(code);
         let handle = self.index.handle_of(id).expect("a fresh id is live");
@@ -280,7 +282,7 @@ impl CacheCore {
             self.expiry_heap()
                 .push(Reverse((deadline(now, expires), handle, generation)));
         }
-        self.payload_bytes += payload.len();
+        self.payload_bytes = self.payload_bytes.saturating_add(payload.len());
         self.record_use(handle);
         Ok((id, evicted))
     }

@@ -360,6 +360,14 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
         if index.generation[slot] & FREE == 0 && at != arena::EMPTY {
             *new_at = (cursor / arena::UNIT) as u32;
             cursor += core.arena.record_bytes(at);
+            // Live records never overlap, so they fit in the arena; a loaded file whose entries
+            // share or overlap records would write more (and could multiply it).
+            if cursor > core.arena.total_bytes() || cursor >= arena::MAX_BYTES {
+                return Err(Error::Corrupt {
+                    file: path.display().to_string(),
+                    problem: "the responses share or overlap records".into(),
+                });
+            }
         }
     }
     out.section_u32s(PAYL, &offsets)?;
@@ -476,6 +484,13 @@ impl PendingSave {
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(&dir, &e))?;
+        // A save keeps the permissions of the file it replaces; a new file keeps the temporary
+        // file's owner-only mode (a cache holds users' prompts and answers).
+        if let Ok(meta) = std::fs::metadata(target) {
+            tmp.as_file()
+                .set_permissions(meta.permissions())
+                .map_err(|e| Error::io(target, &e))?;
+        }
         Ok(Self {
             tmp,
             target: target.to_path_buf(),
@@ -844,10 +859,23 @@ impl Opened {
         // slot and lies in the responses section. One branch-free pass, then a search for the
         // culprit only if something is wrong.
         let gens: &[u32] = &index.generation[..slots];
-        let bad = |(&generation, &time, &at): (&u32, &f64, &u32)| {
-            let live = generation & FREE == 0;
-            (live & !time.is_finite())
-                | ((at != arena::EMPTY) & (!live | ((at as usize) * arena::UNIT + 4 > resp_len)))
+        // Every live slot has a creation time within ±1e11 s of the epoch (so deadlines fit
+        // an i64); every response offset belongs to a live slot, lies in the responses section,
+        // and is above the previous live slot's (the writer packs them in slot order, so
+        // entries never share a record). One branch-free pass, then a search for the culprit
+        // only if something is wrong.
+        let checker = || {
+            let mut previous: i64 = -1;
+            move |(&generation, &time, &at): (&u32, &f64, &u32)| {
+                let live = generation & FREE == 0;
+                let has = at != arena::EMPTY;
+                let order_ok = !has || i64::from(at) > previous;
+                if live & has {
+                    previous = i64::from(at);
+                }
+                (live & !(-1e11..1e11).contains(&time))
+                    | (has & (!live | !order_ok | ((at as u64) * arena::UNIT as u64 + 4 > resp_len as u64)))
+            }
         };
         let rows = || {
             gens.iter()
@@ -855,13 +883,20 @@ impl Opened {
                 .zip(payload_at)
                 .map(|((g, t), a)| (g, t, a))
         };
+        let mut bad = checker();
         if rows().fold(false, |any, row| any | bad(row)) {
-            let slot = rows().position(bad).expect("a bad slot");
+            let slot = rows().position(checker()).expect("a bad slot");
             return Err(self.corrupt(format!(
                 "slot {slot} has creation time {} and response offset {}, which do not fit a {} slot",
                 created[slot],
                 payload_at[slot],
                 if gens[slot] & FREE == 0 { "live" } else { "free" }
+            )));
+        }
+        if self.response_bytes > resp_len as u64 {
+            return Err(self.corrupt(format!(
+                "the header counts {} bytes of responses in a {resp_len}-byte section",
+                self.response_bytes
             )));
         }
         if resp_sum != self.sections[&RSUM].2 {
@@ -1086,7 +1121,8 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
             GENS => Some(handles as u128 * 4),
             LAST | CNTS | PAYL | PART | EXPR => Some(slots_w * 4),
             CRTD => Some(slots_w * 8),
-            FREE_SLOTS => Some((slots_w - live_w) * 4),
+            // Retired slots (index.rs) are free but not listed.
+            FREE_SLOTS => (len % 4 != 0 || len as u128 > (slots_w - live_w) * 4).then_some(u128::MAX),
             LRUO => Some(live_w * 4),
             RSUM => Some((sections.get(&RESP).map_or(0, |r| r.1).div_ceil(BLOCK) * 8) as u128),
             RESP => (len % arena::UNIT != 0).then_some(u128::MAX),
@@ -1122,6 +1158,56 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         response_bytes,
         sections,
     })
+}
+
+/// Recomputes every checksum of a (possibly mutated) file in place — the section checksums,
+/// the response block checksums and the header's — so that a fuzzer's mutations reach the
+/// validation behind them, as a crafted file would. Sections that lie outside the file are
+/// left alone. For the fuzz target and the mutation test.
+#[doc(hidden)]
+pub fn reseal(b: &mut [u8]) {
+    if b.len() < HEADER_LEN {
+        return;
+    }
+    let count = (le_u32(b, 20) as usize).min(MAX_SECTIONS);
+    let head_end = HEADER_LEN + count * ENTRY_LEN;
+    if b.len() < head_end {
+        return;
+    }
+    let range = |b: &[u8], i: usize| {
+        let at = HEADER_LEN + i * ENTRY_LEN;
+        let (offset, len) = (le_u64(b, at + 8), le_u64(b, at + 16));
+        let end = offset.checked_add(len)?;
+        (end <= b.len() as u64).then_some((at, offset as usize, end as usize))
+    };
+    let find = |b: &[u8], tag: Tag| (0..count).find(|&i| b[HEADER_LEN + i * ENTRY_LEN..][..4] == tag);
+    // Block checksums of the responses first, then every section's checksum.
+    if let (Some(resp), Some(rsum)) = (find(b, RESP), find(b, RSUM)) {
+        if let (Some((_, rs, re)), Some((_, ss, se))) = (range(b, resp), range(b, rsum)) {
+            let sums: Vec<u64> = b[rs..re].chunks(BLOCK).map(xxh3_64).collect();
+            if sums.len() * 8 == se - ss {
+                for (k, sum) in sums.iter().enumerate() {
+                    b[ss + 8 * k..ss + 8 * k + 8].copy_from_slice(&sum.to_le_bytes());
+                }
+            }
+        }
+    }
+    let mut rsum_checksum = None;
+    for i in 0..count {
+        if let Some((at, start, end)) = range(b, i) {
+            let sum = xxh3_64(&b[start..end]);
+            b[at + 24..at + 32].copy_from_slice(&sum.to_le_bytes());
+            if b[at..at + 4] == RSUM {
+                rsum_checksum = Some(sum);
+            }
+        }
+    }
+    if let (Some(sum), Some(resp)) = (rsum_checksum, find(b, RESP)) {
+        let at = HEADER_LEN + resp * ENTRY_LEN;
+        b[at + 24..at + 32].copy_from_slice(&sum.to_le_bytes());
+    }
+    let checksum = header_checksum(&b[..head_end]);
+    b[120..128].copy_from_slice(&checksum.to_le_bytes());
 }
 
 /// Loads `path` as a cache and as an index and exercises whatever loads: every entry's peek
@@ -1277,6 +1363,46 @@ mod tests {
         assert_eq!(again.ids().len(), 99);
     }
 
+    /// Crafted files with valid checksums: shared response records, absurd times, a lying
+    /// response total. Each must be refused at load.
+    #[test]
+    fn crafted_files_with_valid_checksums_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.bsc");
+        save_cache(&sample(20), &path, &Extras::default());
+        let good = std::fs::read(&path).unwrap();
+        let section = |tag: Tag| {
+            let count = le_u32(&good, 20) as usize;
+            (0..count)
+                .map(|i| HEADER_LEN + i * ENTRY_LEN)
+                .find(|&at| good[at..at + 4] == tag)
+                .map(|at| le_u64(&good, at + 8) as usize)
+                .unwrap()
+        };
+        let load = |bytes: &mut Vec<u8>| {
+            reseal(bytes);
+            std::fs::write(&path, &*bytes).unwrap();
+            open(&path).and_then(|o| o.cache(false).map(|_| ()))
+        };
+        let mut ok = good.clone();
+        assert!(load(&mut ok).is_ok(), "resealing a good file keeps it good");
+        // Slot 2 points at slot 1's response record (slots 0 has an empty response).
+        let mut shared = good.clone();
+        let payl = section(PAYL);
+        let first = shared[payl + 4..payl + 8].to_vec();
+        shared[payl + 8..payl + 12].copy_from_slice(&first);
+        assert!(matches!(load(&mut shared), Err(Error::Corrupt { .. })));
+        // A creation time that would overflow a deadline.
+        let mut ancient = good.clone();
+        let crtd = section(CRTD);
+        ancient[crtd..crtd + 8].copy_from_slice(&1e300f64.to_le_bytes());
+        assert!(matches!(load(&mut ancient), Err(Error::Corrupt { .. })));
+        // A header that counts more response bytes than the section holds.
+        let mut lying = good.clone();
+        lying[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(load(&mut lying), Err(Error::Corrupt { .. })));
+    }
+
     /// Seeded mutations of valid files (bit flips, byte overwrites, truncations, lying length
     /// and count fields): every one must load with an error or load into a store whose every
     /// operation works. A panic fails the test; allocations are bounded by the checks in
@@ -1312,7 +1438,7 @@ mod tests {
                     2 => bytes.truncate(at),
                     3 if bytes.len() >= 8 => {
                         // A lying length or count: overwrite an aligned u64 in the header/table.
-                        let field = (at % (HEADER_LEN + 12 * ENTRY_LEN).min(bytes.len() - 8)) & !7;
+                        let field = (at % (HEADER_LEN + 12 * ENTRY_LEN).min(bytes.len() - 8).max(1)) & !7;
                         let value = [0, 1, u64::MAX, u32::MAX as u64, next(), next() % 100_000];
                         bytes[field..field + 8].copy_from_slice(&value[(next() % 6) as usize].to_le_bytes());
                     }
@@ -1324,6 +1450,11 @@ mod tests {
                 if bytes.is_empty() {
                     break;
                 }
+            }
+            // Half the cases get their checksums recomputed, as a crafted file would have, so
+            // the mutations reach the validation behind the checksums.
+            if next() % 2 == 0 {
+                reseal(&mut bytes);
             }
             std::fs::write(&path, &bytes).unwrap();
             if fuzz_file(&path) {

@@ -8,7 +8,8 @@
 //!
 //! An id is `generation << 32 | slot`. A freed slot is reused by the next insert with its
 //! generation bumped, so an id that was removed never resolves to the entry that reuses its
-//! slot. Generations wrap after 2^31 reuses of one slot (ids stay non-negative `i64`).
+//! slot. A slot reused 2^31 - 1 times is retired rather than let its generation wrap, so ids
+//! are never repeated (and stay non-negative `i64`).
 
 use crate::error::{Error, Result};
 use crate::mapped::{Codes, Column};
@@ -213,8 +214,13 @@ impl CodeIndex {
     pub fn remove(&mut self, id: Id) -> Option<u32> {
         let slot = self.handle_of(id)?;
         let s = slot as usize;
-        self.generation[s] = ((self.generation[s] + 1) & GENERATION_MASK) | FREE;
-        self.free_slots.push(slot);
+        let next = (self.generation[s] + 1) & GENERATION_MASK;
+        self.generation[s] = next | FREE;
+        // After 2^31 - 1 reuses the generation would start again at 0 and repeat old ids: the
+        // slot is retired instead (it stays free and is never handed out again).
+        if next != 0 {
+            self.free_slots.push(slot);
+        }
         self.len -= 1;
         Some(slot)
     }

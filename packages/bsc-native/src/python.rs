@@ -610,6 +610,23 @@ impl PyCacheStore {
         }
     }
 
+    /// A hit whose response fails its checksum: the entry is removed, so it is never tried
+    /// again, and the error says so.
+    fn drop_unreadable(&self, id: Id, err: Error) -> PyErr {
+        let err = match err {
+            Error::Corrupt { file, problem } => Error::Corrupt {
+                file,
+                problem: format!("{problem}; the entry that needed it was removed from the cache"),
+            },
+            other => other,
+        };
+        if let Ok(mut core) = write(&self.inner) {
+            self.apply_pending(&mut core);
+            core.delete(id);
+        }
+        to_py(err)
+    }
+
     /// Runs `f` under the write lock, detached, after applying queued LRU updates.
     fn with_core_mut<R: Send>(
         &self,
@@ -811,15 +828,24 @@ impl PyCacheStore {
                     let Some(hit) = found else {
                         return Ok(None);
                     };
-                    (hit, core.peek(hit.id).map_err(to_py)?)
+                    (hit, core.peek(hit.id))
+                };
+                let view = match view {
+                    Ok(view) => view,
+                    Err(err) => return Err(self.drop_unreadable(hit.id, err)),
                 };
                 let Some(view) = view else { continue };
                 let at = now();
                 match self.inner.try_write() {
                     Ok(mut core) => {
                         self.apply_pending(&mut core);
-                        if let Some(view) = core.touch(hit.id, at).map_err(to_py)? {
-                            return Ok(Some((hit.distance, view)));
+                        match core.touch(hit.id, at) {
+                            Ok(Some(view)) => return Ok(Some((hit.distance, view))),
+                            Ok(None) => {}
+                            Err(err) => {
+                                drop(core);
+                                return Err(self.drop_unreadable(hit.id, err));
+                            }
                         }
                     }
                     Err(TryLockError::WouldBlock) => {

@@ -314,7 +314,8 @@ class BinarySemanticCache:
         """Write every entry, response, timestamp, the LRU order, the counters and the settings
         to ``path`` (default: ``persist_path``) in one file, crash-safely: a temporary file in
         the same directory, fsynced, renamed over ``path``, the directory fsynced. A crash
-        leaves the old file or the new one, never a mix. Lookups keep running meanwhile."""
+        leaves the old file or the new one, never a mix. Lookups keep running meanwhile, unless
+        a put or delete is waiting for the save to finish (docs/SEMANTICS.md)."""
         if path is None:
             if self._persister is None:
                 raise ValueError("save() needs a path: this cache has no persist_path")
