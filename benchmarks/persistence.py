@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info
+from run import parse_size
 
 from bsc import BinaryEncoder, BinarySemanticCache
 from bsc_encoder import gaussian_projection
@@ -42,12 +43,6 @@ from bsc_native import CacheStore
 
 HERE = Path(__file__).resolve().parent
 DIM = 384
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
-    return int(float(text.rstrip("km")) * scale)
 
 
 def one_write(path: Path, data: bytes) -> float:

@@ -39,7 +39,7 @@ fn main() {
         let t_open = t.elapsed();
         let core = opened.cache(false).unwrap();
         let t_cache = t.elapsed();
-        let hit = core.nearest(&[1, 2, 3, 4], 256).unwrap();
+        let hit = core.nearest_in(&[1, 2, 3, 4], 256, b"", 1e9).unwrap();
         let t_get = t.elapsed();
         println!("open {t_open:?} cache {t_cache:?} first search {t_get:?} {hit:?}");
     }

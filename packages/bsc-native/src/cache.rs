@@ -410,16 +410,6 @@ impl CacheCore {
         Some((self.partitions.name(self.partition[h]), expires_at))
     }
 
-    /// The nearest entry within `max_distance`, without touching it.
-    pub fn nearest(&self, query: &[u64], max_distance: u32) -> Result<Option<Hit>> {
-        Ok(self.index.search(query, 1, max_distance)?.into_iter().next())
-    }
-
-    /// The `k` nearest entries within `max_distance`, without touching them.
-    pub fn search(&self, query: &[u64], k: usize, max_distance: u32) -> Result<Vec<Hit>> {
-        self.index.search(query, k, max_distance)
-    }
-
     /// Fails only for a response of a loaded file that fails its checksum.
     fn view(&self, id: Id, handle: u32) -> Result<EntryView> {
         let h = handle as usize;
@@ -739,7 +729,7 @@ mod tests {
         assert!(cache.memory_bytes() < base + 1000);
         assert!(cache.is_empty());
         assert!(cache.lru_order().is_empty());
-        assert_eq!(cache.nearest(&[1], 64).unwrap(), None);
+        assert_eq!(cache.nearest_in(&[1], 64, b"", 0.0).unwrap(), None);
     }
 
     proptest! {

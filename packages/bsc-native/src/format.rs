@@ -1231,7 +1231,7 @@ pub fn fuzz_file(path: &Path) -> bool {
         let _ = core.touch(id, 5.0);
     }
     let query = vec![1; core.words()];
-    let _ = core.search(&query, 3, u32::MAX);
+    let _ = core.search_in(&query, 3, u32::MAX, None, 5.0);
     let _ = core.put(&query, b"new", 6.0);
     for &id in ids.iter().step_by(2) {
         core.delete(id);

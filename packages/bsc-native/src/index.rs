@@ -241,20 +241,7 @@ impl CodeIndex {
     /// The `k` nearest entries within `max_distance`, nearest first, ties by ascending slot (the
     /// low 32 bits of the id). The scan stops early once it holds `k` entries at distance 0.
     pub fn search(&self, query: &[u64], k: usize, max_distance: u32) -> Result<Vec<Hit>> {
-        if query.len() != self.words {
-            return Err(Error::BadCodeLength {
-                expected_words: self.words,
-                got_words: query.len(),
-            });
-        }
-        let found = scan::top_k(&self.codes, query, k, max_distance, |row| self.tie_key(row), true);
-        Ok(found
-            .into_iter()
-            .map(|Neighbor { distance, row }| Hit {
-                id: self.id_of_handle(row as u32),
-                distance,
-            })
-            .collect())
+        self.search_where(query, k, max_distance, |_| true)
     }
 
     /// Fails unless `query` has this index's code length.

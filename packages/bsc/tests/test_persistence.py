@@ -89,6 +89,8 @@ def test_wrong_encoder_and_bad_files_raise_bsc_errors(tmp_path: Path, encoder: B
     assert isinstance(raised.value, BscError)
     with pytest.raises(ValueError, match="persist_path"):
         cache.save()
+    with pytest.raises(TypeError, match="encoder"):
+        BinarySemanticCache.load(tmp_path / "c.bsc", "not an encoder")  # type: ignore[arg-type]
 
 
 def test_a_store_saved_without_settings_needs_an_encoder(tmp_path: Path, encoder: BinaryEncoder) -> None:

@@ -105,6 +105,8 @@ class BinarySemanticCache:
     and once more on ``close()``, when a ``with`` block ends, or when the program exits.
     """
 
+    _persister: _Persister | None
+
     def __init__(
         self,
         encoder: BinaryEncoder,
@@ -132,24 +134,30 @@ class BinarySemanticCache:
         if storage_mode != "memory":
             raise ValueError(f"storage_mode must be 'memory', got {storage_mode!r}")
         threshold = _check_threshold(similarity_threshold)
-        self._default_ttl = _check_ttl(default_ttl)
-        self._encoder = encoder
-        # One tuple, replaced whole, so a concurrent reader never sees a threshold with the
-        # radius of another.
-        self._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
-        self._persister: _Persister | None = None
-        self._closed = False
+        ttl = _check_ttl(default_ttl)
         path = None if persist_path is None else Path(os.fspath(persist_path))
         if path is not None and path.exists():
             # Raises EncoderMismatchError when the file holds another encoder's codes.
-            self._store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
-            logger.info("loaded %d entries from %s", len(self._store), path)
+            store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
+            logger.info("loaded %d entries from %s", len(store), path)
         else:
-            self._store = CacheStore(
+            store = CacheStore(
                 code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
             )
+        self._setup(encoder, store, threshold, ttl)
         if path is not None:
             self._persister = _Persister(self, path, persist_every, persist_interval)
+
+    def _setup(self, encoder: BinaryEncoder, store: CacheStore, threshold: float, default_ttl: float | None) -> None:
+        """The state every cache holds, whether made by ``__init__`` or ``load``."""
+        self._encoder = encoder
+        self._store = store
+        # One tuple, replaced whole, so a concurrent reader never sees a threshold with the
+        # radius of another.
+        self._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
+        self._default_ttl = default_ttl
+        self._persister = None
+        self._closed = False
 
     @property
     def encoder(self) -> BinaryEncoder:
@@ -342,6 +350,8 @@ class BinarySemanticCache:
         checks every response now. Bad files raise a ``bsc.CacheFileError`` subclass naming
         the file and the problem; nothing in a file is ever executed.
         """
+        if encoder is not None and not isinstance(encoder, BinaryEncoder):
+            raise TypeError(f"encoder must be a bsc.BinaryEncoder or None, got {type(encoder).__name__}")
         file = Path(os.fspath(path))
         fingerprint = None if encoder is None else encoder.fingerprint()
         store = CacheStore.load(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
@@ -351,13 +361,7 @@ class BinarySemanticCache:
         if similarity_threshold is None:
             similarity_threshold = meta.get("similarity_threshold", 0.80)
         cache = cls.__new__(cls)
-        cache._encoder = encoder
-        cache._store = store
-        threshold = _check_threshold(similarity_threshold)
-        cache._rule = (threshold, hamming_radius(threshold, encoder.code_bits))
-        cache._default_ttl = _check_ttl(meta.get("default_ttl"))
-        cache._persister = None
-        cache._closed = False
+        cache._setup(encoder, store, _check_threshold(similarity_threshold), meta.get("default_ttl"))
         return cache
 
     def close(self) -> None:
@@ -406,9 +410,10 @@ def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
     threshold = meta.get("similarity_threshold", 0.80)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
         raise CorruptFileError(f"{file}: its similarity_threshold {threshold!r} is not a number in [-1, 1]")
-    ttl = meta.get("default_ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf")):
-        raise CorruptFileError(f"{file}: its default_ttl {ttl!r} is not a positive number of seconds")
+    try:
+        meta["default_ttl"] = _check_ttl(meta.get("default_ttl"))
+    except (TypeError, ValueError) as err:
+        raise CorruptFileError(f"{file}: its {err}") from None
     return meta
 
 
