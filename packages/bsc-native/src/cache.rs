@@ -14,8 +14,10 @@ use crate::lru::LruQueue;
 use crate::mapped::Column;
 use crate::partition::{self, Partitions};
 
+use hashbrown::HashTable;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::OnceLock;
 
 /// `expires` of an entry without a time to live.
 pub const NEVER: u32 = u32::MAX;
@@ -84,6 +86,13 @@ pub struct CacheCore {
     pub(crate) expirations: u64,
     pub(crate) arena: Arena,
     payload_bytes: usize,
+    /// The entry's exact-match key (0: none), chosen by the caller (bsc hashes the normalised
+    /// prompt with its partition). Empty until the first keyed put; slots past its end have
+    /// no key.
+    pub(crate) keys: Column<u64>,
+    /// Live keyed slots by key, built from `keys` on first need (after a load, on the first
+    /// keyed lookup or put) and kept up to date from then on.
+    key_map: OnceLock<HashTable<u32>>,
 }
 
 impl CacheCore {
@@ -106,6 +115,8 @@ impl CacheCore {
             expirations: 0,
             arena: Arena::default(),
             payload_bytes: 0,
+            keys: Column::default(),
+            key_map: OnceLock::new(),
         })
     }
 
@@ -122,6 +133,7 @@ impl CacheCore {
         (partition, expires, partitions, expirations): (Column<u32>, Column<u32>, Partitions, u64),
         arena: Arena,
         payload_bytes: usize,
+        keys: Column<u64>,
     ) -> Self {
         Self {
             index,
@@ -138,6 +150,8 @@ impl CacheCore {
             expirations,
             arena,
             payload_bytes,
+            keys,
+            key_map: OnceLock::new(),
         }
     }
 
@@ -206,13 +220,17 @@ impl CacheCore {
 
     /// Stores a code with its payload in the default partition, without a TTL.
     pub fn put(&mut self, code: &[u64], payload: &[u8], now: f64) -> Result<(Id, Vec<Id>)> {
-        self.put_in(code, payload, now, b"", NEVER)
+        self.put_in(code, payload, now, b"", NEVER, 0)
     }
 
     /// Stores a code with its payload in partition `name`, expiring `expires` tenths of a second
     /// from `now` ([`NEVER`]: no TTL; see [`ttl_tenths`]). Expired entries are removed first,
     /// then least-recently-used ones if the cache is still full. Returns the new id and the ids
     /// it evicted (not counting expired ones). On error nothing changes.
+    ///
+    /// A non-zero `key` makes the entry findable by [`CacheCore::find_key`]; it replaces the
+    /// live entry of partition `name` with the same key, if any (that one is deleted, not
+    /// counted as evicted, and no other entry is evicted for the new one).
     pub fn put_in(
         &mut self,
         code: &[u64],
@@ -220,6 +238,7 @@ impl CacheCore {
         now: f64,
         name: &[u8],
         expires: u32,
+        key: u64,
     ) -> Result<(Id, Vec<Id>)> {
         if code.len() != self.words() {
             return Err(Error::BadCodeLength {
@@ -240,19 +259,27 @@ impl CacheCore {
         // Removing expired entries changes nothing a lookup can see, so it may precede a put
         // that fails for want of room below.
         self.purge_expired(now);
+        let replaced = self
+            .find_key(key, name, f64::NEG_INFINITY)
+            .and_then(|id| self.index.handle_of(id));
         // Room for the response counts the one the eviction below frees (the cache never
         // holds more than max_entries, so a put evicts at most one entry).
-        let victim = if self.len() >= self.max_entries {
+        let victim = if replaced.is_none() && self.len() >= self.max_entries {
             self.lru_victim()
         } else {
             None
         };
-        let freed = victim.map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
+        let freed = victim
+            .or(replaced)
+            .map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
         self.arena.check_room(payload.len(), freed)?;
         // Compact before evicting, so that if compaction fails (a corrupt response of a loaded
         // file) nothing has changed.
         if !self.arena.fits_without_compaction(payload.len()) {
             self.compact_payloads()?;
+        }
+        if let Some(old) = replaced {
+            self.delete(self.index.id_of_handle(old));
         }
         let mut evicted = Vec::new();
         if let Some(victim) = victim {
@@ -283,8 +310,61 @@ impl CacheCore {
                 .push(Reverse((deadline(now, expires), handle, generation)));
         }
         self.payload_bytes = self.payload_bytes.saturating_add(payload.len());
+        if key != 0 {
+            while self.keys.len() <= h {
+                self.keys.push(0);
+            }
+            self.keys[h] = key;
+            if let Some(table) = self.key_map.get_mut() {
+                let keys: &[u64] = &self.keys;
+                table.insert_unique(key, handle, |&s| keys[s as usize]);
+            }
+        }
         self.record_use(handle);
         Ok((id, evicted))
+    }
+
+    /// The table of live keyed slots, built from the key column on first use.
+    fn key_table(&self) -> &HashTable<u32> {
+        self.key_map.get_or_init(|| {
+            let (keys, partition): (&[u64], &[u32]) = (&self.keys, &self.partition);
+            let mut table = HashTable::new();
+            for (h, &key) in keys.iter().enumerate() {
+                // A file whose live entries repeat a key in a partition (only a crafted one)
+                // keeps the first.
+                if key != 0
+                    && self.index.is_live_handle(h as u32)
+                    && table
+                        .find(key, |&s| {
+                            keys[s as usize] == key && partition[s as usize] == partition[h]
+                        })
+                        .is_none()
+                {
+                    table.insert_unique(key, h as u32, |&s| keys[s as usize]);
+                }
+            }
+            table
+        })
+    }
+
+    /// The live entry of partition `name` stored with exact-match `key` (non-zero), if it has
+    /// not expired at `now`. O(1) after the table is built. Keys are per partition: the same
+    /// key in two partitions names two entries.
+    pub fn find_key(&self, key: u64, name: &[u8], now: f64) -> Option<Id> {
+        if key == 0 || self.keys.is_empty() {
+            return None;
+        }
+        let wanted = self.partitions.find(name)?;
+        let (keys, partition): (&[u64], &[u32]) = (&self.keys, &self.partition);
+        let h = *self.key_table().find(key, |&s| {
+            keys[s as usize] == key && partition[s as usize] == wanted
+        })? as usize;
+        (!self.expired(h, now)).then(|| self.index.id_of_handle(h as u32))
+    }
+
+    /// Live partitions and how many entries each holds (expired ones not yet removed count).
+    pub fn partition_sizes(&self) -> Vec<(&[u8], u32)> {
+        self.partitions.sizes()
     }
 
     /// Whether the entry in slot `h` has expired at `now`.
@@ -475,6 +555,14 @@ impl CacheCore {
             .saturating_sub(self.arena.len_of(self.payload_at[h]));
         self.arena.free(self.payload_at[h]);
         self.payload_at[h] = arena::EMPTY;
+        if let Some(&key) = self.keys.get(h).filter(|&&k| k != 0) {
+            if let Some(table) = self.key_map.get_mut() {
+                if let Ok(found) = table.find_entry(key, |&s| s == handle) {
+                    found.remove();
+                }
+            }
+            self.keys[h] = 0;
+        }
         self.partitions.remove(self.partition[h]);
         self.index.remove(id);
         if self.arena.wants_compaction() && self.compact_payloads().is_err() {
@@ -509,6 +597,8 @@ impl CacheCore {
         self.partitions.clear();
         self.expiry = Some(BinaryHeap::new());
         self.payload_bytes = 0;
+        self.keys = Column::default();
+        self.key_map = OnceLock::new();
     }
 
     /// Live ids from most to least recently used.
@@ -534,6 +624,7 @@ impl CacheCore {
             + self.payload_at.mapped_bytes()
             + self.partition.mapped_bytes()
             + self.expires.mapped_bytes()
+            + self.keys.mapped_bytes()
             + self.arena.mapped_bytes()
     }
 
@@ -549,6 +640,8 @@ impl CacheCore {
             + self.expires.heap_bytes()
             + self.partitions.memory_bytes()
             + self.expiry.as_ref().map_or(0, |h| h.capacity() * 16)
+            + self.keys.heap_bytes()
+            + self.key_map.get().map_or(0, HashTable::allocation_size)
             + self.arena.memory_bytes()
     }
 }
@@ -634,9 +727,11 @@ mod tests {
     #[test]
     fn partitions_never_cross_and_a_nearer_entry_elsewhere_hides_nothing() {
         let mut cache = CacheCore::new(64, 10).unwrap();
-        let (a, _) = cache.put_in(&[0b1111], b"a", 1.0, b"tenant-a", NEVER).unwrap();
-        let (b, _) = cache.put_in(&[0b1111], b"b", 1.0, b"tenant-b", NEVER).unwrap();
-        let (b_near, _) = cache.put_in(&[0b0111], b"b2", 1.0, b"tenant-b", NEVER).unwrap();
+        let (a, _) = cache.put_in(&[0b1111], b"a", 1.0, b"tenant-a", NEVER, 0).unwrap();
+        let (b, _) = cache.put_in(&[0b1111], b"b", 1.0, b"tenant-b", NEVER, 0).unwrap();
+        let (b_near, _) = cache
+            .put_in(&[0b0111], b"b2", 1.0, b"tenant-b", NEVER, 0)
+            .unwrap();
         let hit = |cache: &CacheCore, q: u64, name: &[u8]| {
             cache.nearest_in(&[q], 64, name, 2.0).unwrap().map(|h| h.id)
         };
@@ -653,14 +748,14 @@ mod tests {
         assert_eq!(hit(&cache, 0b1111, b"tenant-b"), None);
         assert_eq!(cache.partitions.find(b"tenant-b"), None);
         assert!(cache.nearest_in(&[1, 2], 64, b"x", 0.0).is_err()); // bad query length
-        assert!(cache.put_in(&[1], b"", 0.0, &[b'n'; 1025], NEVER).is_err());
+        assert!(cache.put_in(&[1], b"", 0.0, &[b'n'; 1025], NEVER, 0).is_err());
     }
 
     #[test]
     fn an_expired_entry_is_never_served_and_is_reclaimed() {
         let mut cache = CacheCore::new(64, 3).unwrap();
-        let (a, _) = cache.put_in(&[1], b"a", 100.0, b"", ttl_tenths(1.0)).unwrap();
-        let (b, _) = cache.put_in(&[1], b"b", 100.0, b"", ttl_tenths(5.0)).unwrap();
+        let (a, _) = cache.put_in(&[1], b"a", 100.0, b"", ttl_tenths(1.0), 0).unwrap();
+        let (b, _) = cache.put_in(&[1], b"b", 100.0, b"", ttl_tenths(5.0), 0).unwrap();
         let hit = |cache: &CacheCore, now: f64| cache.nearest_in(&[1], 0, b"", now).unwrap().map(|h| h.id);
         assert_eq!(hit(&cache, 100.9), Some(a));
         assert_eq!(hit(&cache, 101.0), Some(b)); // a expired at exactly 101.0
@@ -676,17 +771,53 @@ mod tests {
         // LRU and max_entries still hold with TTLs set.
         for i in 0..5 {
             cache
-                .put_in(&[10 + i], b"x", 107.0, b"", ttl_tenths(60.0))
+                .put_in(&[10 + i], b"x", 107.0, b"", ttl_tenths(60.0), 0)
                 .unwrap();
         }
         assert_eq!(cache.len(), 3);
         // Items of entries evicted before their TTL do not pile up.
         for i in 0..5000 {
             cache
-                .put_in(&[100 + i], b"x", 108.0, b"", ttl_tenths(3600.0))
+                .put_in(&[100 + i], b"x", 108.0, b"", ttl_tenths(3600.0), 0)
                 .unwrap();
         }
         assert!(cache.expiry.as_ref().unwrap().len() <= 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn exact_keys_find_replace_and_forget_entries() {
+        let mut cache = CacheCore::new(64, 3).unwrap();
+        let (a, _) = cache.put_in(&[1], b"a", 1.0, b"ns", NEVER, 7).unwrap();
+        let (b, _) = cache.put_in(&[1], b"b", 1.0, b"other", NEVER, 7).unwrap();
+        assert_eq!(cache.find_key(7, b"ns", 2.0), Some(a));
+        assert_eq!(cache.find_key(7, b"other", 2.0), Some(b));
+        assert_eq!(cache.find_key(7, b"missing", 2.0), None);
+        assert_eq!(cache.find_key(8, b"ns", 2.0), None);
+        assert_eq!(cache.find_key(0, b"ns", 2.0), None);
+        // The same key in the same partition replaces the entry: not an eviction.
+        let (c, _) = cache.put_in(&[2], b"c", 2.0, b"ns", NEVER, 7).unwrap();
+        let (_, evicted) = cache.put_in(&[3], b"d", 3.0, b"", NEVER, 0).unwrap();
+        assert!(evicted.is_empty() && !cache.contains(a) && cache.len() == 3);
+        assert_eq!(cache.find_key(7, b"ns", 3.0), Some(c));
+        // A full cache replacing a keyed entry evicts nothing.
+        let (c2, evicted) = cache.put_in(&[2], b"c2", 4.0, b"ns", NEVER, 7).unwrap();
+        assert!(evicted.is_empty() && cache.len() == 3 && !cache.contains(c));
+        // Deleted, evicted and expired entries are not found; a reused slot starts keyless.
+        cache.delete(c2);
+        assert_eq!(cache.find_key(7, b"ns", 5.0), None);
+        let (e, _) = cache.put_in(&[4], b"e", 5.0, b"ns", ttl_tenths(1.0), 9).unwrap();
+        assert_eq!(cache.find_key(9, b"ns", 5.5), Some(e));
+        assert_eq!(cache.find_key(9, b"ns", 6.0), None);
+        // e expires and is reclaimed; then b, the least recently used, is evicted.
+        cache.put_in(&[5], b"f", 7.0, b"", NEVER, 0).unwrap();
+        assert_eq!(cache.find_key(7, b"other", 7.0), Some(b));
+        let (_, evicted) = cache.put_in(&[6], b"f2", 7.0, b"", NEVER, 0).unwrap();
+        assert_eq!(evicted, vec![b]);
+        assert_eq!(cache.find_key(7, b"other", 7.0), None);
+        cache.clear();
+        assert_eq!(cache.find_key(9, b"ns", 5.5), None);
+        let (g, _) = cache.put_in(&[6], b"g", 8.0, b"ns", NEVER, 9).unwrap();
+        assert_eq!(cache.find_key(9, b"ns", 8.0), Some(g));
     }
 
     #[test]

@@ -78,13 +78,14 @@ const RSUM: Tag = *b"RSUM";
 const PART: Tag = *b"PART";
 const EXPR: Tag = *b"EXPR";
 const PKEY: Tag = *b"PKEY";
+const XKEY: Tag = *b"XKEY";
 const INDEX_SECTIONS: [Tag; 5] = [META, FPRT, CODE, GENS, FREE_SLOTS];
-const CACHE_SECTIONS: [Tag; 15] = [
-    META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY,
+const CACHE_SECTIONS: [Tag; 16] = [
+    META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY, XKEY,
 ];
 /// Cache sections a file written before they existed lacks: defaults apply (every entry in the
-/// default partition, none with a TTL).
-const OPTIONAL: [Tag; 3] = [PART, EXPR, PKEY];
+/// default partition, none with a TTL, none with an exact-match key).
+const OPTIONAL: [Tag; 4] = [PART, EXPR, PKEY, XKEY];
 
 /// The cache's counters, kept in the header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -385,6 +386,15 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
         }
     }
     out.section(PKEY, &names)?;
+    // Exact-match keys: empty when no entry has one.
+    out.begin()?;
+    if !core.keys.is_empty() {
+        let keys: &[u64] = &core.keys;
+        let mut padded = keys[..keys.len().min(slots)].to_vec();
+        padded.resize(slots, 0);
+        out.put_u64s(&padded)?;
+    }
+    out.end(XKEY);
     out.expirations = core.expirations;
     // The responses, hashed whole and in blocks.
     out.begin()?;
@@ -823,6 +833,10 @@ impl Opened {
             records.verify_all()?;
         }
         let arena = Arena::from_mapped(records, resp_len);
+        let keys = match self.sections.get(&XKEY) {
+            Some(&(_, len, _)) if len > 0 => self.column(XKEY, |w| le_u64(w, 0))?,
+            _ => Column::default(),
+        };
         let mut core = CacheCore::from_parts(
             index,
             self.max_entries,
@@ -833,6 +847,7 @@ impl Opened {
             placement,
             arena,
             self.response_bytes as usize,
+            keys,
         );
         core.set_lru(lru);
         Ok(core)
@@ -1120,6 +1135,7 @@ fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
             CODE => Some(slots_w * words as u128 * 8),
             GENS => Some(handles as u128 * 4),
             LAST | CNTS | PAYL | PART | EXPR => Some(slots_w * 4),
+            XKEY => (len != 0 && len as u128 != slots_w * 8).then_some(u128::MAX),
             CRTD => Some(slots_w * 8),
             // Retired slots (index.rs) are free but not listed.
             FREE_SLOTS => (len % 4 != 0 || len as u128 > (slots_w - live_w) * 4).then_some(u128::MAX),
@@ -1481,7 +1497,9 @@ mod tests {
                         // Three partitions; every other entry has a TTL of 1 to 8 steps.
                         let name = [b"".as_slice(), b"a", b"b"][pick as usize % 3];
                         let ttl = if pick % 2 == 0 { crate::cache::NEVER } else { crate::cache::ttl_tenths(f64::from(pick % 8 + 1)) };
-                        core.put_in(&[u64::from(pick)], &vec![pick as u8; len], step as f64, name, ttl).unwrap();
+                        // A third of the entries have one of five exact-match keys.
+                        let key = if pick % 3 == 0 { u64::from(pick % 5) + 1 } else { 0 };
+                        core.put_in(&[u64::from(pick)], &vec![pick as u8; len], step as f64, name, ttl, key).unwrap();
                     }
                     1 if !order.is_empty() => { core.touch(order[pick as usize % order.len()], step as f64 + 0.5).unwrap(); }
                     2 if !order.is_empty() => { core.delete(order[pick as usize % order.len()]); }
@@ -1512,6 +1530,7 @@ mod tests {
             for q in 0..8u64 {
                 for name in [b"".as_slice(), b"a", b"b"] {
                     prop_assert_eq!(loaded.nearest_in(&[q], 64, name, now).unwrap(), core.nearest_in(&[q], 64, name, now).unwrap());
+                    prop_assert_eq!(loaded.find_key(q, name, now), core.find_key(q, name, now));
                 }
             }
         }

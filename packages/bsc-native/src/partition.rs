@@ -96,6 +96,15 @@ impl Partitions {
         self.len() == 0
     }
 
+    /// Each partition holding entries, with how many.
+    pub fn sizes(&self) -> Vec<(&[u8], u32)> {
+        self.names
+            .iter()
+            .zip(&self.live)
+            .filter_map(|(name, &n)| Some((name.as_deref()?, n)).filter(|_| n > 0))
+            .collect()
+    }
+
     /// Names by id (`None` for freed ids), for saving.
     pub fn names(&self) -> &[Option<Box<[u8]>>] {
         &self.names

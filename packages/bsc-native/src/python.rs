@@ -2,7 +2,7 @@
 //! Everything else lives in the plain-Rust modules.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -296,6 +296,21 @@ fn ttl_arg(ttl: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
         )));
     }
     Ok(crate::cache::ttl_tenths(seconds))
+}
+
+/// An exact-match key: an int in [0, 2**64) (0 and `None`: no key).
+fn key_arg(key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+    let Some(key) = key.filter(|k| !k.is_none()) else {
+        return Ok(0);
+    };
+    if key.is_instance_of::<PyBool>() || !key.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "key must be an int, got {}",
+            key.get_type().name()?
+        )));
+    }
+    key.extract::<u64>()
+        .map_err(|_| PyValueError::new_err(format!("key must be in [0, 2**64), got {key}")))
 }
 
 fn k_arg(k: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
@@ -599,6 +614,9 @@ fn entry_tuple<'py>(
         .into_pyobject(py)
 }
 
+/// How a lookup finds the entry it serves: its id and distance, under the read lock.
+type FindEntry<'a> = dyn Fn(&CacheCore) -> Result<Option<(Id, u32)>, Error> + Sync + 'a;
+
 /// Queued LRU updates beyond this many are dropped (the entries' order then lags their use).
 const MAX_PENDING: usize = 1 << 16;
 
@@ -625,6 +643,105 @@ impl PyCacheStore {
             core.delete(id);
         }
         to_py(err)
+    }
+
+    /// `lookup`, and with `nearest` the scan admits every distance so that the nearest
+    /// entry's distance can be reported even when it misses.
+    fn lookup_with<'py>(
+        &self,
+        py: Python<'py>,
+        code: &Bound<'py, PyAny>,
+        max_distance: Option<&Bound<'py, PyAny>>,
+        namespace: Option<&Bound<'py, PyAny>>,
+        nearest: bool,
+    ) -> PyResult<(Option<Bound<'py, PyTuple>>, Option<u32>)> {
+        let query = codes_arg(code, "code", self.code_bits / 64, false)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let name = namespace_arg(namespace)?;
+        let scan_radius = if nearest {
+            self.code_bits as u32
+        } else {
+            max_distance
+        };
+        let best = AtomicU32::new(u32::MAX);
+        let found = py.detach(|| {
+            self.serve(&|core: &CacheCore| {
+                let hit = core.nearest_in(&query, scan_radius, &name, now())?;
+                best.store(hit.map_or(u32::MAX, |h| h.distance), Ordering::Relaxed);
+                Ok(hit
+                    .filter(|h| h.distance <= max_distance)
+                    .map(|h| (h.id, h.distance)))
+            })
+        })?;
+        let best = best.load(Ordering::Relaxed);
+        Ok((self.count(py, found, true)?, (best != u32::MAX).then_some(best)))
+    }
+
+    /// Finds an entry with `find` under the read lock and serves it: copies it, marks it used
+    /// and returns it with its distance. The scan and the copy run under the read lock, so
+    /// lookups proceed in parallel with each other and with a save. The O(1) LRU update then
+    /// takes the write lock if it is free; if it is not, the use is queued for the next holder
+    /// rather than waiting. If the entry was deleted in between, `find` runs again; after
+    /// three such races in a row the lookup reports a miss. Counts nothing.
+    fn serve(&self, find: &FindEntry<'_>) -> PyResult<Option<(u32, EntryView)>> {
+        for _ in 0..3 {
+            let (id, distance, view) = {
+                let core = read(&self.inner)?;
+                let Some((id, distance)) = find(&core).map_err(to_py)? else {
+                    return Ok(None);
+                };
+                (id, distance, core.peek(id))
+            };
+            let view = match view {
+                Ok(view) => view,
+                Err(err) => return Err(self.drop_unreadable(id, err)),
+            };
+            let Some(view) = view else { continue };
+            let at = now();
+            match self.inner.try_write() {
+                Ok(mut core) => {
+                    self.apply_pending(&mut core);
+                    match core.touch(id, at) {
+                        Ok(Some(view)) => return Ok(Some((distance, view))),
+                        Ok(None) => {}
+                        Err(err) => {
+                            drop(core);
+                            return Err(self.drop_unreadable(id, err));
+                        }
+                    }
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if pending.len() < MAX_PENDING {
+                        pending.push((id, at));
+                    }
+                    return Ok(Some((distance, touched(view, at))));
+                }
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Counts a hit or a miss and converts the result.
+    fn count<'py>(
+        &self,
+        py: Python<'py>,
+        found: Option<(u32, EntryView)>,
+        count_miss: bool,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match found {
+            Some((distance, view)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                entry_tuple(py, view, Some(distance)).map(Some)
+            }
+            None => {
+                if count_miss {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Runs `f` under the write lock, detached, after applying queued LRU updates.
@@ -779,7 +896,7 @@ impl PyCacheStore {
     /// Stores one code with its payload in `namespace` (default: the unnamed one), expiring
     /// after `ttl` seconds (default: never). Expired entries are removed first, then
     /// least-recently-used ones when full. Returns the new id.
-    #[pyo3(signature = (code, payload, *, namespace = None, ttl = None))]
+    #[pyo3(signature = (code, payload, *, namespace = None, ttl = None, key = None))]
     fn put(
         &self,
         py: Python<'_>,
@@ -787,13 +904,15 @@ impl PyCacheStore {
         payload: &[u8],
         namespace: Option<&Bound<'_, PyAny>>,
         ttl: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let code = codes_arg(code, "code", self.code_bits / 64, false)?;
         let name = namespace_arg(namespace)?;
         let expires = ttl_arg(ttl)?;
+        let key = key_arg(key)?;
         // `payload` borrows an immutable `bytes` object, so reading it detached is sound.
         let (id, evicted) = self
-            .with_core_mut(py, |core| core.put_in(&code, payload, now(), &name, expires))?
+            .with_core_mut(py, |core| core.put_in(&code, payload, now(), &name, expires, key))?
             .map_err(to_py)?;
         self.evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
         Ok(id as i64)
@@ -810,66 +929,55 @@ impl PyCacheStore {
         max_distance: Option<&Bound<'py, PyAny>>,
         namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let query = codes_arg(code, "code", self.code_bits / 64, false)?;
-        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        Ok(self.lookup_with(py, code, max_distance, namespace, false)?.0)
+    }
+
+    /// Like `lookup`, and also returns the distance of the nearest entry of `namespace` even
+    /// when it lies beyond `max_distance` (`None` when the namespace has no live entry):
+    /// `(entry or None, nearest distance or None)`. The same single scan.
+    #[pyo3(signature = (code, max_distance = None, *, namespace = None))]
+    fn lookup_nearest<'py>(
+        &self,
+        py: Python<'py>,
+        code: &Bound<'py, PyAny>,
+        max_distance: Option<&Bound<'py, PyAny>>,
+        namespace: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Option<Bound<'py, PyTuple>>, Option<u32>)> {
+        self.lookup_with(py, code, max_distance, namespace, true)
+    }
+
+    /// The live, unexpired entry of `namespace` stored with exact-match `key` (see `put`),
+    /// marked used and returned like `lookup`'s (distance 0), or `None`. O(1). Counts a hit
+    /// when found and nothing otherwise (a caller falls back to `lookup`, which counts).
+    #[pyo3(signature = (key, *, namespace = None))]
+    fn lookup_key<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        namespace: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let key = key_arg(Some(key))?;
         let name = namespace_arg(namespace)?;
-        let found = py.detach(|| -> PyResult<Option<(u32, EntryView)>> {
-            // The scan and the copy of the entry run under the read lock, so lookups proceed
-            // in parallel with each other and with a save. The O(1) LRU update then takes the
-            // write lock if it is free; if it is not, the use is queued for the next holder
-            // rather than waiting. If the entry was deleted in between, scan again; after three
-            // such races in a row the lookup reports a miss.
-            for _ in 0..3 {
-                let (hit, view) = {
-                    let core = read(&self.inner)?;
-                    let found = core
-                        .nearest_in(&query, max_distance, &name, now())
-                        .map_err(to_py)?;
-                    let Some(hit) = found else {
-                        return Ok(None);
-                    };
-                    (hit, core.peek(hit.id))
-                };
-                let view = match view {
-                    Ok(view) => view,
-                    Err(err) => return Err(self.drop_unreadable(hit.id, err)),
-                };
-                let Some(view) = view else { continue };
-                let at = now();
-                match self.inner.try_write() {
-                    Ok(mut core) => {
-                        self.apply_pending(&mut core);
-                        match core.touch(hit.id, at) {
-                            Ok(Some(view)) => return Ok(Some((hit.distance, view))),
-                            Ok(None) => {}
-                            Err(err) => {
-                                drop(core);
-                                return Err(self.drop_unreadable(hit.id, err));
-                            }
-                        }
-                    }
-                    Err(TryLockError::WouldBlock) => {
-                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        if pending.len() < MAX_PENDING {
-                            pending.push((hit.id, at));
-                        }
-                        return Ok(Some((hit.distance, touched(view, at))));
-                    }
-                    Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
-                }
-            }
-            Ok(None)
+        let found = py.detach(|| {
+            self.serve(&|core: &CacheCore| Ok(core.find_key(key, &name, now()).map(|id| (id, 0))))
         })?;
-        match found {
-            Some((distance, view)) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                entry_tuple(py, view, Some(distance)).map(Some)
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
+        self.count(py, found, false)
+    }
+
+    /// Every namespace holding entries, with how many (expired entries not yet removed
+    /// count): `{name: count}`, names as bytes.
+    fn namespaces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let sizes = with_read(py, &self.inner, |core| {
+            core.partition_sizes()
+                .into_iter()
+                .map(|(name, n)| (name.to_vec(), n))
+                .collect::<Vec<_>>()
+        })?;
+        let out = PyDict::new(py);
+        for (name, n) in sizes {
+            out.set_item(PyBytes::new(py, &name), n)?;
         }
+        Ok(out)
     }
 
     /// The `k` nearest entries within `max_distance` as `(ids, distances)` arrays, without

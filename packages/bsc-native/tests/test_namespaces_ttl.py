@@ -124,3 +124,54 @@ def test_namespaces_and_ttls_survive_save_and_load(tmp_path: Path) -> None:
             b = loaded.lookup(code, max_distance=0, namespace=ns)
             assert (a is None) == (b is None) and (a is None or a[:3] == b[:3])
     assert loaded.stats()["namespaces"] == 2
+
+
+def test_exact_keys_are_per_namespace_replace_and_survive_a_save(tmp_path: Path) -> None:
+    store = CacheStore(code_bits=256, max_entries=100)
+    c = codes(3)
+    a = store.put(c[0], b"a", namespace="x", key=2**64 - 1)
+    b = store.put(c[1], b"b", namespace="y", key=2**64 - 1)
+    hit = store.lookup_key(2**64 - 1, namespace="x")
+    assert hit is not None and hit[0] == a and hit[1] == 0 and hit[2] == b"a"
+    assert store.lookup_key(2**64 - 1, namespace="y")[0] == b  # type: ignore[index]
+    assert store.lookup_key(2**64 - 1) is None  # the unnamed namespace
+    assert store.lookup_key(5, namespace="x") is None
+    assert store.stats()["hits"] == 2 and store.stats()["misses"] == 0  # a key miss counts nothing
+    # The same key in the same namespace replaces the entry.
+    a2 = store.put(c[2], b"a2", namespace="x", key=2**64 - 1)
+    assert a not in store and len(store) == 2 and store.stats()["evictions"] == 0
+    path = tmp_path / "k.bsc"
+    store.save(path)
+    loaded = CacheStore.load(path)
+    assert loaded.lookup_key(2**64 - 1, namespace="x")[0] == a2  # type: ignore[index]
+    assert loaded.delete(a2)
+    assert loaded.lookup_key(2**64 - 1, namespace="x") is None
+    assert loaded.namespaces() == {b"y": 1}
+    t = store.put(c[0], b"t", namespace="x", key=9, ttl=0.2)
+    assert store.lookup_key(9, namespace="x")[0] == t  # type: ignore[index]
+    time.sleep(0.25)
+    assert store.lookup_key(9, namespace="x") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "error"), [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError), ("k", TypeError)]
+)
+def test_bad_keys_are_refused(key: object, error: type[Exception]) -> None:
+    store = CacheStore(code_bits=256)
+    with pytest.raises(error, match="key"):
+        store.put(codes(1)[0], b"x", key=key)
+    assert len(store) == 0
+    with pytest.raises(error, match="key"):
+        store.lookup_key(key)
+
+
+def test_lookup_nearest_reports_the_best_candidate_beyond_the_radius() -> None:
+    store = CacheStore(code_bits=256)
+    query = np.zeros(4, dtype=np.uint64)
+    assert store.lookup_nearest(query, 10, namespace="a") == (None, None)
+    store.put(np.array([0xFFF, 0, 0, 0], dtype=np.uint64), b"x", namespace="a")  # 12 bits away
+    store.put(np.zeros(4, dtype=np.uint64), b"other", namespace="b")
+    assert store.lookup_nearest(query, 10, namespace="a") == (None, 12)
+    found, nearest = store.lookup_nearest(query, 12, namespace="a")
+    assert nearest == 12 and found is not None and found[2] == b"x" and found[1] == 12
+    assert store.stats()["hits"] == 1 and store.stats()["misses"] == 2

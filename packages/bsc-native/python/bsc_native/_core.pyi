@@ -173,10 +173,15 @@ class CacheStore:
         *,
         namespace: str | bytes | None = None,
         ttl: float | None = None,
+        key: int | None = None,
     ) -> int:
         """Store one code with its payload in ``namespace`` (``None``: the unnamed one; at most 1024 bytes),
         expiring after ``ttl`` seconds (``None``: never; kept in tenths of a second, rounded down). Expired
-        entries are removed first, then least-recently-used ones when full; return the new id."""
+        entries are removed first, then least-recently-used ones when full; return the new id.
+
+        ``key`` (an int in ``[1, 2**64)``; ``None`` or 0: none) makes the entry findable by ``lookup_key``
+        and replaces the live entry of ``namespace`` stored with the same key (deleted, not counted as an
+        eviction)."""
     def lookup(
         self,
         code: npt.NDArray[np.uint64],
@@ -188,6 +193,20 @@ class CacheStore:
         marked as used; counts a hit or a miss. Entries of other namespaces are never returned and never
         hide one of this namespace. A response of a loaded file that fails its checksum raises
         ``CorruptFileError``."""
+    def lookup_nearest(
+        self,
+        code: npt.NDArray[np.uint64],
+        max_distance: int | None = None,
+        *,
+        namespace: str | bytes | None = None,
+    ) -> tuple[_EntryTuple | None, int | None]:
+        """``lookup``, plus the distance of the nearest unexpired entry of ``namespace`` even beyond
+        ``max_distance`` (``None`` when it has none), from the same scan."""
+    def lookup_key(self, key: int, *, namespace: str | bytes | None = None) -> _EntryTuple | None:
+        """The unexpired entry of ``namespace`` stored with ``key``, marked as used (distance 0), or ``None``;
+        O(1). Counts a hit when found and nothing otherwise."""
+    def namespaces(self) -> dict[bytes, int]:
+        """Each namespace holding entries and how many (expired entries not yet removed count)."""
     def search(
         self,
         code: npt.NDArray[np.uint64],
