@@ -135,6 +135,11 @@ class LocalEmbedder:
     def model_name(self) -> str:
         return MODEL_NAME
 
+    @property
+    def max_tokens(self) -> int:
+        """Word pieces the model sees at most (longer texts are cut; see ``token_count``)."""
+        return MAX_TOKENS
+
     def token_count(self, text: str) -> int:
         """Word pieces the model sees for ``text``, including [CLS] and [SEP], after truncation."""
         with self._lock:

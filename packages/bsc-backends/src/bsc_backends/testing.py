@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Fault", "FakeOllamaServer", "FakeOpenAIServer", "word_embedding"]
+__all__ = ["Fault", "FakeOllamaServer", "FakeOpenAIServer", "WordEmbedder", "word_embedding"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -49,6 +49,53 @@ def word_embedding(text: str, dim: int) -> npt.NDArray[np.float32]:
     for word, count in collections.Counter(words).items():
         total += count * _word_vector(word, dim)
     return (total / np.linalg.norm(total)).astype(np.float32)
+
+
+class WordEmbedder:
+    """An in-process :class:`~bsc_backends.Embedder` for tests: :func:`word_embedding` of each
+    text, instantly, with no model, server or network. ``calls`` counts calls and ``texts`` the
+    texts embedded. With ``max_tokens``, it also reports ``token_count`` (words + 2, capped) as
+    the local embedder does, so prompts longer than a model's window can be tested."""
+
+    def __init__(self, dim: int = 64, *, max_tokens: int | None = None, name: str = "test-words") -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.dim = dim
+        self.name = name
+        self.calls = 0
+        self.texts = 0
+        self._lock = threading.Lock()
+        if max_tokens is not None:
+            self.max_tokens = max_tokens
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dim
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    def token_count(self, text: str) -> int:
+        return min(len(text.split()) + 2, getattr(self, "max_tokens", 1 << 62))
+
+    def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        with self._lock:
+            self.calls += 1
+            self.texts += len(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([word_embedding(text, self.dim) for text in texts])
+
+    def embed_text(self, text: str) -> npt.NDArray[np.float32]:
+        row: npt.NDArray[np.float32] = self.embed_texts([text])[0]
+        return row
+
+    async def aembed_text(self, text: str) -> npt.NDArray[np.float32]:
+        return self.embed_text(text)
+
+    async def aembed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return self.embed_texts(texts)
 
 
 @dataclass

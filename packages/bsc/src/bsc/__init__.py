@@ -1,6 +1,8 @@
 """bsc: a binary semantic cache for LLM applications.
 
-``BinarySemanticCache`` answers a prompt embedding from an earlier response when the two mean
+``SemanticCache`` answers a prompt from an earlier response when the two are the same prompt
+(the exact path) or mean the same thing (the semantic path); ``BinarySemanticCache`` answers a
+prompt embedding from an earlier response when the two mean
 the same thing, using 256-bit (by default) sign-projection codes searched by Hamming distance
 in the native ``bsc_native`` engine.
 """
@@ -8,6 +10,7 @@ in the native ``bsc_native`` engine.
 from bsc import _native  # noqa: F401  (refuses a bsc_native of another release)
 from bsc._version import NATIVE_VERSION, __version__
 from bsc.cache import BinarySemanticCache, CacheEntry, CacheStats
+from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
 from bsc_encoder import BinaryEncoder
 from bsc_native import (
     BscError,
@@ -32,9 +35,15 @@ __all__ = [
     "CorruptFileError",
     "EmptyFileError",
     "EncoderMismatchError",
+    "Hit",
     "IndexFullError",
     "NotACacheFileError",
+    "SemanticCache",
+    "SemanticStats",
     "TruncatedFileError",
     "UnsupportedVersionError",
     "__version__",
+    "chat_scope",
+    "normalize_prompt",
+    "semantic_cache",
 ]

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -136,21 +137,34 @@ class BinarySemanticCache:
         threshold = _check_threshold(similarity_threshold)
         ttl = _check_ttl(default_ttl)
         path = None if persist_path is None else Path(os.fspath(persist_path))
+        meta: dict[str, Any] = {}
         if path is not None and path.exists():
             # Raises EncoderMismatchError when the file holds another encoder's codes.
             store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
+            meta = _read_meta(path, store.meta)
             logger.info("loaded %d entries from %s", len(store), path)
         else:
             store = CacheStore(
                 code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
             )
-        self._setup(encoder, store, threshold, ttl)
+        self._setup(encoder, store, threshold, ttl, meta)
         if path is not None:
             self._persister = _Persister(self, path, persist_every, persist_interval)
 
-    def _setup(self, encoder: BinaryEncoder, store: CacheStore, threshold: float, default_ttl: float | None) -> None:
+    def _setup(
+        self,
+        encoder: BinaryEncoder,
+        store: CacheStore,
+        threshold: float,
+        default_ttl: float | None,
+        file_meta: dict[str, Any],
+    ) -> None:
         """The state every cache holds, whether made by ``__init__`` or ``load``."""
         self._encoder = encoder
+        # The settings of the file this cache was loaded from ({} for a new cache), and a hook
+        # through which a wrapper (SemanticCache) adds its own to every save.
+        self._file_meta = file_meta
+        self._meta_extra: Callable[[], dict[str, Any]] | None = None
         self._store = store
         # One tuple, replaced whole, so a concurrent reader never sees a threshold with the
         # radius of another.
@@ -316,6 +330,8 @@ class BinarySemanticCache:
                 "seed": self._encoder.seed,
             },
         }
+        if self._meta_extra is not None:
+            meta.update(self._meta_extra())
         return json.dumps(meta, sort_keys=True).encode()
 
     def save(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -361,7 +377,7 @@ class BinarySemanticCache:
         if similarity_threshold is None:
             similarity_threshold = meta.get("similarity_threshold", 0.80)
         cache = cls.__new__(cls)
-        cache._setup(encoder, store, _check_threshold(similarity_threshold), meta.get("default_ttl"))
+        cache._setup(encoder, store, _check_threshold(similarity_threshold), meta.get("default_ttl"), meta)
         return cache
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bsc._version import __version__
+from bsc_native import BscError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -25,6 +26,42 @@ def _demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not args.json,
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
+
+
+_LABELS = {
+    "size": "entries",
+    "max_size": "max entries",
+    "exact_hits": "exact hits",
+    "semantic_hits": "semantic hits",
+    "near_misses": "near misses",
+    "false_hit_reports": "false-hit reports",
+    "tokens_saved": "tokens saved",
+    "cost_saved": "cost saved",
+    "memory_bytes": "memory (bytes)",
+    "response_bytes": "responses (bytes)",
+    "file_bytes": "file (bytes)",
+}
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from bsc.semantic import describe_file
+
+    report = describe_file(args.path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    histogram = report.pop("similarity_histogram", None)
+    width = max(len(_LABELS.get(k, k.replace("_", " "))) for k in report)
+    for key, value in report.items():
+        if isinstance(value, float) and key in ("hit_rate",):
+            value = f"{value:.1%}"
+        print(f"{_LABELS.get(key, key.replace('_', ' ')):<{width}}  {value}")
+    if histogram:
+        print("best-candidate similarity (semantic lookups):")
+        top = max(histogram.values())
+        for edge, count in histogram.items():
+            print(f"  [{edge}, {float(edge) + 0.05:.2f})  {count:>8}  {'#' * max(1, round(30 * count / top))}")
     return 0
 
 
@@ -73,6 +110,16 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+    stats = commands.add_parser(
+        "stats",
+        help="print the counters and settings of a saved cache",
+        description="Print the size, hits (exact and semantic), misses, near misses, false-hit reports, "
+        "evictions, expirations, tokens and cost saved, memory and settings of a cache file written by "
+        "SemanticCache.save or BinarySemanticCache.save. Nothing is embedded; responses are not read.",
+    )
+    stats.add_argument("path", metavar="PATH", help="a cache file")
+    stats.add_argument("--json", action="store_true", help="print the report as JSON")
+    stats.set_defaults(run=_stats)
     return top
 
 
@@ -80,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (OSError, EOFError, ValueError) as exc:  # missing, unreadable, truncated or malformed data
+    except (OSError, EOFError, ValueError, BscError) as exc:  # missing, unreadable, truncated or malformed data
         print(f"bsc {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

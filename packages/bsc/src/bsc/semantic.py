@@ -1,0 +1,1132 @@
+"""``SemanticCache``: the text-level cache (prompts in, responses out).
+
+One lookup, in order (docs/SEMANTICS.md states the rule in full):
+
+1. the prompt, namespace and scope are checked; a request whose ``temperature`` is above
+   ``max_temperature`` bypasses the cache;
+2. the **exact path**: a 64-bit hash of the normalised prompt and its partition (namespace +
+   scope hash) is looked up in the native key table, O(1), before any embedding is computed;
+   the stored prompt is compared with the query, so a hash collision can never answer;
+3. the **semantic path**: the prompt is embedded, encoded to a binary code and the nearest entry
+   *of the same partition* is found inside the native scan; it answers if its estimated cosine
+   similarity reaches ``similarity_threshold``.
+
+Every entry is stored with its prompt, tags and usage in one record (``_pack``); the native
+engine keeps the partition, the TTL and the exact-match key beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import struct
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from bsc._codec import decode_response, encode_response
+from bsc.cache import BinarySemanticCache, _check_ttl
+from bsc_backends import Embedder
+from bsc_encoder import BinaryEncoder, hamming_to_cosine
+from bsc_native import CorruptFileError, EncoderMismatchError, NotACacheFileError
+
+logger = logging.getLogger("bsc")
+
+__all__ = [
+    "ANSWER_PARAMETERS",
+    "Hit",
+    "SemanticCache",
+    "SemanticStats",
+    "chat_scope",
+    "normalize_prompt",
+    "semantic_cache",
+]
+
+#: Namespaces: 1 to 128 characters, letters, digits and ``_ . : @ / + = -``, starting with a
+#: letter or digit. ``#`` and ``!`` are kept out: they separate the namespace from the scope
+#: hash in the engine's partition name.
+NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=\-]{0,127}")
+#: Tags: 1 to 128 printable characters without whitespace.
+TAG_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
+MAX_TAGS = 32
+DEFAULT_NAMESPACE = "default"
+#: Chat request parameters that change the answer; each is part of a chat request's scope.
+ANSWER_PARAMETERS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "seed",
+    "stop",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
+_RECORD_VERSION = 1
+_META_VERSION = 1
+# Histogram of the best candidate's similarity: 40 bins of 0.05 over [-1, 1].
+_BINS = 40
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def normalize_prompt(prompt: str) -> str:
+    """The form the exact path compares: Unicode NFKC, runs of whitespace as one space, no
+    leading or trailing whitespace. Case and punctuation are kept (they can change an answer)."""
+    return " ".join(unicodedata.normalize("NFKC", prompt).split())
+
+
+def _canonical(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must be JSON values (str, number, bool, None, lists, dicts): {err}") from None
+
+
+def _digest(text: str, size: int) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size, person=b"bsc-scope").digest()
+
+
+def _check_namespace(namespace: Any) -> str:
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, got {type(namespace).__name__}")
+    if not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise ValueError(
+            f"namespace {namespace!r} is invalid: use 1 to 128 letters, digits and _ . : @ / + = -, "
+            "starting with a letter or digit"
+        )
+    return namespace
+
+
+def _check_prompt(prompt: Any, limit: int) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty (or only whitespace): there is nothing to match")
+    if len(prompt) > limit:
+        raise ValueError(f"prompt has {len(prompt):,} characters, more than max_prompt_chars={limit:,}")
+    return prompt
+
+
+def _check_tags(tags: Any) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        tags = (tags,)
+    if not isinstance(tags, Iterable):
+        raise TypeError(f"tags must be an iterable of str, got {type(tags).__name__}")
+    out = tuple(dict.fromkeys(tags))
+    for tag in out:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags must be str, got {type(tag).__name__}")
+        if not TAG_PATTERN.fullmatch(tag):
+            raise ValueError(f"tag {tag!r} is invalid: use 1 to 128 printable characters without whitespace")
+    if len(out) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per entry, got {len(out)}")
+    return out
+
+
+def _check_entry_ttl(ttl: Any) -> float | None:
+    try:
+        return _check_ttl(ttl)
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err).replace("default_ttl", "ttl")) from None
+
+
+def _tokens_of(usage: Any) -> int:
+    """Total tokens from an int, a mapping or an object with ``total_tokens`` (or
+    ``prompt_tokens`` + ``completion_tokens``), as the OpenAI SDK and Ollama report them."""
+    if usage is None:
+        return 0
+    if isinstance(usage, bool):
+        raise TypeError("usage must be an int, a mapping or a usage object, got bool")
+    if isinstance(usage, int):
+        total = usage
+    else:
+
+        def get(name: str) -> Any:
+            return usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+
+        total = get("total_tokens")
+        if total is None:
+            parts = [get("prompt_tokens"), get("completion_tokens")]
+            if all(p is None for p in parts):
+                raise TypeError(f"usage {usage!r} has no total_tokens, prompt_tokens or completion_tokens")
+            total = sum(int(p) for p in parts if p is not None)
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"usage must count a non-negative whole number of tokens, got {total!r}")
+    return total
+
+
+def _check_cost(cost: Any) -> float:
+    if cost is None:
+        return 0.0
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+        raise ValueError(f"cost must be a finite number >= 0 (e.g. US dollars), got {cost!r}")
+    return float(cost)
+
+
+def _pack(prompt: str, tags: tuple[str, ...], tokens: int, cost: float, response: bytes) -> bytes:
+    """One record: version byte, u32 header length, the header as JSON, the encoded response."""
+    header = {"p": prompt, "t": list(tags), "u": tokens, "c": cost}
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    return struct.pack("<BI", _RECORD_VERSION, len(raw)) + raw + response
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    prompt: str
+    tags: tuple[str, ...]
+    tokens: int
+    cost: float
+    response: bytes
+
+
+def _unpack(payload: bytes) -> _Record:
+    try:
+        version, length = struct.unpack_from("<BI", payload)
+        if version != _RECORD_VERSION:
+            raise ValueError(f"record version {version}")
+        header = json.loads(payload[5 : 5 + length].decode("utf-8", "surrogatepass"))
+        return _Record(header["p"], tuple(header["t"]), int(header["u"]), float(header["c"]), payload[5 + length :])
+    except (struct.error, ValueError, KeyError, TypeError) as err:
+        raise CorruptFileError(f"a cache record is not a SemanticCache record ({err})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A cached answer.
+
+    ``similarity`` is 1.0 for an exact hit (the same normalised prompt) and otherwise the cosine
+    similarity estimated from the binary codes; ``prompt`` is the stored prompt that answered.
+    Pass a wrong one to :meth:`SemanticCache.mark_wrong`."""
+
+    response: Any
+    similarity: float
+    exact: bool
+    prompt: str
+    id: int
+    namespace: str
+    tags: tuple[str, ...]
+    created_at: float
+    access_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticStats:
+    """What a :class:`SemanticCache` has done.
+
+    ``hits = exact_hits + semantic_hits``; ``lookups = hits + misses + bypassed``; ``hit_rate``
+    is ``hits / lookups``. ``near_misses`` are misses whose best candidate was within
+    ``near_miss_margin`` under the threshold (a threshold set too high shows up here).
+    ``similarity_histogram`` counts the best candidate's similarity on the semantic path in bins
+    of 0.05, keyed by each bin's lower edge (``"0.80"`` is [0.80, 0.85)). ``tokens_saved`` and
+    ``cost_saved`` add up the usage stored with each entry that answered."""
+
+    size: int
+    max_size: int
+    lookups: int
+    hits: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    near_misses: int
+    bypassed: int
+    hit_rate: float
+    false_hit_reports: int
+    evictions: int
+    expirations: int
+    namespaces: int
+    tokens_saved: int
+    cost_saved: float
+    memory_bytes: int
+    response_bytes: int
+    similarity_histogram: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_COUNTERS = (
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "near_misses",
+    "bypassed",
+    "false_hit_reports",
+    "tokens_saved",
+    "cost_saved",
+)
+
+
+class _Metrics:
+    """The Python-side counters (the engine keeps size, evictions and expirations)."""
+
+    def __init__(self, saved: Mapping[str, Any] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.values: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
+        self.histogram = [0] * _BINS
+        if saved:
+            for name in _COUNTERS:
+                value = saved.get(name, 0)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise ValueError(f"counter {name} is {value!r}")
+                self.values[name] = value
+            histogram = saved.get("histogram", [0] * _BINS)
+            if (
+                not isinstance(histogram, list)
+                or len(histogram) != _BINS
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in histogram)
+            ):
+                raise ValueError("the similarity histogram is malformed")
+            self.histogram = histogram
+
+    def add(self, name: str, amount: float = 1) -> None:
+        with self.lock:
+            self.values[name] += amount
+
+    def observe(self, similarity: float) -> None:
+        slot = min(_BINS - 1, max(0, int((similarity + 1.0) * _BINS / 2.0)))
+        with self.lock:
+            self.histogram[slot] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {**self.values, "histogram": list(self.histogram)}
+
+
+def chat_scope(messages: Sequence[Mapping[str, Any]], *, model: str, **params: Any) -> tuple[str, dict[str, Any]]:
+    """Split a chat request into the text matched semantically and the scope matched exactly.
+
+    Returns ``(prompt, scope)``: ``prompt`` is the text of the last message, which must be the
+    user's; ``scope`` holds the model, every parameter of :data:`ANSWER_PARAMETERS` given in
+    ``params`` (others, such as ``stream`` or ``user``, do not change the answer and are left
+    out), and a hash of every earlier message (the system prompt and all earlier turns) and of
+    any non-text part of the last one. Two requests can share an answer only if their scopes
+    are equal: the same model, parameters, system prompt and conversation so far.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError("model must be a non-empty str")
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:  # type: ignore[unreachable]
+        raise ValueError("messages must be a non-empty list of chat messages")
+    last = messages[-1]
+    if not isinstance(last, Mapping) or last.get("role") != "user":
+        raise ValueError("the last message must be the user's ({'role': 'user', 'content': ...})")
+    content = last.get("content")
+    other_parts: list[Any] = []
+    if isinstance(content, str):
+        prompt = content
+    elif isinstance(content, Sequence) and not isinstance(content, (str, bytes)):
+        texts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                other_parts.append(part)  # images, audio, files: matched exactly, through the scope
+        prompt = "\n".join(texts)
+    else:
+        raise ValueError("the last message's content must be a str or a list of content parts")
+    earlier = [dict(m) for m in messages[:-1]]
+    rest = {k: v for k, v in last.items() if k not in ("content", "role")}
+    context = _canonical([earlier, other_parts, rest], "chat messages")
+    scope: dict[str, Any] = {"model": model, "context": _digest(context, 16).hex()}
+    for name in ANSWER_PARAMETERS:
+        if name in params and params[name] is not None:
+            scope[name] = params[name]
+    _canonical(scope, "chat parameters")
+    return prompt, scope
+
+
+class SemanticCache:
+    """A semantic cache keyed by prompt text.
+
+    ``lookup(prompt)`` answers from an earlier ``store``d response when the prompt is the same
+    after normalisation (the exact path, no embedding computed) or means the same (the semantic
+    path: estimated cosine similarity of the embeddings at least ``similarity_threshold``).
+    ``namespace`` and keyword ``scope`` values partition the cache: a lookup only ever sees
+    entries stored with the same namespace and the same scope.
+
+    Args:
+        embedder: any :class:`bsc.embeddings.Embedder`; default the offline
+            :class:`~bsc.embeddings.LocalEmbedder` (all-MiniLM-L6-v2).
+        similarity_threshold: minimum estimated cosine similarity for a semantic hit.
+        max_entries: entries kept; the least recently used one is evicted beyond it.
+        code_bits, seed: the binary encoder's code length and projection seed.
+        default_ttl: seconds an entry lives when ``store`` gives no ``ttl`` (``None``: forever).
+        max_temperature: requests with a ``temperature`` scope value above it bypass the cache
+            (``lookup`` returns ``None``, ``store`` stores nothing).
+        near_miss_margin: a miss whose best candidate is within this much under the threshold
+            counts as a near miss.
+        max_prompt_chars: longer prompts are refused with ``ValueError``.
+        persist_path, persist_every, persist_interval: as for :class:`BinarySemanticCache`.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        similarity_threshold: float = 0.80,
+        *,
+        max_entries: int = 10_000,
+        code_bits: int = 256,
+        seed: int = 42,
+        default_ttl: float | None = None,
+        max_temperature: float = 1.0,
+        near_miss_margin: float = 0.05,
+        max_prompt_chars: int = 100_000,
+        persist_path: str | os.PathLike[str] | None = None,
+        persist_every: int | None = 1000,
+        persist_interval: float | None = 60.0,
+    ) -> None:
+        if embedder is None:
+            from bsc_backends import default_embedder
+
+            embedder = default_embedder()
+        dim = _embedder_dim(embedder)
+        encoder = BinaryEncoder(dim, code_bits, seed)
+        cache = BinarySemanticCache(
+            encoder,
+            max_entries=max_entries,
+            similarity_threshold=similarity_threshold,
+            default_ttl=default_ttl,
+            persist_path=persist_path,
+            persist_every=persist_every,
+            persist_interval=persist_interval,
+        )
+        self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars)
+
+    def _setup(
+        self,
+        embedder: Embedder,
+        cache: BinarySemanticCache,
+        max_temperature: float,
+        near_miss_margin: float,
+        max_prompt_chars: int,
+    ) -> None:
+        for name, value in (("max_temperature", max_temperature), ("near_miss_margin", near_miss_margin)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(max_prompt_chars, bool) or not isinstance(max_prompt_chars, int) or max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be a positive int, got {max_prompt_chars!r}")
+        saved = cache._file_meta.get("semantic")
+        if cache._file_meta and saved is None and len(cache):
+            cache.close()
+            raise NotACacheFileError(
+                "the file holds a BinarySemanticCache (embedding-level entries): open it with "
+                "BinarySemanticCache.load, or use another path"
+            )
+        if saved is not None and not isinstance(saved, dict):
+            raise CorruptFileError("the file's SemanticCache settings are not a JSON object")
+        saved = saved or {}
+        model = saved.get("embedder")
+        if model is not None and model != embedder.model_name:
+            cache.close()
+            raise EncoderMismatchError(
+                f"the file's entries were embedded by {model!r}, this cache's embedder is {embedder.model_name!r}: "
+                "their embeddings are not comparable"
+            )
+        try:
+            self._metrics = _Metrics(saved.get("metrics"))
+        except ValueError as err:
+            raise CorruptFileError(f"the file's SemanticCache metrics are malformed: {err}") from None
+        self._embedder = embedder
+        self._cache = cache
+        self._store = cache._store
+        self._max_temperature = float(max_temperature)
+        self._near_miss_margin = float(near_miss_margin)
+        self._max_prompt_chars = max_prompt_chars
+        self._tags: dict[str, set[int]] | None = None if len(cache) else {}
+        self._tag_lock = threading.Lock()
+        cache._meta_extra = self._meta
+
+    # -- settings ----------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    @property
+    def binary(self) -> BinarySemanticCache:
+        """The embedding-level cache underneath (its entries hold SemanticCache records)."""
+        return self._cache
+
+    @property
+    def similarity_threshold(self) -> float:
+        return self._cache.similarity_threshold
+
+    @similarity_threshold.setter
+    def similarity_threshold(self, value: float) -> None:
+        self._cache.similarity_threshold = value
+
+    @property
+    def max_entries(self) -> int:
+        return self._cache.max_entries
+
+    @property
+    def max_temperature(self) -> float:
+        return self._max_temperature
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._cache
+
+    def __repr__(self) -> str:
+        return (
+            f"SemanticCache(embedder={self._embedder.model_name!r}, similarity_threshold={self.similarity_threshold}, "
+            f"max_entries={self.max_entries}, len={len(self)})"
+        )
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _bypass(self, scope: Mapping[str, Any]) -> bool:
+        temperature = scope.get("temperature")
+        if temperature is None:
+            return False
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a finite number, got {temperature!r}")
+        return temperature > self._max_temperature
+
+    @staticmethod
+    def _partition(namespace: str, scope: Mapping[str, Any]) -> str:
+        """The engine's partition name: the namespace, ``#`` and a hash of the scope."""
+        scope_hash = _digest(_canonical(dict(scope), "scope values"), 12).hex() if scope else ""
+        return f"{namespace}#{scope_hash}"
+
+    @staticmethod
+    def _key(partition: str, normalized: str) -> int:
+        key = int.from_bytes(_digest(f"{partition}\x00{normalized}", 8), "little")
+        return key or 1
+
+    def _fits(self, prompt: str) -> bool:
+        """Whether the embedder sees the whole prompt. A prompt cut to the model's window would be
+        matched by its beginning alone, so such prompts are answered by the exact path only.
+        (Each word piece covers at least one character, so short prompts need no counting.)"""
+        limit = getattr(self._embedder, "max_tokens", None)
+        count = getattr(self._embedder, "token_count", None)
+        if not isinstance(limit, int) or count is None or len(prompt) < limit - 2:
+            return True
+        return bool(count(prompt) < limit)
+
+    def _prepare(self, prompt: Any, namespace: Any, scope: Mapping[str, Any]) -> tuple[str, str, str] | None:
+        """Checks; ``(prompt, partition, normalised prompt)``, or ``None`` to bypass."""
+        prompt = _check_prompt(prompt, self._max_prompt_chars)
+        namespace = _check_namespace(namespace)
+        partition = self._partition(namespace, scope)
+        if self._bypass(scope):
+            return None
+        return prompt, partition, normalize_prompt(prompt)
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def _hit(self, found: tuple[Any, ...], record: _Record, partition: str, similarity: float, exact: bool) -> Hit:
+        entry_id, _, _, created_at, _, access_count = found
+        return Hit(
+            response=decode_response(record.response),
+            similarity=similarity,
+            exact=exact,
+            prompt=record.prompt,
+            id=entry_id,
+            namespace=partition.split("#", 1)[0],
+            tags=record.tags,
+            created_at=created_at,
+            access_count=access_count,
+        )
+
+    def _exact(self, partition: str, normalized: str) -> Hit | None:
+        for part in (partition, partition + "!"):
+            found = self._store.lookup_key(self._key(part, normalized), namespace=part)
+            if found is None:
+                continue
+            record = _unpack(found[2])
+            if normalize_prompt(record.prompt) != normalized:
+                continue  # a 64-bit hash collision: never answers
+            hit = self._hit(found, record, partition, 1.0, exact=True)
+            self._metrics.add("exact_hits")
+            self._served(record)
+            return hit
+        return None
+
+    def _served(self, record: _Record) -> None:
+        if record.tokens:
+            self._metrics.add("tokens_saved", record.tokens)
+        if record.cost:
+            self._metrics.add("cost_saved", record.cost)
+        persister = self._cache._persister
+        if persister is not None:
+            persister.changed()
+
+    def _semantic(self, prompt: str, partition: str, embedding: Any) -> Hit | None:
+        if embedding is None:  # the prompt is longer than the embedder's window
+            self._metrics.add("misses")
+            logger.debug("bsc: miss in %s (prompt longer than the embedder's window: exact match only)", partition)
+            return None
+        code = self._cache._code(embedding)
+        threshold, radius = self._cache._rule
+        bits = self._cache.code_bits
+        found, nearest = self._store.lookup_nearest(code, radius, namespace=partition)
+        best = None if nearest is None else float(hamming_to_cosine(nearest, bits))
+        if best is not None:
+            self._metrics.observe(best)
+        if found is None:
+            self._metrics.add("misses")
+            if best is not None and best >= threshold - self._near_miss_margin:
+                self._metrics.add("near_misses")
+            logger.debug("bsc: miss in %s (best similarity %s)", partition, best)
+            return None
+        record = _unpack(found[2])
+        hit = self._hit(found, record, partition, float(hamming_to_cosine(found[1], bits)), exact=False)
+        self._metrics.add("semantic_hits")
+        self._served(record)
+        logger.debug("bsc: semantic hit in %s (similarity %.3f, entry %d)", partition, hit.similarity, hit.id)
+        return hit
+
+    def lookup(self, prompt: str, *, namespace: str = DEFAULT_NAMESPACE, **scope: Any) -> Hit | None:
+        """The cached answer for ``prompt`` in ``namespace`` and ``scope``, or ``None``.
+
+        ``scope``: keyword values (JSON: str, numbers, bool, None, lists, dicts) that must be equal
+        for an entry to answer, e.g. ``model="gpt-4o-mini", user_id=42``; see :func:`chat_scope`
+        for chat requests. Raises ``TypeError``/``ValueError`` for a bad prompt, namespace or
+        scope value."""
+        prepared = self._prepare(prompt, namespace, scope)
+        if prepared is None:
+            self._metrics.add("bypassed")
+            return None
+        prompt, partition, normalized = prepared
+        hit = self._exact(partition, normalized)
+        if hit is not None:
+            return hit
+        return self._semantic(prompt, partition, self._embed_one(prompt))
+
+    def _embed_one(self, prompt: str) -> Any:
+        return self._embedder.embed_text(prompt) if self._fits(prompt) else None
+
+    def lookup_many(
+        self, prompts: Sequence[str], *, namespace: str = DEFAULT_NAMESPACE, **scope: Any
+    ) -> list[Hit | None]:
+        """:meth:`lookup` for each prompt; the prompts the exact path does not answer are
+        embedded in one batch."""
+        prepared = [self._prepare(p, namespace, scope) for p in _as_list(prompts, "prompts")]
+        out: list[Hit | None] = [None] * len(prepared)
+        todo: list[int] = []
+        for i, item in enumerate(prepared):
+            if item is None:
+                self._metrics.add("bypassed")
+                continue
+            out[i] = self._exact(item[1], item[2])
+            if out[i] is None:
+                todo.append(i)
+        embeddings = self._embed_batch([prepared[i][0] for i in todo])  # type: ignore[index]
+        for i, embedding in zip(todo, embeddings, strict=True):
+            prompt, partition, _ = prepared[i]  # type: ignore[misc]
+            out[i] = self._semantic(prompt, partition, embedding)
+        return out
+
+    def _embed_batch(self, prompts: list[str]) -> list[Any]:
+        fits = [self._fits(p) for p in prompts]
+        wanted = [p for p, ok in zip(prompts, fits, strict=True) if ok]
+        vectors: Iterator[Any] = iter(self._embedder.embed_texts(wanted) if wanted else [])
+        return [next(vectors) if ok else None for ok in fits]
+
+    # -- store -------------------------------------------------------------------------------
+
+    def _record(
+        self, prompt: Any, response: Any, namespace: Any, ttl: Any, tags: Any, usage: Any, cost: Any, scope: Any
+    ) -> tuple[str, str, str, bytes, float | None, tuple[str, ...]] | None:
+        """Every check of a store, before anything is embedded or stored."""
+        prepared = self._prepare(prompt, namespace, scope)
+        checked_ttl = _check_entry_ttl(ttl)
+        checked_tags = _check_tags(tags)
+        tokens, price = _tokens_of(usage), _check_cost(cost)
+        payload = encode_response(response)  # TypeError for what cannot be stored
+        if prepared is None:
+            return None
+        prompt, partition, normalized = prepared
+        record = _pack(prompt, checked_tags, tokens, price, payload)
+        return prompt, partition, normalized, record, checked_ttl, checked_tags
+
+    def _put(
+        self,
+        item: tuple[str, str, str, bytes, float | None, tuple[str, ...]],
+        embedding: Any,
+    ) -> int:
+        _, partition, normalized, record, ttl, tags = item
+        if embedding is None:
+            # Longer than the embedder's window: kept apart, answered by the exact path only.
+            partition += "!"
+            embedding = np.zeros(self._cache.encoder.embedding_dim, dtype=np.float32)
+            embedding[0] = 1.0
+        code = self._cache._code(embedding)
+        if ttl is None:
+            ttl = self._cache.default_ttl
+        entry_id = int(
+            self._store.put(code, record, namespace=partition, ttl=ttl, key=self._key(partition, normalized))
+        )
+        if tags:
+            with self._tag_lock:
+                if self._tags is not None:
+                    for tag in tags:
+                        self._tags.setdefault(tag, set()).add(entry_id)
+        persister = self._cache._persister
+        if persister is not None:
+            persister.changed(put=True)
+        logger.debug("bsc: stored entry %d in %s", entry_id, partition)
+        return entry_id
+
+    def store(
+        self,
+        prompt: str,
+        response: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+        **scope: Any,
+    ) -> int | None:
+        """Store ``response`` for ``prompt``; return the new entry's id (``None`` if the request
+        bypasses the cache by its temperature).
+
+        ``response``: ``str``, ``bytes`` or a JSON value. ``ttl``: seconds (default
+        ``default_ttl``). ``tags``: names to delete it by later (:meth:`delete_tag`). ``usage``
+        (tokens: an int, or the LLM's usage object or dict) and ``cost`` (any currency) are what
+        a later hit saves. An entry with the same normalised prompt, namespace and scope is
+        replaced. Bad input raises ``TypeError``/``ValueError`` and stores nothing."""
+        item = self._record(prompt, response, namespace, ttl, tags, usage, cost, scope)
+        if item is None:
+            return None
+        return self._put(item, self._embed_one(item[0]))
+
+    def store_many(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[Any],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        **scope: Any,
+    ) -> list[int | None]:
+        """:meth:`store` for each pair, embedded in one batch. Every pair is checked before any
+        is stored: one bad pair stores none."""
+        prompts, responses = _as_list(prompts, "prompts"), _as_list(responses, "responses")
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        items = [
+            self._record(p, r, namespace, ttl, tags, None, None, scope) for p, r in zip(prompts, responses, strict=True)
+        ]
+        live = [i for i, item in enumerate(items) if item is not None]
+        embeddings = self._embed_batch([items[i][0] for i in live])  # type: ignore[index]
+        out: list[int | None] = [None] * len(items)
+        for i, embedding in zip(live, embeddings, strict=True):
+            out[i] = self._put(items[i], embedding)  # type: ignore[arg-type]
+        return out
+
+    # -- async -------------------------------------------------------------------------------
+
+    async def alookup(self, prompt: str, *, namespace: str = DEFAULT_NAMESPACE, **scope: Any) -> Hit | None:
+        """Async :meth:`lookup`: the exact path runs inline (microseconds), the embedding through
+        the embedder's async method, and the native scan in a worker thread, so the event loop
+        is never blocked by a scan of a large cache."""
+        prepared = self._prepare(prompt, namespace, scope)
+        if prepared is None:
+            self._metrics.add("bypassed")
+            return None
+        prompt, partition, normalized = prepared
+        hit = self._exact(partition, normalized)
+        if hit is not None:
+            return hit
+        embedding = await self._embedder.aembed_text(prompt) if self._fits(prompt) else None
+        return await asyncio.to_thread(self._semantic, prompt, partition, embedding)
+
+    async def astore(
+        self,
+        prompt: str,
+        response: Any,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+        **scope: Any,
+    ) -> int | None:
+        """Async :meth:`store`: embedding through the embedder's async method, the native put in a
+        worker thread."""
+        item = self._record(prompt, response, namespace, ttl, tags, usage, cost, scope)
+        if item is None:
+            return None
+        embedding = await self._embedder.aembed_text(item[0]) if self._fits(item[0]) else None
+        return await asyncio.to_thread(self._put, item, embedding)
+
+    # -- chat requests -----------------------------------------------------------------------
+
+    def lookup_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, model: str, namespace: str = DEFAULT_NAMESPACE, **params: Any
+    ) -> Hit | None:
+        """:meth:`lookup` for a chat request: the last user message is matched semantically; the
+        model, the answer-changing parameters and every earlier message must be equal
+        (:func:`chat_scope`)."""
+        prompt, scope = chat_scope(messages, model=model, **params)
+        return self.lookup(prompt, namespace=namespace, **scope)
+
+    def store_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        response: Any,
+        *,
+        model: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+        **params: Any,
+    ) -> int | None:
+        """:meth:`store` for a chat request (see :meth:`lookup_chat`)."""
+        prompt, scope = chat_scope(messages, model=model, **params)
+        return self.store(prompt, response, namespace=namespace, ttl=ttl, tags=tags, usage=usage, cost=cost, **scope)
+
+    # -- invalidation ------------------------------------------------------------------------
+
+    def delete(self, entry_id: int) -> bool:
+        """Remove an entry by id; return whether it was present."""
+        return self._cache.delete(entry_id)
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Remove every entry of ``namespace``, of every scope; return how many."""
+        namespace = _check_namespace(namespace)
+        prefix = f"{namespace}#".encode()
+        removed = 0
+        for name in self._store.namespaces():
+            if name.startswith(prefix):
+                removed += self._cache.delete_namespace(name)
+        return removed
+
+    def _tag_index(self) -> dict[str, set[int]]:
+        """Tag -> ids, built from the stored records on first need after a load, and rebuilt
+        when ids of entries removed since (evicted, expired) outnumber the live ones."""
+        with self._tag_lock:
+            tags = self._tags
+            if tags is not None and sum(map(len, tags.values())) <= 2 * len(self) + 1024:
+                return tags
+        index: dict[str, set[int]] = {}
+        for entry_id in self._store.lru_ids().tolist():
+            found = self._store.peek(entry_id)
+            if found is None:
+                continue
+            for tag in _unpack(found[2]).tags:
+                index.setdefault(tag, set()).add(entry_id)
+        with self._tag_lock:
+            self._tags = index
+            return index
+
+    def delete_tag(self, tag: str) -> int:
+        """Remove every entry stored with ``tag``; return how many."""
+        (tag,) = _check_tags([tag])
+        index = self._tag_index()
+        with self._tag_lock:
+            ids = index.pop(tag, set())
+        return sum(self._cache.delete(entry_id) for entry_id in ids)
+
+    def mark_wrong(self, hit: Hit) -> bool:
+        """Report a wrong answer: the entry that gave it is removed, so it is never served again,
+        and ``false_hit_reports`` counts it. Returns whether the entry was still there."""
+        if not isinstance(hit, Hit):
+            raise TypeError(f"mark_wrong takes a bsc.Hit, got {type(hit).__name__}")
+        self._metrics.add("false_hit_reports")
+        logger.warning(
+            "bsc: false hit reported in %s: entry %d (similarity %.3f, %s) removed",
+            hit.namespace,
+            hit.id,
+            hit.similarity,
+            "exact" if hit.exact else "semantic",
+        )
+        return self._cache.delete(hit.id)
+
+    def purge_expired(self) -> int:
+        return self._cache.purge_expired()
+
+    def clear(self) -> None:
+        self._cache.clear()
+        with self._tag_lock:
+            self._tags = {}
+
+    # -- stats and persistence ---------------------------------------------------------------
+
+    def stats(self) -> SemanticStats:
+        """Counters and sizes; ``namespaces`` counts namespaces holding entries (of any scope)."""
+        return _stats(self._store.stats(), self._metrics.snapshot(), _namespace_count(self._store.namespaces()))
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "semantic": {
+                "version": _META_VERSION,
+                "embedder": self._embedder.model_name,
+                "max_temperature": self._max_temperature,
+                "near_miss_margin": self._near_miss_margin,
+                "max_prompt_chars": self._max_prompt_chars,
+                "metrics": self._metrics.snapshot(),
+            }
+        }
+
+    @property
+    def persist_path(self) -> Path | None:
+        return self._cache.persist_path
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write the cache to one crash-safe file (see :meth:`BinarySemanticCache.save`), with
+        its settings and counters."""
+        self._cache.save(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        embedder: Embedder | None = None,
+        *,
+        max_entries: int | None = None,
+        similarity_threshold: float | None = None,
+        verify: bool = False,
+    ) -> SemanticCache:
+        """Open a cache saved by :meth:`save`. ``embedder`` (default the local one) must be the
+        model the file's entries were embedded by (``EncoderMismatchError`` otherwise)."""
+        if embedder is None:
+            from bsc_backends import default_embedder
+
+            embedder = default_embedder()
+        cache = BinarySemanticCache.load(
+            path, max_entries=max_entries, similarity_threshold=similarity_threshold, verify=verify
+        )
+        if cache.encoder.embedding_dim != _embedder_dim(embedder):
+            raise EncoderMismatchError(
+                f"{path}: its codes come from {cache.encoder.embedding_dim}-dimensional embeddings, "
+                f"this embedder makes {embedder.embedding_dim}"
+            )
+        saved = cache._file_meta.get("semantic") or {}
+        out = cls.__new__(cls)
+        out._setup(
+            embedder,
+            cache,
+            saved.get("max_temperature", 1.0),
+            saved.get("near_miss_margin", 0.05),
+            saved.get("max_prompt_chars", 100_000),
+        )
+        return out
+
+    def close(self) -> None:
+        """Stop background saving and save a last time (with ``persist_path``)."""
+        self._cache.close()
+
+    def __enter__(self) -> SemanticCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _embedder_dim(embedder: Any) -> int:
+    for name in ("embedding_dim", "model_name", "embed_text", "embed_texts"):
+        if not hasattr(embedder, name):
+            raise TypeError(f"embedder must implement bsc.embeddings.Embedder; {type(embedder).__name__} has no {name}")
+    dim = embedder.embedding_dim
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise TypeError(f"embedder.embedding_dim must be a positive int, got {dim!r}")
+    return dim
+
+
+def _as_list(values: Any, what: str) -> list[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a list, got {type(values).__name__}")
+    return list(values)
+
+
+def _namespace_count(partitions: Mapping[bytes, int]) -> int:
+    return len({name.split(b"#", 1)[0] for name in partitions})
+
+
+def _stats(raw: Mapping[str, Any], metrics: Mapping[str, Any], namespaces: int) -> SemanticStats:
+    exact, semantic = int(metrics["exact_hits"]), int(metrics["semantic_hits"])
+    misses, bypassed = int(metrics["misses"]), int(metrics["bypassed"])
+    lookups = exact + semantic + misses + bypassed
+    histogram = {f"{-1.0 + 2.0 * i / _BINS:.2f}": n for i, n in enumerate(metrics["histogram"]) if n}
+    return SemanticStats(
+        size=raw["size"],
+        max_size=raw["max_entries"],
+        lookups=lookups,
+        hits=exact + semantic,
+        exact_hits=exact,
+        semantic_hits=semantic,
+        misses=misses,
+        near_misses=int(metrics["near_misses"]),
+        bypassed=bypassed,
+        hit_rate=(exact + semantic) / lookups if lookups else 0.0,
+        false_hit_reports=int(metrics["false_hit_reports"]),
+        evictions=raw["evictions"],
+        expirations=raw["expirations"],
+        namespaces=namespaces,
+        tokens_saved=int(metrics["tokens_saved"]),
+        cost_saved=float(metrics["cost_saved"]),
+        memory_bytes=raw["memory_bytes"],
+        response_bytes=raw["response_bytes"],
+        similarity_histogram=histogram,
+    )
+
+
+def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``bsc stats PATH`` prints: the counters and settings of a saved cache, read without
+    an embedder (nothing is embedded, responses are not read)."""
+    from bsc.cache import _read_meta
+    from bsc_native import CacheStore
+
+    file = Path(os.fspath(path))
+    store = CacheStore.load(file)
+    meta = _read_meta(file, store.meta)
+    raw = store.stats()
+    report: dict[str, Any] = {"file": str(file), "file_bytes": file.stat().st_size}
+    semantic = meta.get("semantic")
+    encoder = meta.get("encoder") or {}
+    common = {
+        "bsc_version": meta.get("bsc_version"),
+        "similarity_threshold": meta.get("similarity_threshold"),
+        "default_ttl": meta.get("default_ttl"),
+        "code_bits": store.code_bits,
+        "embedding_dim": encoder.get("embedding_dim"),
+    }
+    if isinstance(semantic, dict):
+        try:
+            metrics = _Metrics(semantic.get("metrics")).snapshot()
+        except ValueError as err:
+            raise CorruptFileError(f"{file}: its SemanticCache metrics are malformed: {err}") from None
+        stats = _stats(raw, metrics, _namespace_count(store.namespaces()))
+        report.update(kind="SemanticCache", embedder=semantic.get("embedder"), **common, **stats.as_dict())
+    else:
+        lookups = raw["hits"] + raw["misses"]
+        report.update(
+            kind="BinarySemanticCache",
+            **common,
+            size=raw["size"],
+            max_size=raw["max_entries"],
+            lookups=lookups,
+            hits=raw["hits"],
+            misses=raw["misses"],
+            hit_rate=raw["hits"] / lookups if lookups else 0.0,
+            evictions=raw["evictions"],
+            expirations=raw["expirations"],
+            namespaces=raw["namespaces"],
+            memory_bytes=raw["memory_bytes"],
+            response_bytes=raw["response_bytes"],
+        )
+    return report
+
+
+def semantic_cache(
+    cache: SemanticCache | Callable[[], SemanticCache] | None = None,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    ttl: float | None = None,
+    tags: Iterable[str] | None = None,
+) -> Callable[[F], F]:
+    """Cache a function whose first argument is the prompt, sync or ``async``.
+
+    Its other arguments (defaults applied) and its qualified name form the scope, so calls with
+    other arguments never share an answer; they must be JSON values (``TypeError`` otherwise).
+    ``cache``: a :class:`SemanticCache`, a function returning one (called on first use), or
+    ``None`` for a ``SemanticCache()`` made on first use; the wrapper's ``cache()`` returns it.
+    Return values must be ``str``, ``bytes`` or JSON values::
+
+        @semantic_cache()
+        def answer(question: str, model: str = "gpt-4o-mini") -> str: ...
+    """
+    checked_namespace = _check_namespace(namespace)
+    checked_tags = _check_tags(tags)
+    checked_ttl = _check_entry_ttl(ttl)
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        if not signature.parameters:
+            raise TypeError(f"{fn.__qualname__} takes no arguments: its first argument must be the prompt")
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        lock = threading.Lock()
+        made: list[SemanticCache] = []
+
+        def get_cache() -> SemanticCache:
+            with lock:
+                if not made:
+                    if isinstance(cache, SemanticCache):
+                        made.append(cache)
+                    else:
+                        made.append(cache() if cache is not None else SemanticCache())
+                return made[0]
+
+        def split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = list(bound.arguments.items())
+            prompt = values[0][1]
+            scope = {"function": name, "arguments": dict(values[1:])}
+            _canonical(scope["arguments"], f"the arguments of {fn.__qualname__} (the cache scope)")
+            return prompt, {"scope": scope}
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                prompt, scope = split(args, kwargs)
+                target = get_cache()
+                hit = await target.alookup(prompt, namespace=checked_namespace, **scope)
+                if hit is not None:
+                    return hit.response
+                result = await fn(*args, **kwargs)
+                await target.astore(
+                    prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope
+                )
+                return result
+
+            async_wrapper.cache = get_cache  # type: ignore[attr-defined]
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            prompt, scope = split(args, kwargs)
+            target = get_cache()
+            hit = target.lookup(prompt, namespace=checked_namespace, **scope)
+            if hit is not None:
+                return hit.response
+            result = fn(*args, **kwargs)
+            target.store(prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope)
+            return result
+
+        wrapper.cache = get_cache  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
