@@ -115,3 +115,142 @@ def test_invariants_under_concurrency(tmp_path: Path) -> None:
         namespace, _ = loaded._store.placement(entry_id)
         entry = loaded.peek(entry_id)
         assert entry is not None and entry.response["ns"] == namespace.decode()
+
+
+def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
+    """The same invariants through SemanticCache: sync calls from 8 threads and alookup/astore
+    from 100 async tasks, with deletes by id, namespace and tag, mark_wrong, TTLs and saves. A
+    lookup that starts after a delete returned never serves an entry whose store returned
+    before that delete started."""
+    from bsc import SemanticCache
+    from bsc_backends.testing import WordEmbedder
+
+    max_entries = 150
+    cache = SemanticCache(WordEmbedder(32), similarity_threshold=0.7, max_entries=max_entries)
+    prompts = [f"how do I {verb} the {thing}" for verb in ("fix", "clean", "paint", "sell") for thing in "abcdefghij"]
+    models = ["m1", "m2"]
+    tags = ["t0", "t1", "t2"]
+    lock = threading.Lock()
+    stored: dict[int, float] = {}  # id -> when its store returned
+    deleted: dict[int, float] = {}  # id -> when its delete returned
+    # (namespace or tag) -> [(when the delete started, when it returned)]
+    group_deletes: dict[str, list[tuple[float, float]]] = {}
+    violations: list[str] = []
+    counts = {"stores": 0, "hits": 0, "exact": 0}
+    stop = time.monotonic() + SECONDS
+
+    def served_after_delete(key: str, entry_id: int, started: float) -> bool:
+        done = stored.get(entry_id)
+        return done is not None and any(done < begun and ended < started for begun, ended in group_deletes.get(key, []))
+
+    def check(namespace: str, model: str, hit: object, started: float, started_wall: float) -> None:
+        response = hit.response  # type: ignore[attr-defined]
+        entry_id = hit.id  # type: ignore[attr-defined]
+        if hit.namespace != namespace or response["ns"] != namespace or response["model"] != model:  # type: ignore[attr-defined]
+            violations.append(f"{namespace}/{model} lookup served {response}")
+        if response["expires"] is not None and started_wall > response["expires"] + 0.05:
+            violations.append(f"served an entry {started_wall - response['expires']:.3f} s after it expired")
+        with lock:
+            gone = deleted.get(entry_id)
+            if gone is not None and gone < started:
+                violations.append(f"served entry {entry_id} after its delete returned")
+            for key in ("ns:" + namespace, "tag:" + response["tag"]):
+                if served_after_delete(key, entry_id, started):
+                    violations.append(f"served entry {entry_id} after {key} was deleted (exact={hit.exact})")  # type: ignore[attr-defined]
+
+    def plan(rng: random.Random) -> tuple[str, str, str, float]:
+        return rng.choice(NAMESPACES), rng.choice(models), rng.choice(prompts), rng.random()
+
+    def record(namespace: str, model: str, rng: random.Random) -> tuple[dict[str, object], float | None, str]:
+        ttl = rng.choice([None, 0.05, 0.3, 5.0])
+        tag = rng.choice(tags)
+        expires = None if ttl is None else time.time() + ttl
+        return {"ns": namespace, "model": model, "expires": expires, "tag": tag}, ttl, tag
+
+    def after_store(entry_id: int | None) -> None:
+        if entry_id is not None:
+            with lock:
+                stored[entry_id] = time.monotonic()
+                counts["stores"] += 1
+
+    def after_lookup(namespace: str, model: str, hit: object, started: float, started_wall: float) -> None:
+        if hit is not None:
+            with lock:
+                counts["hits"] += 1
+                counts["exact"] += bool(hit.exact)  # type: ignore[attr-defined]
+            check(namespace, model, hit, started, started_wall)
+
+    def group_delete(key: str, delete: object) -> None:
+        begun = time.monotonic()
+        delete()  # type: ignore[operator]
+        with lock:
+            group_deletes.setdefault(key, []).append((begun, time.monotonic()))
+
+    def one_step(rng: random.Random) -> None:
+        namespace, model, prompt, action = plan(rng)
+        if action < 0.4:
+            response, ttl, tag = record(namespace, model, rng)
+            after_store(cache.store(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model))
+        elif action < 0.9:
+            started, started_wall = time.monotonic(), time.time()
+            hit = cache.lookup(prompt + rng.choice(["", " please", " now"]), namespace=namespace, model=model)
+            after_lookup(namespace, model, hit, started, started_wall)
+        elif action < 0.95:
+            hit = cache.lookup(prompt, namespace=namespace, model=model)
+            if hit is not None:
+                (cache.mark_wrong if rng.random() < 0.5 else lambda h: cache.delete(h.id))(hit)
+                with lock:
+                    deleted.setdefault(hit.id, time.monotonic())
+        elif action < 0.98:
+            tag = rng.choice(tags)
+            group_delete("tag:" + tag, lambda: cache.delete_tag(tag))
+        elif action < 0.99:
+            cache.purge_expired()
+        else:
+            group_delete("ns:" + namespace, lambda: cache.delete_namespace(namespace))
+        if len(cache) > max_entries:
+            violations.append(f"size {len(cache)} > max_entries {max_entries}")
+
+    async def async_step(rng: random.Random) -> None:
+        namespace, model, prompt, action = plan(rng)
+        if action < 0.4:
+            response, ttl, tag = record(namespace, model, rng)
+            after_store(await cache.astore(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model))
+        else:
+            started, started_wall = time.monotonic(), time.time()
+            hit = await cache.alookup(prompt, namespace=namespace, model=model)
+            after_lookup(namespace, model, hit, started, started_wall)
+
+    def thread_body(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            one_step(rng)
+
+    def saver() -> None:
+        while time.monotonic() < stop:
+            cache.save(tmp_path / "semantic-stress.bsc")
+            time.sleep(0.05)
+
+    async def task_body(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            await async_step(rng)
+            await asyncio.sleep(0)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_body(2000 + s) for s in range(100)))
+
+    threads = [threading.Thread(target=thread_body, args=(s,)) for s in range(8)]
+    threads.append(threading.Thread(target=saver))
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+
+    assert not violations, violations[:5]
+    assert counts["stores"] > 100 and counts["hits"] > 100 and counts["exact"] > 10, counts
+    stats = cache.stats()
+    assert stats.size <= max_entries and stats.exact_hits + stats.semantic_hits == stats.hits
+    loaded = SemanticCache.load(tmp_path / "semantic-stress.bsc", WordEmbedder(32))
+    assert len(loaded) <= max_entries

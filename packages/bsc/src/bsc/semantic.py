@@ -461,7 +461,12 @@ class SemanticCache:
         self._near_miss_margin = float(near_miss_margin)
         self._max_prompt_chars = max_prompt_chars
         self._tags: dict[str, set[int]] | None = None if len(cache) else {}
+        # While the tag index is rebuilt from the records, stores also note their tags here, so
+        # that none made during the scan is lost.
+        self._tags_stored_meanwhile: list[tuple[int, tuple[str, ...]]] | None = None
         self._tag_lock = threading.Lock()
+        self._rebuild_lock = threading.Lock()
+        self._delete_tag_lock = threading.Lock()
         cache._meta_extra = self._meta
 
     # -- settings ----------------------------------------------------------------------------
@@ -693,6 +698,8 @@ class SemanticCache:
                 if self._tags is not None:
                     for tag in tags:
                         self._tags.setdefault(tag, set()).add(entry_id)
+                if self._tags_stored_meanwhile is not None:
+                    self._tags_stored_meanwhile.append((entry_id, tags))
         persister = self._cache._persister
         if persister is not None:
             persister.changed(put=True)
@@ -830,31 +837,42 @@ class SemanticCache:
                 removed += self._cache.delete_namespace(name)
         return removed
 
-    def _tag_index(self) -> dict[str, set[int]]:
-        """Tag -> ids, built from the stored records on first need after a load, and rebuilt
-        when ids of entries removed since (evicted, expired) outnumber the live ones."""
-        with self._tag_lock:
-            tags = self._tags
-            if tags is not None and sum(map(len, tags.values())) <= 2 * len(self) + 1024:
-                return tags
-        index: dict[str, set[int]] = {}
-        for entry_id in self._store.lru_ids().tolist():
-            found = self._store.peek(entry_id)
-            if found is None:
-                continue
-            for tag in _unpack(found[2]).tags:
-                index.setdefault(tag, set()).add(entry_id)
-        with self._tag_lock:
-            self._tags = index
-            return index
+    def _refresh_tags(self) -> None:
+        """Builds the tag index (tag -> ids) from the stored records on first need after a load,
+        and rebuilds it when ids of entries removed since (evicted, expired) outnumber the live
+        ones. Stores made during the scan note their tags in ``_tags_stored_meanwhile``."""
+        with self._rebuild_lock:
+            with self._tag_lock:
+                tags = self._tags
+                if tags is not None and sum(map(len, tags.values())) <= 2 * len(self) + 1024:
+                    return
+                self._tags_stored_meanwhile = []
+            index: dict[str, set[int]] = {}
+            try:
+                for entry_id in self._store.lru_ids().tolist():
+                    found = self._store.peek(entry_id)
+                    if found is None:
+                        continue
+                    for tag in _unpack(found[2]).tags:
+                        index.setdefault(tag, set()).add(entry_id)
+            finally:
+                with self._tag_lock:
+                    for entry_id, entry_tags in self._tags_stored_meanwhile or []:
+                        for tag in entry_tags:
+                            index.setdefault(tag, set()).add(entry_id)
+                    self._tags_stored_meanwhile = None
+                    self._tags = index
 
     def delete_tag(self, tag: str) -> int:
         """Remove every entry stored with ``tag``; return how many."""
         (tag,) = _check_tags([tag])
-        index = self._tag_index()
-        with self._tag_lock:
-            ids = index.pop(tag, set())
-        return sum(self._cache.delete(entry_id) for entry_id in ids)
+        # One delete_tag at a time: a second call must not return while the first still deletes
+        # entries it popped from the index.
+        with self._delete_tag_lock:
+            self._refresh_tags()
+            with self._tag_lock:
+                ids = self._tags.pop(tag, set()) if self._tags is not None else set()
+            return sum(self._cache.delete(entry_id) for entry_id in ids)
 
     def mark_wrong(self, hit: Hit) -> bool:
         """Report a wrong answer: the entry that gave it is removed, so it is never served again,
