@@ -142,7 +142,7 @@ class BinarySemanticCache:
             # Raises EncoderMismatchError when the file holds another encoder's codes.
             store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
             meta = _read_meta(path, store.meta)
-            logger.info("loaded %d entries from %s", len(store), path)
+            logger.info("bsc: loaded %d entries from %s", len(store), path)
         else:
             store = CacheStore(
                 code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
@@ -344,7 +344,9 @@ class BinarySemanticCache:
             if self._persister is None:
                 raise ValueError("save() needs a path: this cache has no persist_path")
             path = self._persister.path
-        self._store.save(Path(os.fspath(path)), self._meta())
+        file = Path(os.fspath(path))
+        self._store.save(file, self._meta())
+        logger.info("bsc: saved %d entries to %s", len(self._store), file)
 
     @classmethod
     def load(
@@ -372,6 +374,7 @@ class BinarySemanticCache:
         fingerprint = None if encoder is None else encoder.fingerprint()
         store = CacheStore.load(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
         meta = _read_meta(file, store.meta)
+        logger.info("bsc: loaded %d entries from %s", len(store), file)
         if encoder is None:
             encoder = _encoder_from_meta(file, meta, store.fingerprint)
         if similarity_threshold is None:

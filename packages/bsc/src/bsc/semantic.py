@@ -574,6 +574,7 @@ class SemanticCache:
                 continue  # a 64-bit hash collision: never answers
             hit = self._hit(found, record, partition, 1.0, exact=True)
             self._metrics.add("exact_hits")
+            logger.debug("bsc: exact hit in %s (entry %d)", partition, hit.id)
             self._served(record)
             return hit
         return None
