@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -50,3 +52,10 @@ def machine_info(packages: list[str] | None = None) -> dict[str, Any]:
         "packages": _versions(packages or ["bsc", "bsc-native", "bsc-encoder", "bsc-backends", "numpy"]),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes ``{"machine": machine_info(), "results": rows}`` to ``out`` and says so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine_info(), "results": rows}, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info
+from machine import write_results
 from run import parse_size
 
 from bsc import BinaryEncoder, BinarySemanticCache
@@ -145,9 +145,7 @@ def main() -> None:
             f"{r['save_over_one_write']}x | {r['open_first_get_ms']} | {r['open_first_get_rebuilt_encoder_ms']} | "
             f"{r['open_first_lookup_native_ms']} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine_info(), "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info
+from machine import write_results
 from run import parse_size
 
 from bsc import SemanticCache, normalize_prompt
@@ -157,9 +157,7 @@ def main() -> None:
             f"{r['native_scan_us']} | {r['exact_miss_us']} | {r['semantic_over_exact']}x | "
             f"{r['alookup_exact_hit_us']} | {r['alookup_semantic_us']} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine_info(), "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":
