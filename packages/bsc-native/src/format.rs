@@ -837,6 +837,14 @@ impl Opened {
             Some(&(_, len, _)) if len > 0 => self.column(XKEY, |w| le_u64(w, 0))?,
             _ => Column::default(),
         };
+        // A free slot has no key: a stale one would be inherited by the slot's next entry.
+        if keys
+            .iter()
+            .zip(&index.generation[..slots])
+            .any(|(&key, &generation)| key != 0 && generation & FREE != 0)
+        {
+            return Err(self.corrupt("an exact-match key (XKEY) belongs to a free slot"));
+        }
         let mut core = CacheCore::from_parts(
             index,
             self.max_entries,
@@ -1417,6 +1425,28 @@ mod tests {
         let mut lying = good.clone();
         lying[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(load(&mut lying), Err(Error::Corrupt { .. })));
+        // An exact-match key on a free slot (slot 1, deleted), which its next entry would inherit.
+        let mut keyed = CacheCore::new(64, 10).unwrap();
+        for i in 0..3u64 {
+            keyed
+                .put_in(&[i], b"r", 1.0, b"", crate::cache::NEVER, i + 1)
+                .unwrap();
+        }
+        assert!(keyed.delete(1)); // slot 1, generation 0
+        save_cache(&keyed, &path, &Extras::default());
+        let good = std::fs::read(&path).unwrap();
+        let count = le_u32(&good, 20) as usize;
+        let xkey = (0..count)
+            .map(|i| HEADER_LEN + i * ENTRY_LEN)
+            .find(|&at| good[at..at + 4] == XKEY)
+            .map(|at| le_u64(&good, at + 8) as usize)
+            .unwrap();
+        let mut stale = good.clone();
+        assert_eq!(le_u64(&stale, xkey + 8), 0, "a deleted entry's key is cleared");
+        stale[xkey + 8..xkey + 16].copy_from_slice(&9u64.to_le_bytes());
+        assert!(matches!(load(&mut stale), Err(Error::Corrupt { .. })));
+        let mut fine = good.clone();
+        assert!(load(&mut fine).is_ok());
     }
 
     /// Seeded mutations of valid files (bit flips, byte overwrites, truncations, lying length

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -437,3 +438,107 @@ def test_hit_is_a_frozen_record(cache: SemanticCache) -> None:
     assert isinstance(hit, Hit) and hit.response == b"\x00bytes" and hit.access_count == 1
     with pytest.raises(AttributeError):
         hit.response = "x"  # type: ignore[misc]
+
+
+# -- regressions found in review ---------------------------------------------------------------
+
+
+class DenseTokens(WordEmbedder):
+    """Three word pieces per character, as some scripts give with the local tokenizer."""
+
+    def token_count(self, text: str) -> int:
+        return min(3 * len(text) + 2, self.max_tokens)
+
+
+def test_a_short_prompt_of_many_word_pieces_is_exact_match_only() -> None:
+    cache = SemanticCache(DenseTokens(max_tokens=40), similarity_threshold=0.3)
+    prefix = "\ud799 " * 7  # 14 characters, 44 pieces: cut by the model
+    cache.store(prefix + "bake bread", "bread")
+    assert cache.lookup(prefix + "bake bread").response == "bread"  # type: ignore[union-attr]
+    assert cache.lookup(prefix + "capital of France") is None
+
+
+def test_prompts_equal_after_normalisation_replace_each_other_across_window_sizes() -> None:
+    cache = SemanticCache(WordEmbedder(max_tokens=6))
+    cache.store("a\u00a8 b c", "old")  # NFKC: "a \u0308 b c"
+    cache.store("a \u0308 b c", "new")
+    assert len(cache) == 1
+    assert cache.lookup("a\u00a8 b c").response == "new"  # type: ignore[union-attr]
+
+
+def _persist_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("bsc-persist") and t.is_alive()]
+
+
+def test_a_constructor_that_raises_leaves_no_background_saver(tmp_path: Path, words: WordEmbedder) -> None:
+    before = len(_persist_threads())
+    with pytest.raises(ValueError, match="max_temperature"):
+        SemanticCache(words, persist_path=tmp_path / "a.bsc", max_temperature=-1)
+    cache = SemanticCache(words)
+    cache.store(Q, "x")
+    cache.save(tmp_path / "b.bsc")
+    with pytest.raises(EncoderMismatchError):
+        SemanticCache(WordEmbedder(name="other"), persist_path=tmp_path / "b.bsc")
+    assert len(_persist_threads()) == before
+
+
+def test_store_many_tags_every_entry_even_from_an_iterator(cache: SemanticCache) -> None:
+    cache.store_many(["a b", "c d", "e f"], [1, 2, 3], tags=(t for t in ["user-1"]))
+    assert cache.delete_tag("user-1") == 3 and len(cache) == 0
+
+
+def test_the_tag_index_forgets_removed_entries(words: WordEmbedder) -> None:
+    cache = SemanticCache(words, max_entries=10)
+    for i in range(3000):
+        cache.store(f"prompt {i}", i, tags=[f"request-{i}", "all"])
+    for thread in threading.enumerate():
+        if thread.name == "bsc-tag-index":
+            thread.join()
+    # Not 6,000 memberships: rebuilt in the background, the index holds the live entries' tags
+    # (and those of stores made during a rebuild) and at most 1,024 more since.
+    assert cache._tag_baseline < 500 and cache._tag_members <= 2 * cache._tag_baseline + 1024 + 2
+    assert cache.delete_tag("all") == 10 and len(cache) == 0
+    many = SemanticCache(words)
+    many.store_many([f"p {i}" for i in range(2000)], list(range(2000)), tags=["a", "b", "c"])
+    many._refresh_tags(stale=True)
+    assert not many._tags_stale()  # three tags per entry is not staleness
+
+
+def test_chat_scope_keeps_every_parameter_but_the_neutral_ones(cache: SemanticCache) -> None:
+    messages = [{"role": "user", "content": Q}]
+    cache.store_chat(messages, "json answer", model="llama3", format="json")
+    assert cache.lookup_chat(messages, model="llama3") is None  # Ollama's format changes the answer
+    assert cache.lookup_chat(messages, model="llama3", format="json", stream=True, user="u1") is not None
+    cache.store_chat(messages, "terse", model="claude", system="Be terse.")
+    assert cache.lookup_chat(messages, model="claude", system="Be verbose.") is None
+    cache.store_chat(messages, "t1", model="m", temperature=1)
+    assert cache.lookup_chat(messages, model="m", temperature=1.0).response == "t1"  # type: ignore[union-attr]
+    assert cache.lookup_chat(messages, model="m", temperature=1, seed=None) is not None  # None: not given
+    assert cache.store_chat(messages, "x", model="llama3", options={"temperature": 1.5}) is None  # bypassed
+    with pytest.raises(TypeError, match="chat parameter"):
+        chat_scope(messages, model="m", ttl=5)
+
+
+@pytest.mark.parametrize("name", ["ttl", "tags", "usage", "cost"])
+def test_store_arguments_cannot_be_lookup_scope(cache: SemanticCache, name: str) -> None:
+    with pytest.raises(TypeError, match="cannot be scope values"):
+        cache.lookup(Q, **{name: 1})
+
+
+def test_the_decorator_returns_an_unstorable_result_and_honours_temperature(
+    words: WordEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = SemanticCache(words, max_temperature=0.5)
+    calls = []
+
+    @semantic_cache(cache)
+    def ask(prompt: str, temperature: float = 0.0) -> Any:
+        calls.append(temperature)
+        return {1, 2} if prompt == "set" else "text"
+
+    with caplog.at_level(logging.WARNING, logger="bsc"):
+        assert ask("set") == {1, 2}
+    assert "not cached" in caplog.text and len(cache) == 0
+    ask(Q, temperature=0.9)
+    ask(Q, temperature=0.9)
+    assert calls == [0.0, 0.9, 0.9] and cache.stats().bypassed == 2

@@ -46,7 +46,7 @@ from bsc_native import CorruptFileError, EncoderMismatchError, NotACacheFileErro
 logger = logging.getLogger("bsc")
 
 __all__ = [
-    "ANSWER_PARAMETERS",
+    "NEUTRAL_PARAMETERS",
     "Hit",
     "SemanticCache",
     "SemanticStats",
@@ -63,27 +63,28 @@ NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=\-]{0,127}")
 TAG_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
 MAX_TAGS = 32
 DEFAULT_NAMESPACE = "default"
-#: Chat request parameters that change the answer; each is part of a chat request's scope.
-ANSWER_PARAMETERS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "response_format",
-    "seed",
-    "stop",
-    "n",
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
+#: Chat request parameters that do not change the answer, left out of a chat request's scope:
+#: streaming, attribution, transport and storage options. Every other parameter (temperature,
+#: top_p, max_tokens, tools, response_format, seed, an Ollama ``format`` or ``options``, an
+#: Anthropic-style ``system``, ...) is part of the scope, so an unknown one is never ignored.
+NEUTRAL_PARAMETERS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "timeout",
+        "extra_headers",
+        "extra_query",
+        "keep_alive",
+    }
 )
+#: Keyword names ``store`` takes for itself, so they cannot be scope values.
+RESERVED_SCOPE_NAMES = frozenset({"ttl", "tags", "usage", "cost"})
 _RECORD_VERSION = 1
 _META_VERSION = 1
 # Histogram of the best candidate's similarity: 40 bins of 0.05 over [-1, 1].
@@ -98,9 +99,20 @@ def normalize_prompt(prompt: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", prompt).split())
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with integral floats as ints (so ``temperature=1`` and ``1.0`` are one scope)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _canonical(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} must be JSON values (str, number, bool, None, lists, dicts): {err}") from None
 
@@ -321,11 +333,12 @@ def chat_scope(messages: Sequence[Mapping[str, Any]], *, model: str, **params: A
     """Split a chat request into the text matched semantically and the scope matched exactly.
 
     Returns ``(prompt, scope)``: ``prompt`` is the text of the last message, which must be the
-    user's; ``scope`` holds the model, every parameter of :data:`ANSWER_PARAMETERS` given in
-    ``params`` (others, such as ``stream`` or ``user``, do not change the answer and are left
-    out), and a hash of every earlier message (the system prompt and all earlier turns) and of
-    any non-text part of the last one. Two requests can share an answer only if their scopes
-    are equal: the same model, parameters, system prompt and conversation so far.
+    user's; ``scope`` holds the model, every parameter in ``params`` except those of
+    :data:`NEUTRAL_PARAMETERS` (``stream``, ``user``, timeouts, ...: they do not change the
+    answer) and those given as ``None``, and a hash of every earlier message (the system prompt
+    and all earlier turns) and of any non-text part of the last one. Two requests can share an
+    answer only if their scopes are equal: the same model, parameters, system prompt and
+    conversation so far.
     """
     if not isinstance(model, str) or not model:
         raise ValueError("model must be a non-empty str")
@@ -352,9 +365,11 @@ def chat_scope(messages: Sequence[Mapping[str, Any]], *, model: str, **params: A
     rest = {k: v for k, v in last.items() if k not in ("content", "role")}
     context = _canonical([earlier, other_parts, rest], "chat messages")
     scope: dict[str, Any] = {"model": model, "context": _digest(context, 16).hex()}
-    for name in ANSWER_PARAMETERS:
-        if name in params and params[name] is not None:
-            scope[name] = params[name]
+    for name, value in params.items():
+        if name in ("model", "context") or name in RESERVED_SCOPE_NAMES:
+            raise TypeError(f"{name!r} cannot be a chat parameter here")
+        if name not in NEUTRAL_PARAMETERS and value is not None:
+            scope[name] = value
     _canonical(scope, "chat parameters")
     return prompt, scope
 
@@ -404,6 +419,7 @@ class SemanticCache:
 
             embedder = default_embedder()
         dim = _embedder_dim(embedder)
+        _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
         encoder = BinaryEncoder(dim, code_bits, seed)
         cache = BinarySemanticCache(
             encoder,
@@ -424,18 +440,23 @@ class SemanticCache:
         near_miss_margin: float,
         max_prompt_chars: int,
     ) -> None:
-        for name, value in (("max_temperature", max_temperature), ("near_miss_margin", near_miss_margin)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not (math.isfinite(value) and value >= 0)
-            ):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if isinstance(max_prompt_chars, bool) or not isinstance(max_prompt_chars, int) or max_prompt_chars < 1:
-            raise ValueError(f"max_prompt_chars must be a positive int, got {max_prompt_chars!r}")
+        try:
+            self._setup_checked(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars)
+        except BaseException:
+            cache.close()  # stops its background saver (nothing has changed, so nothing is saved)
+            raise
+
+    def _setup_checked(
+        self,
+        embedder: Embedder,
+        cache: BinarySemanticCache,
+        max_temperature: float,
+        near_miss_margin: float,
+        max_prompt_chars: int,
+    ) -> None:
+        _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
         saved = cache._file_meta.get("semantic")
         if cache._file_meta and saved is None and len(cache):
-            cache.close()
             raise NotACacheFileError(
                 "the file holds a BinarySemanticCache (embedding-level entries): open it with "
                 "BinarySemanticCache.load, or use another path"
@@ -445,7 +466,6 @@ class SemanticCache:
         saved = saved or {}
         model = saved.get("embedder")
         if model is not None and model != embedder.model_name:
-            cache.close()
             raise EncoderMismatchError(
                 f"the file's entries were embedded by {model!r}, this cache's embedder is {embedder.model_name!r}: "
                 "their embeddings are not comparable"
@@ -464,6 +484,9 @@ class SemanticCache:
         # While the tag index is rebuilt from the records, stores also note their tags here, so
         # that none made during the scan is lost.
         self._tags_stored_meanwhile: list[tuple[int, tuple[str, ...]]] | None = None
+        # Tag memberships in the index now and right after the last rebuild (see _tags_stale).
+        self._tag_members = self._tag_baseline = 0
+        self._tag_rebuild_started = False
         self._tag_lock = threading.Lock()
         self._rebuild_lock = threading.Lock()
         self._delete_tag_lock = threading.Lock()
@@ -512,6 +535,9 @@ class SemanticCache:
 
     def _bypass(self, scope: Mapping[str, Any]) -> bool:
         temperature = scope.get("temperature")
+        options = scope.get("options")
+        if temperature is None and isinstance(options, Mapping):
+            temperature = options.get("temperature")  # Ollama puts it there
         if temperature is None:
             return False
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
@@ -521,7 +547,8 @@ class SemanticCache:
     @staticmethod
     def _partition(namespace: str, scope: Mapping[str, Any]) -> str:
         """The engine's partition name: the namespace, ``#`` and a hash of the scope."""
-        scope_hash = _digest(_canonical(dict(scope), "scope values"), 12).hex() if scope else ""
+        given = {name: value for name, value in scope.items() if value is not None}
+        scope_hash = _digest(_canonical(given, "scope values"), 12).hex() if given else ""
         return f"{namespace}#{scope_hash}"
 
     @staticmethod
@@ -529,24 +556,33 @@ class SemanticCache:
         key = int.from_bytes(_digest(f"{partition}\x00{normalized}", 8), "little")
         return key or 1
 
-    def _fits(self, prompt: str) -> bool:
-        """Whether the embedder sees the whole prompt. A prompt cut to the model's window would be
+    def _fits(self, text: str) -> bool:
+        """Whether the embedder sees the whole text. A text cut to the model's window would be
         matched by its beginning alone, so such prompts are answered by the exact path only.
-        (Each word piece covers at least one character, so short prompts need no counting.)"""
+        (Counted every time: one character can be several word pieces.)"""
         limit = getattr(self._embedder, "max_tokens", None)
         count = getattr(self._embedder, "token_count", None)
-        if not isinstance(limit, int) or count is None or len(prompt) < limit - 2:
+        if not isinstance(limit, int) or count is None:
             return True
-        return bool(count(prompt) < limit)
+        return bool(count(text) < limit)
 
     def _prepare(self, prompt: Any, namespace: Any, scope: Mapping[str, Any]) -> tuple[str, str, str] | None:
-        """Checks; ``(prompt, partition, normalised prompt)``, or ``None`` to bypass."""
+        """Checks; ``(text to embed, partition, normalised prompt)``, or ``None`` to bypass. The
+        text embedded is the normalised prompt, so prompts the exact path treats as equal are
+        also embedded, and sorted into partitions, alike."""
         prompt = _check_prompt(prompt, self._max_prompt_chars)
         namespace = _check_namespace(namespace)
+        reserved = RESERVED_SCOPE_NAMES.intersection(scope)
+        if reserved:
+            raise TypeError(
+                f"{', '.join(sorted(reserved))} cannot be scope values: they are store() arguments "
+                "(a lookup does not take them)"
+            )
         partition = self._partition(namespace, scope)
         if self._bypass(scope):
             return None
-        return prompt, partition, normalize_prompt(prompt)
+        normalized = normalize_prompt(prompt)
+        return normalized, partition, normalized
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -673,9 +709,9 @@ class SemanticCache:
         payload = encode_response(response)  # TypeError for what cannot be stored
         if prepared is None:
             return None
-        prompt, partition, normalized = prepared
-        record = _pack(prompt, checked_tags, tokens, price, payload)
-        return prompt, partition, normalized, record, checked_ttl, checked_tags
+        text, partition, normalized = prepared
+        record = _pack(prompt, checked_tags, tokens, price, payload)  # the prompt as given
+        return text, partition, normalized, record, checked_ttl, checked_tags
 
     def _put(
         self,
@@ -695,12 +731,7 @@ class SemanticCache:
             self._store.put(code, record, namespace=partition, ttl=ttl, key=self._key(partition, normalized))
         )
         if tags:
-            with self._tag_lock:
-                if self._tags is not None:
-                    for tag in tags:
-                        self._tags.setdefault(tag, set()).add(entry_id)
-                if self._tags_stored_meanwhile is not None:
-                    self._tags_stored_meanwhile.append((entry_id, tags))
+            self._note_tags(entry_id, tags)
         persister = self._cache._persister
         if persister is not None:
             persister.changed(put=True)
@@ -747,6 +778,7 @@ class SemanticCache:
         prompts, responses = _as_list(prompts, "prompts"), _as_list(responses, "responses")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        tags = _check_tags(tags)  # once: an iterator would be used up by the first pair
         items = [
             self._record(p, r, namespace, ttl, tags, None, None, scope) for p, r in zip(prompts, responses, strict=True)
         ]
@@ -771,7 +803,8 @@ class SemanticCache:
         hit = self._exact(partition, normalized)
         if hit is not None:
             return hit
-        embedding = await self._embedder.aembed_text(prompt) if self._fits(prompt) else None
+        fits = await asyncio.to_thread(self._fits, prompt)  # tokenizing a long prompt takes a while
+        embedding = await self._embedder.aembed_text(prompt) if fits else None
         return await asyncio.to_thread(self._semantic, prompt, partition, embedding)
 
     async def astore(
@@ -791,7 +824,8 @@ class SemanticCache:
         item = self._record(prompt, response, namespace, ttl, tags, usage, cost, scope)
         if item is None:
             return None
-        embedding = await self._embedder.aembed_text(item[0]) if self._fits(item[0]) else None
+        fits = await asyncio.to_thread(self._fits, item[0])
+        embedding = await self._embedder.aembed_text(item[0]) if fits else None
         return await asyncio.to_thread(self._put, item, embedding)
 
     # -- chat requests -----------------------------------------------------------------------
@@ -838,14 +872,14 @@ class SemanticCache:
                 removed += self._cache.delete_namespace(name)
         return removed
 
-    def _refresh_tags(self) -> None:
-        """Builds the tag index (tag -> ids) from the stored records on first need after a load,
-        and rebuilds it when ids of entries removed since (evicted, expired) outnumber the live
-        ones. Stores made during the scan note their tags in ``_tags_stored_meanwhile``."""
+    def _refresh_tags(self, *, stale: bool = False) -> None:
+        """Builds the tag index (tag -> ids) from the stored records: on first need after a load,
+        or (``stale``) to drop the ids of entries removed since without ``delete_tag`` (evicted,
+        expired, deleted by id or namespace). Stores made during the scan note their tags in
+        ``_tags_stored_meanwhile``, so none is lost."""
         with self._rebuild_lock:
             with self._tag_lock:
-                tags = self._tags
-                if tags is not None and sum(map(len, tags.values())) <= 2 * len(self) + 1024:
+                if self._tags is not None and not (stale and self._tags_stale()):
                     return
                 self._tags_stored_meanwhile = []
             index: dict[str, set[int]] = {}
@@ -863,6 +897,30 @@ class SemanticCache:
                             index.setdefault(tag, set()).add(entry_id)
                     self._tags_stored_meanwhile = None
                     self._tags = index
+                    self._tag_members = self._tag_baseline = sum(map(len, index.values()))
+                    self._tag_rebuild_started = False
+
+    def _tags_stale(self) -> bool:
+        """Whether the index has grown to more than twice (plus 1024) its size at the last
+        rebuild: ids of removed entries may then make up most of it. (Under ``_tag_lock``.)"""
+        return self._tag_members > 2 * self._tag_baseline + 1024
+
+    def _note_tags(self, entry_id: int, tags: tuple[str, ...]) -> None:
+        with self._tag_lock:
+            if self._tags is not None:
+                for tag in tags:
+                    self._tags.setdefault(tag, set()).add(entry_id)
+                self._tag_members += len(tags)
+            if self._tags_stored_meanwhile is not None:
+                self._tags_stored_meanwhile.append((entry_id, tags))
+            start = self._tags is not None and self._tags_stale() and not self._tag_rebuild_started
+            if start:
+                self._tag_rebuild_started = True
+        if start:
+            # O(entries), so off the caller's thread; amortised O(1) per tag stored.
+            threading.Thread(
+                target=self._refresh_tags, kwargs={"stale": True}, name="bsc-tag-index", daemon=True
+            ).start()
 
     def delete_tag(self, tag: str) -> int:
         """Remove every entry stored with ``tag``; return how many."""
@@ -873,6 +931,7 @@ class SemanticCache:
             self._refresh_tags()
             with self._tag_lock:
                 ids = self._tags.pop(tag, set()) if self._tags is not None else set()
+                self._tag_members -= len(ids)
             return sum(self._cache.delete(entry_id) for entry_id in ids)
 
     def mark_wrong(self, hit: Hit) -> bool:
@@ -894,9 +953,12 @@ class SemanticCache:
         return self._cache.purge_expired()
 
     def clear(self) -> None:
-        self._cache.clear()
+        """Remove every entry (counters are kept)."""
+        # Under the tag lock, so that a store between the two steps cannot lose its tags.
         with self._tag_lock:
+            self._cache.clear()
             self._tags = {}
+            self._tag_baseline = 0
 
     # -- stats and persistence ---------------------------------------------------------------
 
@@ -971,6 +1033,14 @@ class SemanticCache:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _check_settings(max_temperature: Any, near_miss_margin: Any, max_prompt_chars: Any) -> None:
+    for name, value in (("max_temperature", max_temperature), ("near_miss_margin", near_miss_margin)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if isinstance(max_prompt_chars, bool) or not isinstance(max_prompt_chars, int) or max_prompt_chars < 1:
+        raise ValueError(f"max_prompt_chars must be a positive int, got {max_prompt_chars!r}")
 
 
 def _embedder_dim(embedder: Any) -> int:
@@ -1068,6 +1138,11 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return report
 
 
+def _not_cached(fn: Callable[..., Any], err: Exception) -> None:
+    """A result the cache cannot store is returned all the same (it was paid for), and logged."""
+    logger.warning("bsc: the result of %s was returned but not cached: %s", fn.__qualname__, err)
+
+
 def semantic_cache(
     cache: SemanticCache | Callable[[], SemanticCache] | None = None,
     *,
@@ -1081,7 +1156,11 @@ def semantic_cache(
     other arguments never share an answer; they must be JSON values (``TypeError`` otherwise).
     ``cache``: a :class:`SemanticCache`, a function returning one (called on first use), or
     ``None`` for a ``SemanticCache()`` made on first use; the wrapper's ``cache()`` returns it.
-    Return values must be ``str``, ``bytes`` or JSON values::
+    A ``temperature`` argument also counts as the request's temperature (``max_temperature``).
+    Return values must be ``str``, ``bytes`` or JSON values to be cached; any other is returned
+    uncached, with a warning on the ``bsc`` logger. Functions are told apart by module and
+    qualified name: closures made by one factory share answers unless their differences are
+    arguments or the ``namespace``::
 
         @semantic_cache()
         def answer(question: str, model: str = "gpt-4o-mini") -> str: ...
@@ -1112,9 +1191,12 @@ def semantic_cache(
             bound.apply_defaults()
             values = list(bound.arguments.items())
             prompt = values[0][1]
-            scope = {"function": name, "arguments": dict(values[1:])}
-            _canonical(scope["arguments"], f"the arguments of {fn.__qualname__} (the cache scope)")
-            return prompt, {"scope": scope}
+            arguments = dict(values[1:])
+            _canonical(arguments, f"the arguments of {fn.__qualname__} (the cache scope)")
+            out: dict[str, Any] = {"scope": {"function": name, "arguments": arguments}}
+            if "temperature" in arguments:  # so max_temperature applies
+                out["temperature"] = arguments["temperature"]
+            return prompt, out
 
         if inspect.iscoroutinefunction(fn):
 
@@ -1126,9 +1208,12 @@ def semantic_cache(
                 if hit is not None:
                     return hit.response
                 result = await fn(*args, **kwargs)
-                await target.astore(
-                    prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope
-                )
+                try:
+                    await target.astore(
+                        prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope
+                    )
+                except (TypeError, ValueError) as err:
+                    _not_cached(fn, err)
                 return result
 
             async_wrapper.cache = get_cache  # type: ignore[attr-defined]
@@ -1142,7 +1227,10 @@ def semantic_cache(
             if hit is not None:
                 return hit.response
             result = fn(*args, **kwargs)
-            target.store(prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope)
+            try:
+                target.store(prompt, result, namespace=checked_namespace, ttl=checked_ttl, tags=checked_tags, **scope)
+            except (TypeError, ValueError) as err:
+                _not_cached(fn, err)
             return result
 
         wrapper.cache = get_cache  # type: ignore[attr-defined]
