@@ -893,8 +893,9 @@ class SemanticCache:
             finally:
                 with self._tag_lock:
                     for entry_id, entry_tags in self._tags_stored_meanwhile or []:
-                        for tag in entry_tags:
-                            index.setdefault(tag, set()).add(entry_id)
+                        if entry_id in self._store:  # not already evicted or deleted
+                            for tag in entry_tags:
+                                index.setdefault(tag, set()).add(entry_id)
                     self._tags_stored_meanwhile = None
                     self._tags = index
                     self._tag_members = self._tag_baseline = sum(map(len, index.values()))
