@@ -27,7 +27,7 @@ REPORTS = ROOT / ".nox" / "reports"
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 PURE = {"encoder": "bsc-encoder", "backends": "bsc-backends", "bsc": "bsc"}
 # Test environments install every optional backend, so no backend test can be skipped.
-EXTRAS = {"bsc-backends": "[all]"}
+EXTRAS = {"bsc-backends": "[all]", "bsc": "[all]"}
 TEST_DEPS = ["pytest==9.2.0", "hypothesis==6.168.5"]
 LINT_DEPS = ["ruff==0.17.6", "mypy==2.4.1"]
 

@@ -65,6 +65,52 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bsc.semantic import SemanticCache
+    from bsc.server import create_app
+
+    cache = SemanticCache(
+        similarity_threshold=args.threshold,
+        max_entries=args.max_entries,
+        default_ttl=args.ttl,
+        max_temperature=args.max_temperature,
+        persist_path=args.persist,
+    )
+    try:
+        app = create_app(cache, args.upstream, timeout=args.timeout, close_cache=True)
+        print(f"bsc serve: http://{args.host}:{args.port}/v1 -> {args.upstream} ({len(cache)} entries)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        cache.close()
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from bsc.semantic import list_entries
+
+    entries = list_entries(args.path, namespace=args.namespace, limit=args.limit)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        expires = "never" if e["expires_at"] is None else f"{e['expires_at']:.0f}"
+        print(
+            f"{e['id']:>14}  {e['namespace'] or '-':<24.24}  uses {e['access_count']:<5} expires {expires:<11} "
+            f"{(e['prompt'] or '')[:60]!r} -> {str(e['response'])[:60]!r}"
+        )
+    print(f"{len(entries)} entries, most recently used first")
+    return 0
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def _threshold(text: str) -> float:
     value = float(text)
     if not -1.0 <= value <= 1.0:
@@ -120,6 +166,37 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("path", metavar="PATH", help="a cache file")
     stats.add_argument("--json", action="store_true", help="print the report as JSON")
     stats.set_defaults(run=_stats)
+    inspect = commands.add_parser(
+        "inspect",
+        help="list the entries of a saved cache",
+        description="List the entries of a cache file, most recently used first: id, namespace, uses, "
+        "expiry, the stored prompt (SemanticCache) and the response.",
+    )
+    inspect.add_argument("path", metavar="PATH", help="a cache file")
+    inspect.add_argument("--namespace", help="only this namespace")
+    inspect.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N entries (default 50)")
+    inspect.add_argument("--json", action="store_true", help="print the entries as JSON")
+    inspect.set_defaults(run=_inspect)
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible caching proxy",
+        description="Serve /v1/chat/completions (streamed or not) from a SemanticCache in front of an "
+        "OpenAI-compatible upstream, and pass /v1/embeddings through; /healthz and /metrics (Prometheus). "
+        "Point a client's base URL at http://HOST:PORT/v1. Needs bsc[server].",
+    )
+    serve.add_argument(
+        "--upstream", required=True, metavar="URL", help="upstream base URL, e.g. http://127.0.0.1:11434/v1"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--persist", metavar="PATH", help="cache file: loaded at start, saved in the background")
+    serve.add_argument("--threshold", type=_threshold, default=0.80, help="similarity threshold (default 0.80)")
+    serve.add_argument("--max-entries", type=_positive, default=100_000, help="entries kept (default 100000)")
+    serve.add_argument("--ttl", type=_seconds, help="seconds an answer lives (default: forever; X-Bsc-TTL per request)")
+    serve.add_argument("--max-temperature", type=float, default=1.0, help="higher temperatures bypass (default 1.0)")
+    serve.add_argument("--timeout", type=_seconds, default=600.0, help="upstream timeout in seconds (default 600)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=_serve)
     return top
 
 

@@ -77,6 +77,8 @@ NEUTRAL_PARAMETERS = frozenset(
         "store",
         "service_tier",
         "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
         "timeout",
         "extra_headers",
         "extra_query",
@@ -856,6 +858,32 @@ class SemanticCache:
         prompt, scope = chat_scope(messages, model=model, **params)
         return self.store(prompt, response, namespace=namespace, ttl=ttl, tags=tags, usage=usage, cost=cost, **scope)
 
+    async def alookup_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, model: str, namespace: str = DEFAULT_NAMESPACE, **params: Any
+    ) -> Hit | None:
+        """Async :meth:`lookup_chat`."""
+        prompt, scope = chat_scope(messages, model=model, **params)
+        return await self.alookup(prompt, namespace=namespace, **scope)
+
+    async def astore_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        response: Any,
+        *,
+        model: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+        **params: Any,
+    ) -> int | None:
+        """Async :meth:`store_chat`."""
+        prompt, scope = chat_scope(messages, model=model, **params)
+        return await self.astore(
+            prompt, response, namespace=namespace, ttl=ttl, tags=tags, usage=usage, cost=cost, **scope
+        )
+
     # -- invalidation ------------------------------------------------------------------------
 
     def delete(self, entry_id: int) -> bool:
@@ -1137,6 +1165,50 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             response_bytes=raw["response_bytes"],
         )
     return report
+
+
+def list_entries(
+    path: str | os.PathLike[str], *, namespace: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The entries of a saved cache, most recently used first (what ``bsc inspect`` prints):
+    id, namespace, times, uses, expiry, the stored prompt (``None`` for a BinarySemanticCache
+    entry) and the response. Read without an embedder."""
+    from bsc.cache import _read_meta
+    from bsc_native import CacheStore
+
+    file = Path(os.fspath(path))
+    store = CacheStore.load(file)
+    semantic = isinstance(_read_meta(file, store.meta).get("semantic"), dict)
+    out: list[dict[str, Any]] = []
+    for entry_id in store.lru_ids().tolist():
+        if limit is not None and len(out) >= limit:
+            break
+        found, placement = store.peek(entry_id), store.placement(entry_id)
+        if found is None or placement is None:
+            continue
+        partition = placement[0].decode("utf-8", "replace")
+        name = partition.split("#", 1)[0] if semantic else partition
+        if namespace is not None and name != namespace:
+            continue
+        _, _, payload, created_at, last_accessed, access_count = found
+        record = _unpack(payload) if semantic else None
+        response = decode_response(record.response if record else payload)
+        out.append(
+            {
+                "id": entry_id,
+                "namespace": name,
+                "created_at": created_at,
+                "last_accessed": last_accessed,
+                "access_count": access_count,
+                "expires_at": placement[1],
+                "prompt": record.prompt if record else None,
+                "tags": list(record.tags) if record else [],
+                "response": response
+                if isinstance(response, (str, int, float, bool, dict, list)) or response is None
+                else repr(response),
+            }
+        )
+    return out
 
 
 def _not_cached(fn: Callable[..., Any], err: Exception) -> None:

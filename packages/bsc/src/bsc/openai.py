@@ -1,0 +1,257 @@
+"""``CachedOpenAI``: an ``openai`` client whose chat completions go through a ``SemanticCache``.
+
+    from openai import OpenAI
+    from bsc.openai import CachedOpenAI
+
+    client = CachedOpenAI(OpenAI())          # or AsyncOpenAI(): the same, with await
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+
+``chat.completions.create`` looks the request up (the last user message semantically; the
+model, the parameters that change the answer and every earlier message exactly; see
+``bsc.chat_scope``) and returns the cached ``ChatCompletion`` on a hit. On a miss it calls the
+wrapped client and stores the answer. With ``stream=True`` a hit is replayed as an
+``openai.Stream`` of ``ChatCompletionChunk`` objects, and a miss returns the SDK's own stream,
+whose answer is stored once the stream has been read to the end. Streamed and non-streamed
+requests share entries. Every other attribute is the wrapped client's.
+
+Requests the cache cannot key (the last message is not the user's, a parameter that is not a
+JSON value such as a pydantic ``response_format``) and requests whose temperature is above the
+cache's ``max_temperature`` go straight to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+try:
+    import openai
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError('bsc.openai needs the openai SDK: pip install "bsc[openai]"') from exc
+
+from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request
+from bsc.semantic import DEFAULT_NAMESPACE, SemanticCache, chat_scope
+
+logger = logging.getLogger("bsc")
+
+__all__ = ["AsyncCachedOpenAI", "CachedOpenAI"]
+
+
+class _ReplayStream(openai.Stream[ChatCompletionChunk]):
+    """A cached answer as the SDK's ``Stream``: iterable, a context manager, ``close()``."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:  # no super(): there is no response
+        self._iterator = iter([ChatCompletionChunk.model_validate(c) for c in chunks])
+
+    def close(self) -> None:
+        self._iterator = iter(())
+
+
+async def _nothing() -> AsyncIterator[ChatCompletionChunk]:
+    return
+    yield
+
+
+class _AsyncReplayStream(openai.AsyncStream[ChatCompletionChunk]):
+    """A cached answer as the SDK's ``AsyncStream``."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        async def replay() -> AsyncIterator[ChatCompletionChunk]:
+            for c in chunks:
+                yield ChatCompletionChunk.model_validate(c)
+
+        self._iterator = replay()
+
+    async def close(self) -> None:
+        self._iterator = _nothing()
+
+
+class _Request:
+    """One ``create`` call: its cache key parts, or why it is not cached."""
+
+    def __init__(self, owner: _Base, kwargs: dict[str, Any]) -> None:
+        self.kwargs = kwargs
+        self.stream = bool(kwargs.get("stream"))
+        options = kwargs.get("stream_options") or {}
+        self.include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
+        messages, model, params = split_request(kwargs)
+        self.key: dict[str, Any] | None = None
+        try:
+            chat_scope(messages, model=model, **params)  # raises for what cannot be keyed
+        except (TypeError, ValueError) as err:
+            logger.debug("bsc: request not cached: %s", err)
+            return
+        self.key = {"messages": messages, "model": model, "namespace": owner._namespace, **params}
+
+    def reply(self, completion: Mapping[str, Any]) -> Any:
+        completion = fresh(completion)
+        if self.stream:
+            return chunks_from_completion(completion, include_usage=self.include_usage)
+        return ChatCompletion.model_validate(completion)
+
+
+class _Base:
+    def __init__(self, client: Any, cache: SemanticCache | None, namespace: str, ttl: float | None) -> None:
+        self._client = client
+        self._cache = cache if cache is not None else SemanticCache()
+        self._namespace = namespace
+        self._ttl = ttl
+
+    @property
+    def cache(self) -> SemanticCache:
+        return self._cache
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _store(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
+        try:
+            self._cache.store_chat(**key, response=dict(completion), ttl=self._ttl, usage=completion.get("usage"))
+        except (TypeError, ValueError) as err:  # an answer the cache cannot hold is still returned
+            logger.warning("bsc: answer not cached: %s", err)
+
+    async def _astore(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
+        try:
+            await self._cache.astore_chat(
+                **key, response=dict(completion), ttl=self._ttl, usage=completion.get("usage")
+            )
+        except (TypeError, ValueError) as err:
+            logger.warning("bsc: answer not cached: %s", err)
+
+
+class CachedOpenAI(_Base):
+    """``openai.OpenAI`` (or, via :class:`AsyncCachedOpenAI`, ``AsyncOpenAI``) with a semantic
+    cache in front of ``chat.completions.create``.
+
+    Args:
+        client: the SDK client to wrap. An ``AsyncOpenAI`` gives an :class:`AsyncCachedOpenAI`.
+        cache: the :class:`~bsc.SemanticCache` (default: a new one with the local embedder).
+        namespace: the cache namespace of every request (e.g. one per tenant).
+        ttl: seconds a stored answer lives (default: the cache's ``default_ttl``).
+    """
+
+    def __new__(cls, client: Any, *args: Any, **kwargs: Any) -> Any:
+        if cls is CachedOpenAI and isinstance(client, openai.AsyncOpenAI):
+            return AsyncCachedOpenAI(client, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        cache: SemanticCache | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+    ) -> None:
+        if not isinstance(client, openai.OpenAI):
+            raise TypeError(f"client must be an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}")
+        super().__init__(client, cache, namespace, ttl)
+        self.chat = _Chat(self)
+
+
+class _Chat:
+    def __init__(self, owner: CachedOpenAI) -> None:
+        self._owner = owner
+        self.completions = _Completions(owner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.chat, name)
+
+
+class _Completions:
+    def __init__(self, owner: CachedOpenAI) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.chat.completions, name)
+
+    def create(self, **kwargs: Any) -> Any:
+        owner = self._owner
+        request = _Request(owner, kwargs)
+        if request.key is not None:
+            hit = owner._cache.lookup_chat(**request.key)
+            if hit is not None:
+                reply = request.reply(hit.response)
+                return _ReplayStream(reply) if request.stream else reply
+        result = owner._client.chat.completions.create(**kwargs)
+        if request.key is None:
+            return result
+        if not request.stream:
+            owner._store(request.key, result.model_dump(mode="json"))
+            return result
+        result._iterator = self._tap(result._iterator, request.key)
+        return result
+
+    def _tap(self, chunks: Iterator[ChatCompletionChunk], key: dict[str, Any]) -> Iterator[ChatCompletionChunk]:
+        """Passes the stream through and stores its answer once it has been read to the end."""
+        seen = []
+        for chunk in chunks:
+            seen.append(chunk.model_dump(mode="json"))
+            yield chunk
+        completion = completion_from_chunks(seen)
+        if completion is not None:
+            self._owner._store(key, completion)
+
+
+class AsyncCachedOpenAI(_Base):
+    """:class:`CachedOpenAI` for ``openai.AsyncOpenAI``: ``await client.chat.completions.create(...)``."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        cache: SemanticCache | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: float | None = None,
+    ) -> None:
+        if not isinstance(client, openai.AsyncOpenAI):
+            raise TypeError(f"client must be an openai.AsyncOpenAI, got {type(client).__name__}")
+        super().__init__(client, cache, namespace, ttl)
+        self.chat = _AsyncChat(self)
+
+
+class _AsyncChat:
+    def __init__(self, owner: AsyncCachedOpenAI) -> None:
+        self._owner = owner
+        self.completions = _AsyncCompletions(owner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.chat, name)
+
+
+class _AsyncCompletions:
+    def __init__(self, owner: AsyncCachedOpenAI) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.chat.completions, name)
+
+    async def create(self, **kwargs: Any) -> Any:
+        owner = self._owner
+        request = _Request(owner, kwargs)
+        if request.key is not None:
+            hit = await owner._cache.alookup_chat(**request.key)
+            if hit is not None:
+                reply = request.reply(hit.response)
+                return _AsyncReplayStream(reply) if request.stream else reply
+        result = await owner._client.chat.completions.create(**kwargs)
+        if request.key is None:
+            return result
+        if not request.stream:
+            await owner._astore(request.key, result.model_dump(mode="json"))
+            return result
+        result._iterator = self._tap(result._iterator, request.key)
+        return result
+
+    async def _tap(
+        self, chunks: AsyncIterator[ChatCompletionChunk], key: dict[str, Any]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        seen = []
+        async for chunk in chunks:
+            seen.append(chunk.model_dump(mode="json"))
+            yield chunk
+        completion = completion_from_chunks(seen)
+        if completion is not None:
+            await self._owner._astore(key, completion)
