@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bsc.embeddings import OllamaEmbedder, OpenAIEmbeddingBackend
+from bsc.testing import FakeChatUpstream, ServerThread
 from bsc_backends.testing import FakeOllamaServer, FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,17 +28,23 @@ def test_readmes_have_examples():
 
 @pytest.fixture(scope="module")
 def servers():
-    with FakeOpenAIServer(dim=1536) as openai_server, FakeOllamaServer(dim=768) as ollama_server:
-        yield openai_server, ollama_server
+    with (
+        FakeOpenAIServer(dim=1536) as openai_server,
+        FakeOllamaServer(dim=768) as ollama_server,
+        ServerThread(FakeChatUpstream().app) as chat_server,
+    ):
+        yield openai_server, ollama_server, chat_server
 
 
 @pytest.mark.parametrize("block", BLOCKS)
 def test_readme_example_runs(block, servers, monkeypatch, tmp_path):
     # Examples that use OpenAI or Ollama reach loopback servers speaking those APIs, found the way
     # a user's program finds a non-default server.
-    openai_server, ollama_server = servers
+    openai_server, ollama_server, chat_server = servers
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)
+    # Chat examples reach a loopback chat-completions API, embedding examples an embeddings one.
+    chat = "chat.completions" in block
+    monkeypatch.setenv("OPENAI_BASE_URL", chat_server.url + "/v1" if chat else openai_server.url)
     monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
     monkeypatch.chdir(tmp_path)  # examples that save a file write it here
     namespace: dict[str, object] = {}

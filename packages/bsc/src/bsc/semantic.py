@@ -29,6 +29,7 @@ import re
 import struct
 import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ NEUTRAL_PARAMETERS = frozenset(
 )
 #: Keyword names ``store`` takes for itself, so they cannot be scope values.
 RESERVED_SCOPE_NAMES = frozenset({"ttl", "tags", "usage", "cost"})
+#: Embeddings kept of the latest texts embedded (about 1.5 KB each at 384 dimensions).
+RECENT_EMBEDDINGS = 256
 _RECORD_VERSION = 1
 _META_VERSION = 1
 # Histogram of the best candidate's similarity: 40 bins of 0.05 over [-1, 1].
@@ -490,6 +493,8 @@ class SemanticCache:
         self._tag_members = self._tag_baseline = 0
         self._tag_rebuild_started = False
         self._tag_lock = threading.Lock()
+        self._recent: OrderedDict[str, Any] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._rebuild_lock = threading.Lock()
         self._delete_tag_lock = threading.Lock()
         cache._meta_extra = self._meta
@@ -669,7 +674,36 @@ class SemanticCache:
         return self._semantic(prompt, partition, self._embed_one(prompt))
 
     def _embed_one(self, prompt: str) -> Any:
-        return self._embedder.embed_text(prompt) if self._fits(prompt) else None
+        if not self._fits(prompt):
+            return None
+        vector = self._recall(prompt)
+        if vector is None:
+            vector = self._remember(prompt, self._embedder.embed_text(prompt))
+        return vector
+
+    async def _aembed_one(self, prompt: str) -> Any:
+        if not await asyncio.to_thread(self._fits, prompt):  # tokenizing a long prompt takes a while
+            return None
+        vector = self._recall(prompt)
+        if vector is None:
+            vector = self._remember(prompt, await self._embedder.aembed_text(prompt))
+        return vector
+
+    def _recall(self, text: str) -> Any:
+        """The embedding of ``text`` if it was computed lately: a store that follows the lookup
+        that missed (the usual pattern, and the proxy's) does not embed the prompt again."""
+        with self._recent_lock:
+            vector = self._recent.get(text)
+            if vector is not None:
+                self._recent.move_to_end(text)
+            return vector
+
+    def _remember(self, text: str, vector: Any) -> Any:
+        with self._recent_lock:
+            self._recent[text] = vector
+            if len(self._recent) > RECENT_EMBEDDINGS:
+                self._recent.popitem(last=False)
+        return vector
 
     def lookup_many(
         self, prompts: Sequence[str], *, namespace: str = DEFAULT_NAMESPACE, **scope: Any
@@ -694,9 +728,13 @@ class SemanticCache:
 
     def _embed_batch(self, prompts: list[str]) -> list[Any]:
         fits = [self._fits(p) for p in prompts]
-        wanted = [p for p, ok in zip(prompts, fits, strict=True) if ok]
+        known = [self._recall(p) for p in prompts]
+        wanted = [p for p, ok, v in zip(prompts, fits, known, strict=True) if ok and v is None]
         vectors: Iterator[Any] = iter(self._embedder.embed_texts(wanted) if wanted else [])
-        return [next(vectors) if ok else None for ok in fits]
+        out = []
+        for p, ok, v in zip(prompts, fits, known, strict=True):
+            out.append(None if not ok else v if v is not None else self._remember(p, next(vectors)))
+        return out
 
     # -- store -------------------------------------------------------------------------------
 
@@ -805,8 +843,7 @@ class SemanticCache:
         hit = self._exact(partition, normalized)
         if hit is not None:
             return hit
-        fits = await asyncio.to_thread(self._fits, prompt)  # tokenizing a long prompt takes a while
-        embedding = await self._embedder.aembed_text(prompt) if fits else None
+        embedding = await self._aembed_one(prompt)
         return await asyncio.to_thread(self._semantic, prompt, partition, embedding)
 
     async def astore(
@@ -826,8 +863,7 @@ class SemanticCache:
         item = self._record(prompt, response, namespace, ttl, tags, usage, cost, scope)
         if item is None:
             return None
-        fits = await asyncio.to_thread(self._fits, item[0])
-        embedding = await self._embedder.aembed_text(item[0]) if fits else None
+        embedding = await self._aembed_one(item[0])
         return await asyncio.to_thread(self._put, item, embedding)
 
     # -- chat requests -----------------------------------------------------------------------
