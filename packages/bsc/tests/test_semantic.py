@@ -542,3 +542,15 @@ def test_the_decorator_returns_an_unstorable_result_and_honours_temperature(
     ask(Q, temperature=0.9)
     ask(Q, temperature=0.9)
     assert calls == [0.0, 0.9, 0.9] and cache.stats().bypassed == 2
+
+
+def test_bsc_bench_times_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "--sizes", "500,1k", "--pairs", "20", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["n"] for r in rows] == [500, 1000]
+    for row in rows:
+        assert row["lookups_per_series"] == 20 and 0 < row["exact_hit_us"] < row["semantic_lookup_us"]
+        assert row["native_scan_us"] > 0 and row["embedding_us"] > 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--sizes", "ten"])
+    assert exit_info.value.code == 2

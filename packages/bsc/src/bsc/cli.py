@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tqdm import tqdm
+
 from bsc._version import __version__
 from bsc_native import BscError
 
@@ -104,6 +106,47 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bsc.bench import bench
+    from bsc.demo import load_pairs
+    from bsc_backends import LocalEmbedder
+
+    sizes = [_size(s) for s in args.sizes.split(",")]
+    pairs = [(p.text_a, p.text_b) for p in load_pairs(None, limit=args.pairs)[0]]
+    embedder = LocalEmbedder()
+    rows = []
+    for n in tqdm(sizes, desc="sizes", disable=args.json or args.no_progress):
+        rows.append(bench(n, embedder, pairs, args.rounds))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"SemanticCache lookups, local embedder, {len(pairs)} question pairs x {args.rounds} rounds, medians:")
+    print(f"{'entries':>10}  {'exact hit':>10}  {'semantic':>10}  {'embedding':>10}  {'scan':>10}  {'B/entry':>8}")
+    for r in rows:
+        print(
+            f"{r['n']:>10,}  {r['exact_hit_us']:>8.1f}us  {r['semantic_lookup_us'] / 1000:>8.2f}ms  "
+            f"{r['embedding_us'] / 1000:>8.2f}ms  {r['native_scan_us']:>8.1f}us  {r['memory_bytes_per_entry']:>8.0f}"
+        )
+    return 0
+
+
+def _size(text: str) -> int:
+    text = text.strip().lower()
+    try:
+        value = int(float(text.rstrip("km")) * {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must look like 10k, 100k or 1M, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return value
+
+
+def _sizes(text: str) -> str:
+    for part in text.split(","):
+        _size(part)
+    return text
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -177,6 +220,20 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N entries (default 50)")
     inspect.add_argument("--json", action="store_true", help="print the entries as JSON")
     inspect.set_defaults(run=_inspect)
+    bench = commands.add_parser(
+        "bench",
+        help="time SemanticCache lookups (exact and semantic path) on this machine",
+        description="Time SemanticCache lookups with the local embedder: the shipped QQP sample's first "
+        "questions are stored, the cache is filled to each size with filler entries, and each series "
+        "(exact hit, semantic lookup, embedding alone, native scan alone, exact-path miss, alookup) is "
+        "timed; medians. The full benchmark with JSON and machine info: benchmarks/semantic.py.",
+    )
+    bench.add_argument("--sizes", type=_sizes, default="10k,100k", help="entries, e.g. 10k,100k,1M (default 10k,100k)")
+    bench.add_argument("--rounds", type=_positive, default=1, help="passes over the pairs per series (default 1)")
+    bench.add_argument("--pairs", type=_positive, default=400, help="question pairs used (default all 400)")
+    bench.add_argument("--json", action="store_true", help="print the rows as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_bench)
     serve = commands.add_parser(
         "serve",
         help="run the OpenAI-compatible caching proxy",
