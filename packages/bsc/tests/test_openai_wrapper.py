@@ -127,3 +127,61 @@ def test_the_async_client(upstream: tuple[FakeChatUpstream, str]) -> None:
 
     asyncio.run(run())
     assert fake.requests == 2
+
+
+def test_chat_format_round_trips_tool_calls_legacy_functions_logprobs_and_choices() -> None:
+    from bsc._chat import chunks_from_completion, completion_from_chunks
+
+    logprobs = {"content": [{"token": "a", "logprob": -0.1, "bytes": None, "top_logprobs": []}]}
+    completion = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "system_fingerprint": None,
+        "service_tier": "default",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "x" * 150},
+                "finish_reason": "stop",
+                "logprobs": logprobs,
+            },
+            {
+                "index": 1,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                "finish_reason": "tool_calls",
+                "logprobs": None,
+            },
+            {
+                "index": 2,
+                "message": {"role": "assistant", "content": None, "function_call": {"name": "g", "arguments": "[]"}},
+                "finish_reason": "function_call",
+                "logprobs": None,
+            },
+        ],
+    }
+    assert completion_from_chunks(chunks_from_completion(completion, include_usage=True)) == completion
+    assert completion_from_chunks(chunks_from_completion(completion)[:-1]) is None  # unfinished: not stored
+
+
+def test_sdk_markers_odd_usage_and_replayed_responses(upstream: tuple[FakeChatUpstream, str]) -> None:
+    fake, url = upstream
+    cache = SemanticCache(WordEmbedder())
+    client = CachedOpenAI(openai.OpenAI(base_url=url, api_key="k", max_retries=0), cache)
+    client.chat.completions.create(model="m", messages=user(Q), temperature=openai.NOT_GIVEN)
+    client.chat.completions.create(model="m", messages=user(Q), temperature=openai.NOT_GIVEN)
+    assert fake.requests == 1  # NOT_GIVEN is not a value: the second call is a hit
+    replay = client.chat.completions.create(model="m", messages=user(Q), stream=True)
+    assert replay.response.status_code == 200 and replay.response.headers["x-bsc-cache"] == "hit"
+    with pytest.raises(ValueError, match="empty"):
+        cache.lookup("")  # the cache refuses it; the wrapper sends such a request upstream instead
+    client.chat.completions.create(model="m", messages=user(" "))
+    assert fake.requests == 2
+    client._store({"messages": user("odd usage"), "model": "m", "namespace": "default"}, {"usage": {}, "choices": []})
+    assert cache.lookup_chat(user("odd usage"), model="m") is not None  # cached without a token count

@@ -82,13 +82,37 @@ def test_other_keys_namespaces_models_and_system_prompts_miss(
     assert ask(client(url), Q)[0] == "hit"
     assert ask(client(url, key="sk-other"), Q)[0] == "miss"  # another API key
     assert ask(client(url, **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "miss"
-    assert ask(client(url, key="sk-third", **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "hit"  # shared namespace
+    assert ask(client(url, **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "hit"
+    # A namespace lives within one API key: guessing its name gives another key nothing.
+    assert ask(client(url, key="sk-third", **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "miss"
     assert ask(client(url), Q, model="other-model")[0] == "miss"
     system = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": Q}]
     assert ask(client(url), Q, messages=system)[0] == "miss"
     assert ask(client(url), Q, messages=system)[0] == "hit"
     bad = httpx.post(url + "/v1/chat/completions", json={}, headers={"X-Bsc-Namespace": "bad space"})
     assert bad.status_code == 400 and "X-Bsc-Namespace" in bad.json()["error"]["message"]
+
+
+def test_shared_namespaces_span_api_keys(upstream: tuple[FakeChatUpstream, str]) -> None:
+    cache = SemanticCache(WordEmbedder())
+    with ServerThread(create_app(cache, upstream[1] + "/v1", shared_namespaces=True)) as server:
+        assert ask(client(server.url, key="sk-1", **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "miss"
+        assert ask(client(server.url, key="sk-2", **{"X-Bsc-Namespace": "team-a"}), Q)[0] == "hit"
+        assert ask(client(server.url, key="sk-2"), Q)[0] == "miss"  # without the header: per key
+
+
+def test_requests_the_cache_cannot_take_go_upstream_uncached(
+    upstream: tuple[FakeChatUpstream, str], proxy: tuple[str, SemanticCache]
+) -> None:
+    url = proxy[0]
+    for content in ["", "   ", [{"type": "image_url", "image_url": {"url": "data:x"}}], "x" * 100_001]:
+        response = httpx.post(
+            url + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": content}]}
+        )
+        assert response.status_code == 200 and response.headers["x-bsc-cache"] == "bypass"
+    odd = {"model": "m", "stream": True, "stream_options": "x", "messages": [{"role": "user", "content": Q}]}
+    assert httpx.post(url + "/v1/chat/completions", json=odd).status_code == 200
+    assert len(proxy[1]) <= 1
 
 
 def test_a_stream_is_stored_when_complete_and_replayed(
@@ -259,3 +283,38 @@ def test_bsc_inspect_lists_entries(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli_main(["inspect", str(tmp_path / "c.bsc"), "--namespace", "geo"]) == 0
     out = capsys.readouterr().out
     assert "Paris" in out and "steps" not in out and "1 entries" in out
+
+
+def test_a_compressed_upstream_stream_is_relayed_decoded_and_stored() -> None:
+    import gzip
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from bsc._chat import chunks_from_completion
+
+    completion = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
+    }
+    events = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks_from_completion(completion)) + "data: [DONE]\n\n"
+
+    async def chat(request: Any) -> Response:
+        headers = {"content-encoding": "gzip", "content-type": "text/event-stream"}
+        return Response(gzip.compress(events.encode()), headers=headers)
+
+    cache = SemanticCache(WordEmbedder())
+    zipped = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    with ServerThread(zipped) as up, ServerThread(create_app(cache, up.url + "/v1")) as proxy:
+        stream = client(proxy.url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": Q}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "zipped"
+        deadline = time.monotonic() + 5
+        while len(cache) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ask(client(proxy.url), Q)[0] == "hit"

@@ -37,6 +37,7 @@ def chunks_from_completion(completion: Mapping[str, Any], *, include_usage: bool
         "created": completion.get("created"),
         "model": completion.get("model"),
         "system_fingerprint": completion.get("system_fingerprint"),
+        "service_tier": completion.get("service_tier"),
     }
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -57,6 +58,8 @@ def chunks_from_completion(completion: Mapping[str, Any], *, include_usage: bool
         if calls:
             deltas = [{"index": i, **call} for i, call in enumerate(calls)]
             out.append(chunk([{"index": index, "delta": {"tool_calls": deltas}}]))
+        if message.get("function_call"):  # the legacy form of a tool call
+            out.append(chunk([{"index": index, "delta": {"function_call": message["function_call"]}}]))
         out.append(
             chunk(
                 [
@@ -88,7 +91,16 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
         for delta_choice in item.get("choices") or []:
             index = delta_choice.get("index", 0)
             state = choices.setdefault(
-                index, {"role": "assistant", "content": [], "refusal": [], "tool_calls": {}, "finish_reason": None}
+                index,
+                {
+                    "role": "assistant",
+                    "content": [],
+                    "refusal": [],
+                    "tool_calls": {},
+                    "function_call": None,
+                    "logprobs": None,
+                    "finish_reason": None,
+                },
             )
             delta = delta_choice.get("delta") or {}
             if delta.get("role"):
@@ -108,6 +120,17 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
                 function = call.get("function") or {}
                 slot["function"]["name"] += function.get("name") or ""
                 slot["function"]["arguments"] += function.get("arguments") or ""
+            legacy = delta.get("function_call")
+            if legacy:
+                call = state["function_call"] = state["function_call"] or {"name": "", "arguments": ""}
+                call["name"] += legacy.get("name") or ""
+                call["arguments"] += legacy.get("arguments") or ""
+            logprobs = delta_choice.get("logprobs")
+            if logprobs:
+                kept = state["logprobs"] = state["logprobs"] or {}
+                for part, items in logprobs.items():
+                    if isinstance(items, list):
+                        kept.setdefault(part, []).extend(items)
             if delta_choice.get("finish_reason"):
                 state["finish_reason"] = delta_choice["finish_reason"]
     if first is None or not choices or any(s["finish_reason"] is None for s in choices.values()):
@@ -120,8 +143,10 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
             message["refusal"] = "".join(state["refusal"])
         if state["tool_calls"]:
             message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
+        if state["function_call"]:
+            message["function_call"] = state["function_call"]
         out_choices.append(
-            {"index": index, "message": message, "finish_reason": state["finish_reason"], "logprobs": None}
+            {"index": index, "message": message, "finish_reason": state["finish_reason"], "logprobs": state["logprobs"]}
         )
     return {
         "id": first.get("id"),
@@ -129,9 +154,22 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
         "created": first.get("created"),
         "model": first.get("model"),
         "system_fingerprint": first.get("system_fingerprint"),
+        "service_tier": first.get("service_tier"),
         "choices": out_choices,
         "usage": usage,
     }
+
+
+def usable_usage(usage: Any) -> Any:
+    """``usage`` if the cache can count its tokens, else ``None``: an answer with odd usage
+    data is still cached, only without its token count."""
+    from bsc.semantic import _tokens_of
+
+    try:
+        _tokens_of(usage)
+    except (TypeError, ValueError):
+        return None
+    return usage
 
 
 def split_request(body: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:

@@ -81,7 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
         persist_path=args.persist,
     )
     try:
-        app = create_app(cache, args.upstream, timeout=args.timeout, close_cache=True)
+        app = create_app(
+            cache, args.upstream, timeout=args.timeout, close_cache=True, shared_namespaces=args.shared_namespaces
+        )
         print(f"bsc serve: http://{args.host}:{args.port}/v1 -> {args.upstream} ({len(cache)} entries)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
@@ -252,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--ttl", type=_seconds, help="seconds an answer lives (default: forever; X-Bsc-TTL per request)")
     serve.add_argument("--max-temperature", type=float, default=1.0, help="higher temperatures bypass (default 1.0)")
     serve.add_argument("--timeout", type=_seconds, default=600.0, help="upstream timeout in seconds (default 600)")
+    serve.add_argument(
+        "--shared-namespaces",
+        action="store_true",
+        help="X-Bsc-Namespace alone names the namespace, shared across API keys (default: within one key)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(run=_serve)
     return top

@@ -21,6 +21,7 @@ cache's ``max_temperature`` go straight to the client.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError('bsc.openai needs the openai SDK: pip install "bsc[openai]"') from exc
 
-from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request
+from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request, usable_usage
 from bsc.semantic import DEFAULT_NAMESPACE, SemanticCache, chat_scope
 
 logger = logging.getLogger("bsc")
@@ -42,7 +43,8 @@ __all__ = ["AsyncCachedOpenAI", "CachedOpenAI"]
 class _ReplayStream(openai.Stream[ChatCompletionChunk]):
     """A cached answer as the SDK's ``Stream``: iterable, a context manager, ``close()``."""
 
-    def __init__(self, chunks: list[dict[str, Any]]) -> None:  # no super(): there is no response
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:  # no super(): there is no upstream
+        self.response = _cache_response()
         self._iterator = iter([ChatCompletionChunk.model_validate(c) for c in chunks])
 
     def close(self) -> None:
@@ -58,6 +60,8 @@ class _AsyncReplayStream(openai.AsyncStream[ChatCompletionChunk]):
     """A cached answer as the SDK's ``AsyncStream``."""
 
     def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.response = _cache_response()
+
         async def replay() -> AsyncIterator[ChatCompletionChunk]:
             for c in chunks:
                 yield ChatCompletionChunk.model_validate(c)
@@ -68,6 +72,17 @@ class _AsyncReplayStream(openai.AsyncStream[ChatCompletionChunk]):
         self._iterator = _nothing()
 
 
+def _cache_response() -> Any:
+    """A stand-in for the HTTP response of a replayed stream (``stream.response``): status 200,
+    ``x-bsc-cache: hit``, built with the HTTP library this SDK version uses."""
+    try:
+        http: Any = importlib.import_module("httpx2")
+    except ImportError:
+        http = importlib.import_module("httpx")
+    request = http.Request("POST", "http://bsc.cache/chat/completions")
+    return http.Response(200, headers={"x-bsc-cache": "hit", "content-type": "text/event-stream"}, request=request)
+
+
 class _Request:
     """One ``create`` call: its cache key parts, or why it is not cached."""
 
@@ -76,10 +91,15 @@ class _Request:
         self.stream = bool(kwargs.get("stream"))
         options = kwargs.get("stream_options") or {}
         self.include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
-        messages, model, params = split_request(kwargs)
+        # The SDK's "not given" markers (NOT_GIVEN, omit) are not values of the request.
+        given = {k: v for k, v in kwargs.items() if type(v).__name__ not in ("NotGiven", "Omit")}
+        messages, model, params = split_request(given)
         self.key: dict[str, Any] | None = None
         try:
-            chat_scope(messages, model=model, **params)  # raises for what cannot be keyed
+            # Raises for what cannot be keyed; None when the temperature bypasses the cache.
+            prompt, scope = chat_scope(messages, model=model, **params)
+            if owner._cache._prepare(prompt, owner._namespace, scope) is None:
+                return
         except (TypeError, ValueError) as err:
             logger.debug("bsc: request not cached: %s", err)
             return
@@ -107,17 +127,17 @@ class _Base:
         return getattr(self._client, name)
 
     def _store(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
+        usage = usable_usage(completion.get("usage"))
         try:
-            self._cache.store_chat(**key, response=dict(completion), ttl=self._ttl, usage=completion.get("usage"))
-        except (TypeError, ValueError) as err:  # an answer the cache cannot hold is still returned
+            self._cache.store_chat(**key, response=dict(completion), ttl=self._ttl, usage=usage)
+        except Exception as err:  # an answer the cache cannot hold is still returned
             logger.warning("bsc: answer not cached: %s", err)
 
     async def _astore(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
+        usage = usable_usage(completion.get("usage"))
         try:
-            await self._cache.astore_chat(
-                **key, response=dict(completion), ttl=self._ttl, usage=completion.get("usage")
-            )
-        except (TypeError, ValueError) as err:
+            await self._cache.astore_chat(**key, response=dict(completion), ttl=self._ttl, usage=usage)
+        except Exception as err:
             logger.warning("bsc: answer not cached: %s", err)
 
 

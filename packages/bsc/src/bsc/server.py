@@ -13,8 +13,10 @@ Point any OpenAI client's base URL at ``http://HOST:PORT/v1``. Routes:
 - ``GET /healthz``: ``{"status": "ok", "entries": N}``.
 - ``GET /metrics``: Prometheus text format.
 
-Isolation: entries are kept per ``X-Bsc-Namespace`` header when given, else per API key (a
-hash of the ``Authorization`` header, which is forwarded upstream and never logged or stored).
+Isolation: entries are kept per API key (a hash of the ``Authorization`` or ``api-key``
+header, which is forwarded upstream and never logged or stored), subdivided by an
+``X-Bsc-Namespace`` header when given; ``--shared-namespaces`` makes ``X-Bsc-Namespace`` alone
+the namespace, shared by every key (for a proxy behind a gateway that authenticates callers).
 Response headers: ``X-Bsc-Cache: hit|miss|bypass`` and, on a hit, ``X-Bsc-Similarity``.
 Request headers: ``Cache-Control: no-cache`` (do not answer from the cache, but store the new
 answer), ``Cache-Control: no-store`` (bypass the cache entirely), ``X-Bsc-TTL: seconds``.
@@ -44,7 +46,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError('the bsc proxy needs its server dependencies: pip install "bsc[server]"') from exc
 
-from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request
+from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request, usable_usage
 from bsc.semantic import SemanticCache, _check_namespace, chat_scope
 
 logger = logging.getLogger("bsc")
@@ -110,16 +112,21 @@ class _Metrics:
         self.latency.labels(result).observe(time.perf_counter() - started)
 
 
-def _namespace(request: Request) -> str | JSONResponse:
+def _namespace(request: Request, shared: bool) -> str | JSONResponse:
+    """The caller's namespace. By default one per API key (``Authorization`` or ``api-key``
+    header; a hash, the key itself is never kept), subdivided by ``X-Bsc-Namespace``; with
+    ``shared``, ``X-Bsc-Namespace`` alone, so callers with different keys share it."""
     given = request.headers.get("x-bsc-namespace")
-    if given is not None:
-        try:
-            return _check_namespace(given)
-        except ValueError as err:
-            return _error(400, f"X-Bsc-Namespace: {err}")
-    auth = request.headers.get("authorization", "")
-    # One namespace per API key; the key itself is never kept.
-    return "key-" + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:32] if auth else "anonymous"
+    auth = request.headers.get("authorization") or request.headers.get("api-key") or ""
+    key = "key-" + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:24] if auth else "anonymous"
+    if given is None:
+        return key
+    name = given if shared else f"{key}:{given}"
+    try:
+        return _check_namespace(name)
+    except ValueError as err:
+        limit = "" if shared else f" (at most {127 - len(key)} characters after the key's prefix)"
+        return _error(400, f"X-Bsc-Namespace{limit}: {err}")
 
 
 def _ttl(request: Request) -> float | JSONResponse | None:
@@ -151,11 +158,20 @@ async def _shielded(work: Coroutine[Any, Any, None]) -> None:
     await asyncio.shield(task)
 
 
-def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, close_cache: bool = False) -> Starlette:
+def create_app(
+    cache: SemanticCache,
+    upstream: str,
+    *,
+    timeout: float = 600.0,
+    close_cache: bool = False,
+    shared_namespaces: bool = False,
+) -> Starlette:
     """The proxy as an ASGI app: ``upstream`` is the base URL requests go to (e.g.
     ``http://127.0.0.1:11434/v1``; ``/chat/completions`` and ``/embeddings`` are appended).
     ``close_cache``: close the cache when the server shuts down (with a ``persist_path``, its
-    last save), as ``bsc serve`` does."""
+    last save), as ``bsc serve`` does. ``shared_namespaces``: ``X-Bsc-Namespace`` alone names
+    the namespace, so callers with different API keys share its answers (only behind a
+    gateway that authenticates callers; by default a namespace lives within one API key)."""
     base = upstream.rstrip("/")
     metrics = _Metrics(cache)
     clients: list[httpx.AsyncClient] = []
@@ -178,7 +194,8 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
 
     async def send_upstream(request: Request, path: str, body: bytes, stream: bool) -> httpx.Response | Response:
         client = clients[0]
-        upstream_request = client.build_request("POST", base + path, content=body, headers=forwarded(request))
+        url = base + path + (f"?{request.url.query}" if request.url.query else "")
+        upstream_request = client.build_request("POST", url, content=body, headers=forwarded(request))
         started = time.perf_counter()
         try:
             response = await client.send(upstream_request, stream=stream)
@@ -194,9 +211,18 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
             metrics.upstream_errors.labels(str(response.status_code)).inc()
         return response
 
+    def kept(response: httpx.Response) -> dict[str, str]:
+        """Upstream headers passed back: rate limits, request ids, OpenAI's own."""
+        return {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() in ("retry-after", "x-request-id") or k.lower().startswith(("x-ratelimit", "openai-"))
+        }
+
     def passed_back(response: httpx.Response, content: bytes, **headers: str) -> Response:
-        keep = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "retry-after")}
-        keep.update({k: v for k, v in response.headers.items() if k.lower().startswith(("x-ratelimit", "openai-"))})
+        keep = kept(response)
+        if "content-type" in response.headers:
+            keep["content-type"] = response.headers["content-type"]
         return Response(content, response.status_code, headers={**keep, **headers})
 
     async def chat(request: Request) -> Response:
@@ -208,7 +234,7 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
             return _error(400, "the request body is not valid JSON")
         if not isinstance(payload, dict):
             return _error(400, "the request body must be a JSON object")
-        namespace = _namespace(request)
+        namespace = _namespace(request, shared_namespaces)
         if isinstance(namespace, Response):
             return namespace
         ttl = _ttl(request)
@@ -216,13 +242,16 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
             return ttl
         control = request.headers.get("cache-control", "").lower()
         stream = bool(payload.get("stream"))
-        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         key: tuple[str, dict[str, Any]] | None = None
         if "no-store" not in control:
             messages, model, params = split_request(payload)
             try:
                 key = chat_scope(messages, model=model, **params)
-                if cache._bypass(key[1]):
+                # The cache's own checks (an empty or over-long prompt, a temperature above the
+                # limit): such requests go upstream uncached.
+                if cache._prepare(key[0], namespace, key[1]) is None:
                     key = None
             except (TypeError, ValueError):
                 key = None  # not a request the cache can key: forwarded as it is
@@ -249,16 +278,21 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
                 return
             prompt, scope = key
             try:
-                await cache.astore(
-                    prompt, dict(completion), namespace=namespace, ttl=ttl, usage=completion.get("usage"), **scope
-                )
+                usage = usable_usage(completion.get("usage"))
+                await cache.astore(prompt, dict(completion), namespace=namespace, ttl=ttl, usage=usage, **scope)
                 metrics.stored.inc()
-            except (TypeError, ValueError) as err:
+            except Exception as err:  # a good answer is still delivered when it cannot be stored
                 logger.warning("bsc proxy: answer not cached: %s", err)
 
         if not stream or response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
+            try:
+                content = await response.aread()
+            except httpx.HTTPError:
+                metrics.upstream_errors.labels("broken").inc()
+                metrics.done(result, started)
+                return _error(502, "the upstream API broke off its answer", "upstream_unreachable")
+            finally:
+                await response.aclose()
             if response.status_code == 200 and key is not None:
                 try:
                     answer: Any = json.loads(content)
@@ -278,7 +312,7 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
             pending = b""
             done = False
             try:
-                async for block in response.aiter_raw():
+                async for block in response.aiter_bytes():  # decoded, if the upstream compressed it
                     if key is not None and not done:
                         pending += block
                         *lines, pending = pending.split(b"\n")
@@ -300,8 +334,9 @@ def create_app(cache: SemanticCache, upstream: str, *, timeout: float = 600.0, c
                 await response.aclose()
 
         metrics.done(result, started)
-        headers = {"X-Bsc-Cache": result, "Cache-Control": "no-cache"}
-        return StreamingResponse(relay(), 200, headers=headers, media_type="text/event-stream")
+        headers = {**kept(response), "X-Bsc-Cache": result, "Cache-Control": "no-cache"}
+        media = response.headers.get("content-type", "text/event-stream")
+        return StreamingResponse(relay(), 200, headers=headers, media_type=media)
 
     async def embeddings(request: Request) -> Response:
         response = await send_upstream(request, "/embeddings", await request.body(), stream=False)

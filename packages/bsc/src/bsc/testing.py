@@ -104,7 +104,8 @@ class FakeChatUpstream:
         }
         if not payload.get("stream"):
             return JSONResponse(completion)
-        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         chunks = chunks_from_completion(completion, include_usage=include_usage)
 
         async def events() -> Any:
