@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -149,6 +150,46 @@ def _sizes(text: str) -> str:
     return text
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from bsc.demo import load_pairs
+    from bsc.quality import evaluate
+    from bsc_backends import LocalEmbedder
+
+    pairs, name = load_pairs(args.data, limit=args.limit)
+    bits = tuple(_bits(b) for b in args.bits.split(","))
+    report = evaluate(
+        pairs,
+        LocalEmbedder(),
+        code_bits=bits,
+        target_false_hit_rate=args.target,
+        embeddings_cache=args.embeddings_cache,
+        progress=not args.json and not args.no_progress,
+    )
+    report = {"data": name, **report}
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['pairs']} pairs ({report['duplicates']} duplicates) from {name}, {report['embedder']}")
+    print(f"{'scoring':<10} {'best F1':>8} {'P@R0.5':>8} {'AUC':>7}   calibrated for {args.target:.1%} false hits")
+    for scoring, row in report["scoring"].items():
+        cal = row["calibration"]
+        print(
+            f"{scoring:<10} {row['best_f1']:>8.4f} {row['precision_at_recall_0.5']:>8.4f} {row['auc']:>7.4f}   "
+            f"threshold {cal['threshold']:.4f}: hit rate {cal['hit_rate']:.1%}, false hits {cal['false_hit_rate']:.2%} "
+            f"(<= {cal['false_hit_rate_upper_bound']:.2%} at 95%)"
+        )
+    return 0
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -222,6 +263,23 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most N entries (default 50)")
     inspect.add_argument("--json", action="store_true", help="print the entries as JSON")
     inspect.set_defaults(run=_inspect)
+    evaluation = commands.add_parser(
+        "eval",
+        help="measure answer quality on labelled pairs: float cosine and binary codes side by side",
+        description="Embed labelled question pairs with the local embedder and report, for exact float "
+        "cosine and each code length: best F1, precision at recall 0.5, AUC, and the threshold calibrated "
+        "for a target false-hit rate (with its 95%% upper bound and the hit rate it buys). Work in progress "
+        "for issue 8.",
+    )
+    evaluation.add_argument("--data", metavar="PATH", help="QQP-style .jsonl(.gz) (default: the shipped sample)")
+    evaluation.add_argument("--limit", type=_positive, metavar="N", help="only the first N pairs")
+    evaluation.add_argument("--bits", default="256", help="code lengths, e.g. 128,256,512,1024 (default 256)")
+    evaluation.add_argument("--target", type=_rate, default=0.02, help="target false-hit rate (default 0.02)")
+    evaluation.add_argument("--embeddings-cache", metavar="FILE.npz", help="reuse (or save) the embeddings here")
+    evaluation.add_argument("--out", metavar="PATH", help="also write the report as JSON here")
+    evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluation.set_defaults(run=_eval)
     bench = commands.add_parser(
         "bench",
         help="time SemanticCache lookups (exact and semantic path) on this machine",

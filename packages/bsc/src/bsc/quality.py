@@ -1,0 +1,336 @@
+"""Answer quality: how often a cache hit is a wrong answer, and the threshold that keeps it rare.
+
+A labelled pair ``(text_a, text_b, label)`` stands for one lookup: ``text_a`` was stored,
+``text_b`` is asked, and ``label`` says whether the stored answer is right for it. A threshold
+``t`` serves the pair when its similarity is at least ``t``. Over a set of pairs:
+
+- **hit rate**: served pairs / all pairs;
+- **precision**: correct served pairs / served pairs; the **false-hit rate** is 1 - precision,
+  the share of served answers that are wrong;
+- **recall**: correct served pairs / pairs that should be served (label 1).
+
+:func:`calibrate_scores` picks the lowest threshold whose false-hit rate is, with the given
+confidence, at most the target: it checks the upper Wilson score bound of the false-hit rate
+measured on the pairs, so a threshold tuned on a few hundred pairs is not trusted beyond what
+they show. :func:`evaluate` (``bsc eval``) scores exact float cosine and binary codes side by
+side; :func:`calibrate` returns a threshold for labelled text pairs. Work in progress for issue
+8: the plot, the workload replay, the verification stage and the content gate are not built yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Calibration",
+    "CurvePoint",
+    "auc",
+    "calibrate",
+    "calibrate_scores",
+    "curve",
+    "embed_pairs",
+    "evaluate",
+    "pair_scores",
+    "summarise",
+    "wilson_upper",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """The outcome of one threshold over a set of labelled pairs."""
+
+    threshold: float
+    hits: int
+    hit_rate: float
+    precision: float
+    recall: float
+    false_hit_rate: float
+    f1: float
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """A threshold chosen for a target false-hit rate (see :func:`calibrate_scores`)."""
+
+    threshold: float
+    target_false_hit_rate: float
+    confidence: float
+    false_hit_rate: float
+    false_hit_rate_upper_bound: float
+    hit_rate: float
+    recall: float
+    hits: int
+    pairs: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.ndim != 1 or y.shape != s.shape:
+        raise ValueError(f"scores and labels must be 1-D and of one length, got {s.shape} and {y.shape}")
+    if s.size == 0:
+        raise ValueError("no pairs")
+    if not np.isfinite(s).all():
+        raise ValueError("scores must be finite")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return s, y.astype(bool)
+
+
+def wilson_upper(failures: int, trials: int, confidence: float = 0.95) -> float:
+    """The upper Wilson score bound of a proportion: with ``confidence`` (one-sided), the true
+    rate behind ``failures`` of ``trials`` is at most this. 1.0 for no trials."""
+    if trials <= 0:
+        return 1.0
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = _normal_quantile(confidence)
+    p = failures / trials
+    centre = p + z * z / (2 * trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return min(1.0, (centre + spread) / (1 + z * z / trials))
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
+    a = (
+        -39.69683028665376,
+        220.9460984245205,
+        -275.9285104469687,
+        138.3577518672690,
+        -30.66479806614716,
+        2.506628277459239,
+    )
+    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
+    c = (
+        -0.007784894002430293,
+        -0.3223964580411365,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    )
+    d = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
+    if p < 0.02425:
+        q = math.sqrt(-2 * math.log(p))
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+        )
+    if p > 1 - 0.02425:
+        return -_normal_quantile(1 - p)
+    q = p - 0.5
+    r = q * q
+    return (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
+
+
+def curve(scores: npt.ArrayLike, labels: npt.ArrayLike) -> list[CurvePoint]:
+    """One :class:`CurvePoint` per distinct score, from the highest threshold down: the
+    precision-versus-hit-rate curve."""
+    s, y = _check(scores, labels)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    positives = int(y.sum())
+    correct = np.cumsum(y)
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last pair of each distinct score
+    points = []
+    for i in last:
+        hits = int(i) + 1
+        tp = int(correct[i])
+        precision = tp / hits
+        recall = tp / positives if positives else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        points.append(CurvePoint(float(s[i]), hits, hits / s.size, precision, recall, 1 - precision, f1))
+    return points
+
+
+def auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """The area under the ROC curve: the chance that a random duplicate pair scores above a
+    random non-duplicate (ties count half)."""
+    s, y = _check(scores, labels)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if not positives or not negatives:
+        raise ValueError("AUC needs both labels")
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(s.size)
+    sorted_scores = s[order]
+    # Average ranks over ties.
+    starts = np.r_[0, np.nonzero(np.diff(sorted_scores))[0] + 1]
+    ends = np.r_[starts[1:], s.size]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def calibrate_scores(
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    target_false_hit_rate: float = 0.02,
+    *,
+    confidence: float = 0.95,
+) -> Calibration:
+    """The lowest threshold (the most hits) whose false-hit rate on these pairs has an upper
+    Wilson bound at ``confidence`` of at most ``target_false_hit_rate``. If no threshold
+    qualifies, the threshold is above every score (nothing is served) and ``hits`` is 0."""
+    if not 0 < target_false_hit_rate < 1:
+        raise ValueError(f"target_false_hit_rate must be in (0, 1), got {target_false_hit_rate}")
+    s, y = _check(scores, labels)
+    best: CurvePoint | None = None
+    bound = 1.0
+    for point in curve(s, y):
+        upper = wilson_upper(round(point.false_hit_rate * point.hits), point.hits, confidence)
+        if upper <= target_false_hit_rate:
+            best, bound = point, upper
+    if best is None:
+        return Calibration(
+            math.nextafter(float(np.max(s)), math.inf),
+            target_false_hit_rate,
+            confidence,
+            0.0,
+            1.0,
+            0.0,
+            0.0,
+            0,
+            s.size,
+        )
+    return Calibration(
+        best.threshold,
+        target_false_hit_rate,
+        confidence,
+        best.false_hit_rate,
+        bound,
+        best.hit_rate,
+        best.recall,
+        best.hits,
+        s.size,
+    )
+
+
+def _precision_at_recall(points: list[CurvePoint], recall: float) -> float:
+    eligible = [p.precision for p in points if p.recall >= recall]
+    return max(eligible) if eligible else 0.0
+
+
+def summarise(scores: npt.ArrayLike, labels: npt.ArrayLike, target_false_hit_rate: float = 0.02) -> dict[str, Any]:
+    """Best F1 (and its threshold), precision at recall 0.5, AUC, and the calibration for
+    ``target_false_hit_rate``, for one way of scoring a set of labelled pairs."""
+    points = curve(scores, labels)
+    best = max(points, key=lambda p: p.f1)
+    return {
+        "best_f1": round(best.f1, 4),
+        "best_f1_threshold": round(best.threshold, 4),
+        "precision_at_recall_0.5": round(_precision_at_recall(points, 0.5), 4),
+        "auc": round(auc(scores, labels), 4),
+        "calibration": calibrate_scores(scores, labels, target_false_hit_rate).as_dict(),
+    }
+
+
+def pair_scores(
+    vectors_a: npt.ArrayLike, vectors_b: npt.ArrayLike, code_bits: tuple[int, ...] = (256,), seed: int = 42
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Similarity of each pair: ``"float"`` the exact cosine of the embeddings, and for each
+    code length ``"bits=N"`` the cosine estimated from N-bit codes, ``cos(pi * hamming / N)``,
+    as the cache computes it."""
+    from bsc_encoder import BinaryEncoder, hamming_to_cosine
+
+    a = np.asarray(vectors_a, dtype=np.float64)
+    b = np.asarray(vectors_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"vectors must be two matrices of one shape, got {a.shape} and {b.shape}")
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    out = {"float": np.einsum("ij,ij->i", a, b) / norms}
+    for bits in code_bits:
+        encoder = BinaryEncoder(a.shape[1], bits, seed)
+        codes_a, codes_b = encoder.encode_batch(a), encoder.encode_batch(b)
+        distance = np.unpackbits((codes_a ^ codes_b).view(np.uint8), axis=1).sum(axis=1)
+        out[f"bits={bits}"] = np.asarray(hamming_to_cosine(distance, bits), dtype=np.float64)
+    return out
+
+
+def embed_pairs(
+    pairs: list[Any], embedder: Any, cache_file: str | None = None, progress: bool = False
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The embeddings of both sides of every pair (objects with ``text_a`` and ``text_b``), in
+    batches; with ``cache_file`` (``.npz``) they are read from it when it was made by the same
+    model from the same texts, and written to it otherwise."""
+    import hashlib
+    import os
+
+    from tqdm import tqdm
+
+    texts = [p.text_a for p in pairs] + [p.text_b for p in pairs]
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+    if cache_file is not None and os.path.exists(cache_file):
+        with np.load(cache_file) as saved:
+            if str(saved["model"]) == embedder.model_name and str(saved["texts"]) == digest:
+                return saved["a"], saved["b"]
+    rows = []
+    for start in tqdm(range(0, len(texts), 256), desc="embedding", unit="batch", disable=not progress):
+        rows.append(np.asarray(embedder.embed_texts(texts[start : start + 256]), dtype=np.float32))
+    vectors = np.concatenate(rows)
+    a, b = vectors[: len(pairs)], vectors[len(pairs) :]
+    if cache_file is not None:
+        np.savez(cache_file, a=a, b=b, model=embedder.model_name, texts=digest)
+    return a, b
+
+
+def evaluate(
+    pairs: list[Any],
+    embedder: Any,
+    *,
+    code_bits: tuple[int, ...] = (256,),
+    seed: int = 42,
+    target_false_hit_rate: float = 0.02,
+    embeddings_cache: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Pairwise quality of exact float cosine and of each binary code length side by side
+    (:func:`summarise` for each), on labelled pairs. Deterministic given the seed."""
+    labels = np.array([int(p.label) for p in pairs])
+    a, b = embed_pairs(pairs, embedder, embeddings_cache, progress)
+    scores = pair_scores(a, b, code_bits, seed)
+    return {
+        "pairs": len(pairs),
+        "duplicates": int(labels.sum()),
+        "embedder": embedder.model_name,
+        "seed": seed,
+        "target_false_hit_rate": target_false_hit_rate,
+        "scoring": {name: summarise(s, labels, target_false_hit_rate) for name, s in scores.items()},
+    }
+
+
+def calibrate(
+    pairs: list[Any],
+    embedder: Any = None,
+    *,
+    target_false_hit_rate: float = 0.02,
+    code_bits: int = 256,
+    seed: int = 42,
+    confidence: float = 0.95,
+    embeddings_cache: str | None = None,
+) -> Calibration:
+    """The similarity threshold for ``target_false_hit_rate`` on labelled ``pairs`` (objects
+    with ``text_a``, ``text_b`` and ``label``), scored as the cache scores them: the cosine
+    estimated from ``code_bits``-bit codes of ``embedder``'s vectors (default the local
+    embedder). Use it as ``SemanticCache(similarity_threshold=calibration.threshold)``; the
+    encoder settings must match the cache's."""
+    if embedder is None:
+        from bsc_backends import default_embedder
+
+        embedder = default_embedder()
+    labels = np.array([int(p.label) for p in pairs])
+    a, b = embed_pairs(pairs, embedder, embeddings_cache)
+    scores = pair_scores(a, b, (code_bits,), seed)[f"bits={code_bits}"]
+    return calibrate_scores(scores, labels, target_false_hit_rate, confidence=confidence)
