@@ -98,7 +98,8 @@ class _Request:
         try:
             # Raises for what cannot be keyed; None when the temperature bypasses the cache.
             prompt, scope = chat_scope(messages, model=model, **params)
-            if owner._cache._prepare(prompt, owner._namespace, scope) is None:
+            self.prepared = owner._cache._prepare(prompt, owner._namespace, scope)
+            if self.prepared is None:
                 return
         except (TypeError, ValueError) as err:
             logger.debug("bsc: request not cached: %s", err)
@@ -191,7 +192,7 @@ class _Completions:
         owner = self._owner
         request = _Request(owner, kwargs)
         if request.key is not None:
-            hit = owner._cache.lookup_chat(**request.key)
+            hit = owner._cache._lookup_prepared(request.prepared)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _ReplayStream(reply) if request.stream else reply
@@ -252,7 +253,7 @@ class _AsyncCompletions:
         owner = self._owner
         request = _Request(owner, kwargs)
         if request.key is not None:
-            hit = await owner._cache.alookup_chat(**request.key)
+            hit = await owner._cache._alookup_prepared(request.prepared)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _AsyncReplayStream(reply) if request.stream else reply

@@ -663,15 +663,19 @@ class SemanticCache:
         for an entry to answer, e.g. ``model="gpt-4o-mini", user_id=42``; see :func:`chat_scope`
         for chat requests. Raises ``TypeError``/``ValueError`` for a bad prompt, namespace or
         scope value."""
-        prepared = self._prepare(prompt, namespace, scope)
+        return self._lookup_prepared(self._prepare(prompt, namespace, scope))
+
+    def _lookup_prepared(self, prepared: tuple[str, str, str] | None) -> Hit | None:
+        """:meth:`lookup` after :meth:`_prepare` (callers that checked the request already, such
+        as the client wrapper, do not check it twice)."""
         if prepared is None:
             self._metrics.add("bypassed")
             return None
-        prompt, partition, normalized = prepared
+        text, partition, normalized = prepared
         hit = self._exact(partition, normalized)
         if hit is not None:
             return hit
-        return self._semantic(prompt, partition, self._embed_one(prompt))
+        return self._semantic(text, partition, self._embed_one(text))
 
     def _embed_one(self, prompt: str) -> Any:
         if not self._fits(prompt):
@@ -835,16 +839,19 @@ class SemanticCache:
         """Async :meth:`lookup`: the exact path runs inline (microseconds), the embedding through
         the embedder's async method, and the native scan in a worker thread, so the event loop
         is never blocked by a scan of a large cache."""
-        prepared = self._prepare(prompt, namespace, scope)
+        return await self._alookup_prepared(self._prepare(prompt, namespace, scope))
+
+    async def _alookup_prepared(self, prepared: tuple[str, str, str] | None) -> Hit | None:
+        """:meth:`alookup` after :meth:`_prepare`."""
         if prepared is None:
             self._metrics.add("bypassed")
             return None
-        prompt, partition, normalized = prepared
+        text, partition, normalized = prepared
         hit = self._exact(partition, normalized)
         if hit is not None:
             return hit
-        embedding = await self._aembed_one(prompt)
-        return await asyncio.to_thread(self._semantic, prompt, partition, embedding)
+        embedding = await self._aembed_one(text)
+        return await asyncio.to_thread(self._semantic, text, partition, embedding)
 
     async def astore(
         self,

@@ -245,19 +245,20 @@ def create_app(
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         key: tuple[str, dict[str, Any]] | None = None
+        prepared = None
         if "no-store" not in control:
             messages, model, params = split_request(payload)
             try:
                 key = chat_scope(messages, model=model, **params)
                 # The cache's own checks (an empty or over-long prompt, a temperature above the
                 # limit): such requests go upstream uncached.
-                if cache._prepare(key[0], namespace, key[1]) is None:
+                prepared = cache._prepare(key[0], namespace, key[1])
+                if prepared is None:
                     key = None
             except (TypeError, ValueError):
                 key = None  # not a request the cache can key: forwarded as it is
-        if key is not None and "no-cache" not in control:
-            prompt, scope = key
-            hit = await cache.alookup(prompt, namespace=namespace, **scope)
+        if key is not None and prepared is not None and "no-cache" not in control:
+            hit = await cache._alookup_prepared(prepared)
             if hit is not None:
                 completion = fresh(hit.response)
                 headers = {"X-Bsc-Cache": "hit", "X-Bsc-Similarity": f"{hit.similarity:.4f}"}
