@@ -318,3 +318,20 @@ def test_a_compressed_upstream_stream_is_relayed_decoded_and_stored() -> None:
         while len(cache) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ask(client(proxy.url), Q)[0] == "hit"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "kwargs", "error"),
+    [
+        ("not a url", {}, ValueError),
+        ("ftp://127.0.0.1/v1", {}, ValueError),
+        (None, {}, TypeError),
+        ("http://127.0.0.1:1/v1", {"timeout": -1}, ValueError),
+        ("http://127.0.0.1:1/v1", {"timeout": float("nan")}, ValueError),
+    ],
+)
+def test_create_app_refuses_bad_settings(upstream: Any, kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        create_app(SemanticCache(WordEmbedder()), upstream, **kwargs)
+    with pytest.raises(TypeError, match="SemanticCache"):
+        create_app(object(), "http://127.0.0.1:1/v1")  # type: ignore[arg-type]

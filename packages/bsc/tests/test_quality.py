@@ -130,3 +130,17 @@ def test_calibrate_on_text_pairs_gives_a_cache_threshold() -> None:
     assert result.hits > 0 and result.false_hit_rate_upper_bound <= 0.05
     cache = SemanticCache(embedder, similarity_threshold=result.threshold)
     assert cache.similarity_threshold == result.threshold
+
+
+def test_bad_counts_and_empty_pairs_are_refused() -> None:
+    from bsc.quality import evaluate
+    from bsc_backends.testing import WordEmbedder
+
+    with pytest.raises(ValueError, match="between 0 and trials"):
+        wilson_upper(-1, 10)
+    with pytest.raises(ValueError, match="between 0 and trials"):
+        wilson_upper(11, 10)
+    with pytest.raises(TypeError, match="failures must be an int"):
+        wilson_upper(1.5, 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no pairs"):
+        evaluate([], WordEmbedder())

@@ -89,6 +89,11 @@ def _check(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[npt.NDArray[np
 def wilson_upper(failures: int, trials: int, confidence: float = 0.95) -> float:
     """The upper Wilson score bound of a proportion: with ``confidence`` (one-sided), the true
     rate behind ``failures`` of ``trials`` is at most this. 1.0 for no trials."""
+    for name, value in (("failures", failures), ("trials", trials)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= failures <= max(trials, 0):
+        raise ValueError(f"failures must be between 0 and trials ({trials}), got {failures}")
     if trials <= 0:
         return 1.0
     if not 0 < confidence < 1:
@@ -270,6 +275,8 @@ def embed_pairs(
 
     from tqdm import tqdm
 
+    if not pairs:
+        raise ValueError("no pairs to embed")
     texts = [p.text_a for p in pairs] + [p.text_b for p in pairs]
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
     if cache_file is not None and os.path.exists(cache_file):

@@ -172,6 +172,15 @@ def create_app(
     last save), as ``bsc serve`` does. ``shared_namespaces``: ``X-Bsc-Namespace`` alone names
     the namespace, so callers with different API keys share its answers (only behind a
     gateway that authenticates callers; by default a namespace lives within one API key)."""
+    if not isinstance(upstream, str):
+        raise TypeError(f"upstream must be a URL string, got {type(upstream).__name__}")
+    parsed = httpx.URL(upstream)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"upstream must be an http:// or https:// URL, got {upstream!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(cache, SemanticCache):
+        raise TypeError(f"cache must be a bsc.SemanticCache, got {type(cache).__name__}")
     base = upstream.rstrip("/")
     metrics = _Metrics(cache)
     clients: list[httpx.AsyncClient] = []
