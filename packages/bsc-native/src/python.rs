@@ -1002,6 +1002,51 @@ impl PyCacheStore {
         hits_tuple(py, &hits)
     }
 
+    /// The `k` nearest unexpired entries of `namespace` within `max_distance`, nearest first,
+    /// each as `lookup` returns one, read under one read lock, without marking them used or
+    /// counting anything: a caller that re-scores them serves its pick with `lookup_key`.
+    #[pyo3(signature = (code, k = None, max_distance = None, *, namespace = None))]
+    fn candidates<'py>(
+        &self,
+        py: Python<'py>,
+        code: &Bound<'py, PyAny>,
+        k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>,
+        namespace: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let k = k_arg(k)?;
+        let query = codes_arg(code, "code", self.code_bits / 64, false)?;
+        let max_distance = radius_arg(max_distance, self.code_bits)?;
+        let name = namespace_arg(namespace)?;
+        // An entry whose response fails its checksum is removed and reported, as by `lookup`.
+        let mut unreadable: Option<(Id, Error)> = None;
+        let found = py.detach(|| -> PyResult<Vec<(u32, EntryView)>> {
+            let core = read(&self.inner)?;
+            let hits = core
+                .search_in(&query, k, max_distance, Some(&name), now())
+                .map_err(to_py)?;
+            let mut out = Vec::with_capacity(hits.len());
+            for hit in hits {
+                match core.peek(hit.id) {
+                    Ok(Some(view)) => out.push((hit.distance, view)),
+                    Ok(None) => {}
+                    Err(err) => {
+                        unreadable = Some((hit.id, err));
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        if let Some((id, err)) = unreadable {
+            return Err(py.detach(|| self.drop_unreadable(id, err)));
+        }
+        found
+            .into_iter()
+            .map(|(distance, view)| entry_tuple(py, view, Some(distance)))
+            .collect()
+    }
+
     /// Removes every entry of `namespace`; returns how many.
     fn delete_namespace(&self, py: Python<'_>, namespace: &Bound<'_, PyAny>) -> PyResult<usize> {
         let name = namespace_arg(Some(namespace))?;

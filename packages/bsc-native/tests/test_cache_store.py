@@ -69,6 +69,32 @@ def test_search_does_not_count():
     assert store.stats()["hits"] == 0
 
 
+def test_candidates_copy_the_nearest_entries_without_marking_or_counting():
+    store = CacheStore(code_bits=64, max_entries=10)
+    a = store.put(code(0b0, 1), b"a", namespace="n")
+    b = store.put(code(0b1, 1), b"b", namespace="n")
+    c = store.put(code(0b11, 1), b"c", namespace="n")
+    store.put(code(0b0, 1), b"other", namespace="m")  # another namespace: never a candidate
+    store.put(code(0b111, 1), b"far", namespace="n")
+    before = store.lru_ids().tolist()
+    found = store.candidates(code(0, 1), 3, 2, namespace="n")
+    assert [(e[0], e[1], e[2], e[5]) for e in found] == [(a, 0, b"a", 0), (b, 1, b"b", 0), (c, 2, b"c", 0)]
+    assert store.candidates(code(0, 1), 2, 64, namespace="n")[-1][0] == b  # k caps the count
+    assert (
+        store.candidates(code(0, 1), 5, 0, namespace="n")[0][0] == a
+        and len(store.candidates(code(0, 1), 5, 0, namespace="n")) == 1
+    )
+    assert store.candidates(code(0, 1), 5, 64, namespace="nowhere") == []
+    assert store.lru_ids().tolist() == before
+    stats = store.stats()
+    assert (stats["hits"], stats["misses"]) == (0, 0)
+    store.put(code(0b0, 1), b"soon gone", namespace="t", ttl=0.05)
+    time.sleep(0.1)
+    assert store.candidates(code(0, 1), 5, 64, namespace="t") == []  # expired entries are never candidates
+    with pytest.raises(ValueError, match=r"code must have shape \(1,\)"):
+        store.candidates(code(0, 2), 1, 1, namespace="n")
+
+
 @pytest.mark.parametrize("max_entries", [0, -1, 2**32, 2**70])
 def test_bad_max_entries(max_entries):
     with pytest.raises(ValueError, match=f"max_entries must be between 1 and 4294967294, got {max_entries}"):

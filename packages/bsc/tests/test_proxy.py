@@ -20,6 +20,7 @@ import pytest
 
 from bsc import SemanticCache
 from bsc.cli import main as cli_main
+from bsc.semantic import describe_file
 from bsc.server import create_app
 from bsc.testing import FakeChatUpstream, ServerThread
 from bsc_backends.testing import WordEmbedder
@@ -239,7 +240,7 @@ def test_bsc_serve_with_the_default_embedder_and_an_unchanged_sdk(
         port = s.getsockname()[1]
     cache_file = tmp_path / "served.bsc"
     command = [sys.executable, "-m", "bsc", "serve", "--upstream", upstream[1] + "/v1", "--port", str(port)]
-    command += ["--persist", str(cache_file), "--log-level", "warning"]
+    command += ["--persist", str(cache_file), "--log-level", "warning", "--rescore", "--content-gate"]
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
@@ -261,10 +262,16 @@ def test_bsc_serve_with_the_default_embedder_and_an_unchanged_sdk(
         )
         assert second.headers["x-bsc-cache"] == "hit"
         assert second.parse().choices[0].message.content == first.choices[0].message.content
+        third = sdk.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "How do I learn Python 3?"}]
+        )
+        assert third.headers["x-bsc-cache"] == "miss"  # the content gate: the numbers differ
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert cache_file.exists()  # saved on shutdown
+    settings = describe_file(cache_file)
+    assert settings["rescore"] is True and settings["content_gate"]["numbers"] is True
     assert cli_main(["inspect", str(cache_file), "--json"]) == 0
 
 

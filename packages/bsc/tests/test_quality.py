@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,7 +62,9 @@ def test_calibration_meets_its_target_on_held_out_pairs() -> None:
 
 def test_calibration_refuses_to_serve_when_nothing_qualifies() -> None:
     result = calibrate_scores([0.9, 0.8], [0, 1], 0.02)
-    assert result.hits == 0 and result.threshold > 0.9
+    assert result.hits == 0 and result.threshold > 0.9 and not result.qualified
+    assert calibrate_scores([1.0, 0.8], [0, 1], 0.02).threshold == 1.0  # never above a cache's range
+    assert calibrate_scores(np.full(5000, 0.9), np.ones(5000), 0.02).qualified
 
 
 @pytest.mark.parametrize(
@@ -91,7 +94,11 @@ def test_evaluate_scores_float_and_binary_side_by_side_and_reuses_embeddings(tmp
     embedder = WordEmbedder(32)
     cache = str(tmp_path / "emb.npz")
     report = evaluate(pairs, embedder, code_bits=(64, 256), target_false_hit_rate=0.05, embeddings_cache=cache)
-    assert set(report["scoring"]) == {"float", "bits=64", "bits=256"}
+    assert set(report["scoring"]) == {
+        "float",
+        "int8",
+        *(f"bits={n}{kind}" for n in (64, 256) for kind in ("", "+rescore", "+gate")),
+    }
     assert report["pairs"] == 300 and report["duplicates"] == 150
     for row in report["scoring"].values():
         assert 0.5 < row["auc"] <= 1 and 0 < row["best_f1"] <= 1
@@ -106,7 +113,8 @@ def test_bsc_eval_prints_a_report(capsys: pytest.CaptureFixture[str], tmp_path: 
 
     assert main(["eval", "--limit", "60", "--bits", "128,256", "--json", "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["pairs"] == 60 and set(report["scoring"]) == {"float", "bits=128", "bits=256"}
+    assert report["pairs"] == 60
+    assert {"float", "int8", "bits=128", "bits=256+rescore", "bits=256+gate"} <= set(report["scoring"])
     assert json.loads((tmp_path / "r.json").read_text()) == report
     with pytest.raises(SystemExit):
         main(["eval", "--target", "1.5"])
@@ -144,3 +152,91 @@ def test_bad_counts_and_empty_pairs_are_refused() -> None:
         wilson_upper(1.5, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no pairs"):
         evaluate([], WordEmbedder())
+
+
+def _word_pairs(n: int, seed: int) -> list[Any]:
+    from bsc.demo import Pair
+
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(60)]
+    pairs = []
+    for i in range(n):
+        base = [str(w) for w in rng.choice(words, 6)]
+        other = [*base[:5], str(rng.choice(words))] if i % 2 == 0 else [str(w) for w in rng.choice(words, 6)]
+        pairs.append(Pair(i, " ".join(base), " ".join(other), int(i % 2 == 0)))
+    return pairs
+
+
+def test_pair_scores_with_rescoring_follow_the_cache_rule() -> None:
+    from bsc.quality import pair_scores
+
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((200, 32)), rng.standard_normal((200, 32))
+    b[:100] = a[:100] + 0.3 * b[:100]  # half the pairs close
+    scores = pair_scores(a, b, (128,), rescore_margin=0.1)
+    assert np.abs(scores["int8"] - scores["float"]).max() < 0.01
+    expected = np.minimum(scores["int8"], scores["bits=128"] + 0.1)
+    assert np.array_equal(scores["bits=128+rescore"], expected)
+    assert "bits=128+rescore" not in pair_scores(a, b, (128,))
+
+
+def test_replay_counts_right_and_wrong_hits() -> None:
+    from bsc.demo import Pair
+    from bsc.quality import replay
+
+    e = np.eye(8, dtype=np.float32)
+    pairs = [
+        Pair(0, "q0", "q0 again", 1),  # duplicates, near: a right hit
+        Pair(1, "q1", "q1 other", 0),  # labelled non-duplicates, near: a wrong (labelled) hit
+        Pair(2, "q2", "q2 far", 1),  # duplicates, far: a miss
+        Pair(3, "q3", "q3 near q4", 0),  # near another pair's stored question: wrong (unlinked)
+        Pair(4, "q4", "q0 again", 1),  # linked to q0 through pair 0? no: to q4; the asked text is q0's
+        Pair(5, "q5", "q5", 1),  # the same text: an exact hit
+    ]
+    near = lambda i, j: (e[i] + 0.05 * e[j]).astype(np.float32)  # noqa: E731
+    a = np.stack([e[0], e[1], e[2], e[3], e[4], e[5]])
+    b = np.stack([near(0, 7), near(1, 7), e[6], near(4, 7), near(0, 7), e[5]])
+    report = replay(pairs, a, b, model_name="table", similarity_threshold=0.8, code_bits=256)
+    assert report["queries"] == 6 and report["stored"] == 6
+    assert report["hits"] == 5 and report["exact_hits"] == 1
+    # q0 answers "q0 again" twice: right for pair 0 and, through the duplicate links
+    # q4 ~ "q0 again" ~ q0, right for pair 4 too.
+    assert report["correct"] == 3 and report["wrong_labelled"] == 1 and report["wrong_unlabelled"] == 1
+    assert report["wrong_hit_rate"] == pytest.approx(2 / 5, abs=1e-4)
+    assert report["recall"] == pytest.approx(3 / 4, abs=1e-4)
+    with pytest.raises(ValueError, match="no pairs"):
+        replay([], a[:0], b[:0], model_name="table")
+
+
+def test_replay_with_rescoring_and_the_gate_runs_the_real_cache() -> None:
+    from bsc.quality import embed_pairs, replay
+    from bsc_backends.testing import WordEmbedder
+
+    pairs = _word_pairs(120, 9)
+    a, b = embed_pairs(pairs, WordEmbedder(32))
+    plain = replay(pairs, a, b, model_name="test-words", similarity_threshold=0.7)
+    rescored = replay(pairs, a, b, model_name="test-words", similarity_threshold=0.7, rescore=True)
+    gated = replay(pairs, a, b, model_name="test-words", similarity_threshold=0.7, content_gate=True)
+    assert plain["hits"] > 0 and rescored["rescore"] and gated["content_gate"]
+    assert gated["hits"] <= plain["hits"]
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    from bsc.quality import plot
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(500) < 0.4).astype(int)
+    scores = np.where(labels == 1, rng.normal(0.8, 0.1, 500), rng.normal(0.6, 0.1, 500))
+    out = tmp_path / "p.png"
+    plot({"a": (scores, labels), "b": (scores + 0.01, labels)}, str(out), marks={"default": (0.4, 0.8)})
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_bsc_eval_replays_and_plots(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from bsc.cli import main
+
+    png = tmp_path / "q.png"
+    assert main(["eval", "--limit", "80", "--replay", "0.8", "--plot", str(png), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "replay 256-bit at 0.8" in out and "replay 256-bit + rescore at 0.8" in out
+    assert "bits=256+gate" in out and png.exists()

@@ -223,6 +223,17 @@ class CacheStore:
         """Remove every entry whose TTL has run out; return how many."""
     def placement(self, id: int) -> tuple[bytes, float | None] | None:
         """An entry's namespace and expiry time (seconds since the Unix epoch, ``None`` without a TTL)."""
+    def candidates(
+        self,
+        code: npt.NDArray[np.uint64],
+        k: int | None = None,
+        max_distance: int | None = None,
+        *,
+        namespace: str | bytes | None = None,
+    ) -> list[_EntryTuple]:
+        """The ``k`` (``None``: 1) nearest unexpired entries of ``namespace`` within ``max_distance``, nearest
+        first, each as ``lookup`` returns one, read under one lock, without marking them used or counting: a
+        caller that re-scores them serves its pick with ``lookup_key``."""
     def peek(self, id: int) -> _EntryTuple | None:
         """An entry without marking it used (its distance is ``None``)."""
     def get_code(self, id: int) -> npt.NDArray[np.uint64] | None:

@@ -14,15 +14,16 @@ from typing import Any
 import numpy as np
 
 from bsc._codec import encode_response
-from bsc.semantic import SemanticCache, _pack, normalize_prompt
+from bsc.semantic import SemanticCache, _pack, normalize_prompt, quantize
 from bsc_backends import Embedder
 
-__all__ = ["bench", "fill"]
+__all__ = ["bench", "fill", "rescore_cost"]
 
 
 def fill(cache: SemanticCache, n: int, seed: int = 0) -> None:
     """Adds filler entries until the cache holds ``n``: random codes, each with a record and
-    its exact-match key, in the default namespace and scope."""
+    its exact-match key, in the default namespace and scope; with rescoring, each record holds
+    a random int8 embedding, as a real one would."""
     store = cache.binary._store
     partition = cache._partition("default", {})
     words = cache.binary.code_bits // 64
@@ -30,9 +31,11 @@ def fill(cache: SemanticCache, n: int, seed: int = 0) -> None:
     payload = encode_response("x" * 40)
     todo = n - len(cache)
     codes = rng.integers(0, 2**63, size=(max(todo, 0), words), dtype=np.uint64)
+    dim = cache.binary.encoder.embedding_dim
     for i in range(todo):
         prompt = f"filler prompt number {i}"
-        record = _pack(prompt, (), 0, 0.0, payload)
+        vector = quantize(rng.standard_normal(dim)) if cache.rescore else b""
+        record = _pack(prompt, (), 0, 0.0, payload, vector)
         store.put(codes[i], record, namespace=partition, key=cache._key(partition, normalize_prompt(prompt)))
 
 
@@ -103,3 +106,49 @@ def bench(n: int, embedder: Embedder, pairs: list[tuple[str, str]], rounds: int)
         row[f"{name}_us"] = us(statistics.median(values))
     row["semantic_over_exact"] = round(row["semantic_lookup_us"] / row["exact_hit_us"], 1)
     return row
+
+
+def rescore_cost(n: int, embedder: Embedder, pairs: list[tuple[str, str]], rounds: int) -> dict[str, Any]:
+    """What rescoring costs at ``n`` entries, side by side with a cache without it: memory per
+    entry, and the median time of the semantic path after the embedding (the scan, plus the
+    candidates' records read and re-scored), with the question embeddings computed beforehand.
+    Both caches hold the pairs' first questions and the same filler; passes alternate."""
+    caches = {}
+    for rescore in (False, True):
+        cache = SemanticCache(embedder, max_entries=max(n, len(pairs)), rescore=rescore)
+        cache.store_many([q1 for q1, _ in pairs], [f"answer to: {q1}" for q1, _ in pairs])
+        fill(cache, n)
+        caches[rescore] = cache
+    partition = caches[False]._partition("default", {})
+    texts = [normalize_prompt(q2) for _, q2 in pairs]
+    vectors = embedder.embed_texts(texts)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    hits = dict.fromkeys((False, True), 0)
+    for _ in range(rounds):
+        for rescore, cache in caches.items():
+            hits[rescore] = 0
+            for text, vector in zip(texts, vectors, strict=True):
+                t0 = time.perf_counter()
+                hit = cache._semantic(text, partition, vector)
+                times[rescore].append(time.perf_counter() - t0)
+                hits[rescore] += hit is not None
+    stats = {r: c.stats() for r, c in caches.items()}
+    memory = {r: s.memory_bytes / s.size for r, s in stats.items()}
+    records = {r: s.response_bytes / s.size for r, s in stats.items()}
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "n": n,
+        "lookups_per_series": len(pairs) * rounds,
+        # Allocated memory (buffers grow by doubling, so this includes their free capacity),
+        # and the bytes the records themselves take.
+        "memory_bytes_per_entry": round(memory[False], 1),
+        "memory_bytes_per_entry_rescore": round(memory[True], 1),
+        "record_bytes_per_entry": round(records[False], 1),
+        "record_bytes_per_entry_rescore": round(records[True], 1),
+        "extra_bytes_per_entry": round(records[True] - records[False], 1),
+        "semantic_path_us": us(off),
+        "semantic_path_us_rescore": us(on),
+        "extra_us_per_lookup": us(on - off),
+        "hits": hits[False],
+        "hits_rescore": hits[True],
+    }

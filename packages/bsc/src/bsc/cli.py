@@ -59,6 +59,8 @@ def _stats(args: argparse.Namespace) -> int:
     for key, value in report.items():
         if isinstance(value, float) and key in ("hit_rate",):
             value = f"{value:.1%}"
+        if key == "content_gate":
+            value = "off" if not value else ", ".join(rule for rule, on in value.items() if on) or "no rules"
         print(f"{_LABELS.get(key, key.replace('_', ' ')):<{width}}  {value}")
     if histogram:
         print("best-candidate similarity (semantic lookups):")
@@ -79,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_entries=args.max_entries,
         default_ttl=args.ttl,
         max_temperature=args.max_temperature,
+        rescore=args.rescore,
+        content_gate=args.content_gate,
         persist_path=args.persist,
     )
     try:
@@ -162,6 +166,9 @@ def _eval(args: argparse.Namespace) -> int:
         LocalEmbedder(),
         code_bits=bits,
         target_false_hit_rate=args.target,
+        rescore_margin=args.rescore_margin,
+        replay_threshold=args.replay,
+        plot_path=args.plot,
         embeddings_cache=args.embeddings_cache,
         progress=not args.json and not args.no_progress,
     )
@@ -172,14 +179,22 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['pairs']} pairs ({report['duplicates']} duplicates) from {name}, {report['embedder']}")
-    print(f"{'scoring':<10} {'best F1':>8} {'P@R0.5':>8} {'AUC':>7}   calibrated for {args.target:.1%} false hits")
+    print(f"{'scoring':<16} {'best F1':>8} {'P@R0.5':>8} {'AUC':>7}   calibrated for {args.target:.1%} false hits")
     for scoring, row in report["scoring"].items():
         cal = row["calibration"]
         print(
-            f"{scoring:<10} {row['best_f1']:>8.4f} {row['precision_at_recall_0.5']:>8.4f} {row['auc']:>7.4f}   "
+            f"{scoring:<16} {row['best_f1']:>8.4f} {row['precision_at_recall_0.5']:>8.4f} {row['auc']:>7.4f}   "
             f"threshold {cal['threshold']:.4f}: hit rate {cal['hit_rate']:.1%}, false hits {cal['false_hit_rate']:.2%} "
-            f"(<= {cal['false_hit_rate_upper_bound']:.2%} at 95%)"
+            f"(<= {cal['false_hit_rate_upper_bound']:.2%} at {cal['confidence']:.1%})"
+            + ("" if cal["qualified"] else ": no threshold qualifies")
         )
+    for row in report.get("replay", []):
+        print(
+            f"replay {row['code_bits']}-bit{' + rescore' if row['rescore'] else ''} at {row['similarity_threshold']}: "
+            f"hit rate {row['hit_rate']:.1%}, wrong hits {row['wrong_hit_rate']:.1%}, recall {row['recall']:.1%}"
+        )
+    if args.plot:
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -267,14 +282,22 @@ def parser() -> argparse.ArgumentParser:
         "eval",
         help="measure answer quality on labelled pairs: float cosine and binary codes side by side",
         description="Embed labelled question pairs with the local embedder and report, for exact float "
-        "cosine and each code length: best F1, precision at recall 0.5, AUC, and the threshold calibrated "
-        "for a target false-hit rate (with its 95%% upper bound and the hit rate it buys). Work in progress "
-        "for issue 8.",
+        "cosine, its int8 copy and each code length alone, with rescoring and with the content gate: best "
+        "F1, precision at recall 0.5, AUC, and the threshold calibrated for a target false-hit rate (with "
+        "its upper bound and the hit rate it buys); optionally a workload replay through SemanticCache and "
+        "a plot. docs/QUALITY.md explains the metrics.",
     )
     evaluation.add_argument("--data", metavar="PATH", help="QQP-style .jsonl(.gz) (default: the shipped sample)")
     evaluation.add_argument("--limit", type=_positive, metavar="N", help="only the first N pairs")
     evaluation.add_argument("--bits", default="256", help="code lengths, e.g. 128,256,512,1024 (default 256)")
     evaluation.add_argument("--target", type=_rate, default=0.02, help="target false-hit rate (default 0.02)")
+    evaluation.add_argument(
+        "--rescore-margin", type=float, default=0.1, help="rescoring's margin under the threshold (default 0.1)"
+    )
+    evaluation.add_argument(
+        "--replay", type=_threshold, metavar="THRESHOLD", help="also replay the pairs through SemanticCache at it"
+    )
+    evaluation.add_argument("--plot", metavar="FILE.png", help="also plot precision against hit rate (bsc[eval])")
     evaluation.add_argument("--embeddings-cache", metavar="FILE.npz", help="reuse (or save) the embeddings here")
     evaluation.add_argument("--out", metavar="PATH", help="also write the report as JSON here")
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -316,6 +339,14 @@ def parser() -> argparse.ArgumentParser:
         "--shared-namespaces",
         action="store_true",
         help="X-Bsc-Namespace alone names the namespace, shared across API keys (default: within one key)",
+    )
+    serve.add_argument(
+        "--rescore", action="store_true", help="re-score candidates with an int8 copy of each embedding (QUALITY.md)"
+    )
+    serve.add_argument(
+        "--content-gate",
+        action="store_true",
+        help="veto semantic hits whose numbers, dates, negation, ... differ from the prompt's (docs/SEMANTICS.md)",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(run=_serve)

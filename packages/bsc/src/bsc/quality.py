@@ -12,9 +12,16 @@ A labelled pair ``(text_a, text_b, label)`` stands for one lookup: ``text_a`` wa
 :func:`calibrate_scores` picks the lowest threshold whose false-hit rate is, with the given
 confidence, at most the target: it checks the upper Wilson score bound of the false-hit rate
 measured on the pairs, so a threshold tuned on a few hundred pairs is not trusted beyond what
-they show. :func:`evaluate` (``bsc eval``) scores exact float cosine and binary codes side by
-side; :func:`calibrate` returns a threshold for labelled text pairs. Work in progress for issue
-8: the plot, the workload replay, the verification stage and the content gate are not built yet.
+they show. The default confidence is high (99.9%, one-sided) because the threshold is picked
+from thousands, the lowest that passes, and that choice favours thresholds whose pairs happened
+to look good; docs/QUALITY.md shows how it was chosen (on dev, by calibrating on one half and
+checking on the other) and that it keeps its targets on test.
+
+:func:`evaluate` (``bsc eval``) scores exact float cosine and binary codes side by side,
+with rescoring and with the content gate; :func:`replay` runs a workload through
+:class:`~bsc.SemanticCache` (store one side of each pair, ask the other); :func:`calibrate`
+returns a threshold for labelled text pairs; :func:`plot` draws precision against hit rate.
+``benchmarks/quality.py`` runs all of it on the QQP splits and writes docs/QUALITY.md.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ import numpy.typing as npt
 __all__ = [
     "Calibration",
     "CurvePoint",
+    "TableEmbedder",
     "auc",
     "calibrate",
     "calibrate_scores",
     "curve",
     "embed_pairs",
     "evaluate",
+    "gate_vetoes",
     "pair_scores",
+    "plot",
+    "replay",
     "summarise",
     "wilson_upper",
 ]
@@ -67,9 +78,14 @@ class Calibration:
     recall: float
     hits: int
     pairs: int
+    qualified: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The default one-sided confidence of :func:`calibrate` (see the module docs).
+CONFIDENCE = 0.999
 
 
 def _check(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
@@ -184,11 +200,12 @@ def calibrate_scores(
     labels: npt.ArrayLike,
     target_false_hit_rate: float = 0.02,
     *,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
 ) -> Calibration:
     """The lowest threshold (the most hits) whose false-hit rate on these pairs has an upper
     Wilson bound at ``confidence`` of at most ``target_false_hit_rate``. If no threshold
-    qualifies, the threshold is above every score (nothing is served) and ``hits`` is 0."""
+    qualifies, ``qualified`` is False, ``hits`` is 0 and the threshold is just above every
+    score (at most 1.0: a cache at 1.0 still serves codes identical to a stored one)."""
     if not 0 < target_false_hit_rate < 1:
         raise ValueError(f"target_false_hit_rate must be in (0, 1), got {target_false_hit_rate}")
     s, y = _check(scores, labels)
@@ -200,7 +217,7 @@ def calibrate_scores(
             best, bound = point, upper
     if best is None:
         return Calibration(
-            math.nextafter(float(np.max(s)), math.inf),
+            min(1.0, math.nextafter(float(np.max(s)), math.inf)),
             target_false_hit_rate,
             confidence,
             0.0,
@@ -209,6 +226,7 @@ def calibrate_scores(
             0.0,
             0,
             s.size,
+            qualified=False,
         )
     return Calibration(
         best.threshold,
@@ -228,7 +246,9 @@ def _precision_at_recall(points: list[CurvePoint], recall: float) -> float:
     return max(eligible) if eligible else 0.0
 
 
-def summarise(scores: npt.ArrayLike, labels: npt.ArrayLike, target_false_hit_rate: float = 0.02) -> dict[str, Any]:
+def summarise(
+    scores: npt.ArrayLike, labels: npt.ArrayLike, target_false_hit_rate: float = 0.02, confidence: float = CONFIDENCE
+) -> dict[str, Any]:
     """Best F1 (and its threshold), precision at recall 0.5, AUC, and the calibration for
     ``target_false_hit_rate``, for one way of scoring a set of labelled pairs."""
     points = curve(scores, labels)
@@ -238,29 +258,64 @@ def summarise(scores: npt.ArrayLike, labels: npt.ArrayLike, target_false_hit_rat
         "best_f1_threshold": round(best.threshold, 4),
         "precision_at_recall_0.5": round(_precision_at_recall(points, 0.5), 4),
         "auc": round(auc(scores, labels), 4),
-        "calibration": calibrate_scores(scores, labels, target_false_hit_rate).as_dict(),
+        "calibration": calibrate_scores(scores, labels, target_false_hit_rate, confidence=confidence).as_dict(),
     }
 
 
+def _cosine(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.einsum("ij,ij->i", a, b) / norms
+    return np.where(norms > 0, out, -1.0)
+
+
 def pair_scores(
-    vectors_a: npt.ArrayLike, vectors_b: npt.ArrayLike, code_bits: tuple[int, ...] = (256,), seed: int = 42
+    vectors_a: npt.ArrayLike,
+    vectors_b: npt.ArrayLike,
+    code_bits: tuple[int, ...] = (256,),
+    seed: int = 42,
+    *,
+    rescore_margin: float | None = None,
 ) -> dict[str, npt.NDArray[np.float64]]:
-    """Similarity of each pair: ``"float"`` the exact cosine of the embeddings, and for each
-    code length ``"bits=N"`` the cosine estimated from N-bit codes, ``cos(pi * hamming / N)``,
-    as the cache computes it."""
+    """Similarity of each pair, ``a`` stored and ``b`` asked: ``"float"`` the exact cosine of
+    the embeddings, ``"int8"`` the cosine of ``a``'s int8 copy (what rescoring keeps) with
+    ``b``, and for each code length ``"bits=N"`` the cosine estimated from N-bit codes,
+    ``cos(pi * hamming / N)``, as the cache computes it. With ``rescore_margin``, also
+    ``"bits=N+rescore"``: what a cache with rescoring serves at a threshold ``t`` is a pair whose
+    code estimate reaches ``t - rescore_margin`` and whose int8 cosine reaches ``t``, so its
+    score is the smaller of the int8 cosine and the estimate plus the margin."""
+    from bsc.semantic import quantize
     from bsc_encoder import BinaryEncoder, hamming_to_cosine
 
     a = np.asarray(vectors_a, dtype=np.float64)
     b = np.asarray(vectors_b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"vectors must be two matrices of one shape, got {a.shape} and {b.shape}")
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    out = {"float": np.einsum("ij,ij->i", a, b) / norms}
+    stored = np.stack([np.frombuffer(quantize(row), dtype=np.int8) for row in a]).astype(np.float64)
+    out = {"float": _cosine(a, b), "int8": _cosine(stored, b)}
     for bits in code_bits:
         encoder = BinaryEncoder(a.shape[1], bits, seed)
         codes_a, codes_b = encoder.encode_batch(a), encoder.encode_batch(b)
         distance = np.unpackbits((codes_a ^ codes_b).view(np.uint8), axis=1).sum(axis=1)
-        out[f"bits={bits}"] = np.asarray(hamming_to_cosine(distance, bits), dtype=np.float64)
+        estimate = np.asarray(hamming_to_cosine(distance, bits), dtype=np.float64)
+        out[f"bits={bits}"] = estimate
+        if rescore_margin is not None:
+            out[f"bits={bits}+rescore"] = np.minimum(out["int8"], estimate + rescore_margin)
+    return out
+
+
+def gate_vetoes(pairs: list[Any], gate: Any = None) -> dict[str, npt.NDArray[np.bool_]]:
+    """For each rule of ``gate`` (default every rule), which pairs it vetoes on its own (``b``
+    asked, ``a`` stored, as the cache checks them), and under ``"all"`` which the whole gate
+    vetoes."""
+    from bsc.gate import ContentGate
+    from bsc.semantic import normalize_prompt
+
+    gate = gate or ContentGate()
+    rules = [name for name, on in gate.as_dict().items() if on]
+    found = [set(gate.differences(normalize_prompt(p.text_b), p.text_a)) for p in pairs]
+    out = {rule: np.array([rule in f for f in found], dtype=bool) for rule in rules}
+    out["all"] = np.array([bool(f) for f in found], dtype=bool)
     return out
 
 
@@ -268,16 +323,19 @@ def embed_pairs(
     pairs: list[Any], embedder: Any, cache_file: str | None = None, progress: bool = False
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The embeddings of both sides of every pair (objects with ``text_a`` and ``text_b``), in
-    batches; with ``cache_file`` (``.npz``) they are read from it when it was made by the same
-    model from the same texts, and written to it otherwise."""
+    batches, of the text as :class:`~bsc.SemanticCache` embeds it (:func:`~bsc.normalize_prompt`);
+    with ``cache_file`` (``.npz``) they are read from it when it was made by the same model from
+    the same texts, and written to it otherwise."""
     import hashlib
     import os
 
     from tqdm import tqdm
 
+    from bsc.semantic import normalize_prompt
+
     if not pairs:
         raise ValueError("no pairs to embed")
-    texts = [p.text_a for p in pairs] + [p.text_b for p in pairs]
+    texts = [normalize_prompt(p.text_a) for p in pairs] + [normalize_prompt(p.text_b) for p in pairs]
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
     if cache_file is not None and os.path.exists(cache_file):
         with np.load(cache_file) as saved:
@@ -300,22 +358,54 @@ def evaluate(
     code_bits: tuple[int, ...] = (256,),
     seed: int = 42,
     target_false_hit_rate: float = 0.02,
+    rescore_margin: float = 0.1,
+    content_gate: bool = True,
+    replay_threshold: float | None = None,
+    plot_path: str | None = None,
     embeddings_cache: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Pairwise quality of exact float cosine and of each binary code length side by side
-    (:func:`summarise` for each), on labelled pairs. Deterministic given the seed."""
+    """Pairwise quality of every scoring side by side (:func:`summarise` for each), on labelled
+    pairs: exact float cosine, the int8 copy, and for each code length the codes alone, with
+    rescoring (``+rescore``, :func:`pair_scores`) and with the content gate (``+gate``: a
+    vetoed pair is never served). With ``replay_threshold``, also :func:`replay` for each code
+    length without and with rescoring; with ``plot_path``, the precision-against-hit-rate plot
+    (:func:`plot`). Deterministic given the seed."""
     labels = np.array([int(p.label) for p in pairs])
     a, b = embed_pairs(pairs, embedder, embeddings_cache, progress)
-    scores = pair_scores(a, b, code_bits, seed)
-    return {
+    scores = pair_scores(a, b, code_bits, seed, rescore_margin=rescore_margin)
+    if content_gate:
+        vetoed = gate_vetoes(pairs)["all"]
+        for bits in code_bits:
+            scores[f"bits={bits}+gate"] = np.where(vetoed, -2.0, scores[f"bits={bits}"])
+    report: dict[str, Any] = {
         "pairs": len(pairs),
         "duplicates": int(labels.sum()),
         "embedder": embedder.model_name,
         "seed": seed,
         "target_false_hit_rate": target_false_hit_rate,
+        "rescore_margin": rescore_margin,
         "scoring": {name: summarise(s, labels, target_false_hit_rate) for name, s in scores.items()},
     }
+    if replay_threshold is not None:
+        report["replay"] = [
+            replay(
+                pairs,
+                a,
+                b,
+                model_name=embedder.model_name,
+                similarity_threshold=replay_threshold,
+                code_bits=bits,
+                seed=seed,
+                rescore=rescore,
+                rescore_margin=rescore_margin,
+            )
+            for bits in code_bits
+            for rescore in (False, True)
+        ]
+    if plot_path is not None:
+        plot({name: (s, labels) for name, s in scores.items() if name != "int8"}, plot_path)
+    return report
 
 
 def calibrate(
@@ -325,7 +415,7 @@ def calibrate(
     target_false_hit_rate: float = 0.02,
     code_bits: int = 256,
     seed: int = 42,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     embeddings_cache: str | None = None,
 ) -> Calibration:
     """The similarity threshold for ``target_false_hit_rate`` on labelled ``pairs`` (objects
@@ -341,3 +431,175 @@ def calibrate(
     a, b = embed_pairs(pairs, embedder, embeddings_cache)
     scores = pair_scores(a, b, (code_bits,), seed)[f"bits={code_bits}"]
     return calibrate_scores(scores, labels, target_false_hit_rate, confidence=confidence)
+
+
+class TableEmbedder:
+    """Embeddings computed beforehand, looked up by text: :func:`replay` runs a workload through
+    :class:`~bsc.SemanticCache` without embedding it again. Texts are keyed as the cache embeds
+    them (normalised); a text not in the table raises ``KeyError``."""
+
+    def __init__(self, texts: list[str], vectors: npt.ArrayLike, model_name: str) -> None:
+        from bsc.semantic import normalize_prompt
+
+        rows = np.asarray(vectors, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} texts but vectors of shape {rows.shape}")
+        self._table: dict[str, npt.NDArray[np.float32]] = {
+            normalize_prompt(t): row for t, row in zip(texts, rows, strict=True)
+        }
+        self._dim = int(rows.shape[1])
+        self._model_name = model_name
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._dim
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def embed_text(self, text: str) -> npt.NDArray[np.float32]:
+        return self._table[text]
+
+    def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return np.stack([self._table[t] for t in texts]) if texts else np.empty((0, self._dim), np.float32)
+
+    async def aembed_text(self, text: str) -> npt.NDArray[np.float32]:
+        return self.embed_text(text)
+
+    async def aembed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        return self.embed_texts(texts)
+
+
+def replay(
+    pairs: list[Any],
+    vectors_a: npt.ArrayLike,
+    vectors_b: npt.ArrayLike,
+    *,
+    model_name: str,
+    similarity_threshold: float = 0.80,
+    code_bits: int = 256,
+    seed: int = 42,
+    rescore: bool = False,
+    rescore_candidates: int = 4,
+    rescore_margin: float = 0.1,
+    content_gate: Any = False,
+) -> dict[str, Any]:
+    """A workload through a real :class:`~bsc.SemanticCache`: the first question of every pair
+    is stored (one entry per distinct question), then the second question of every pair is
+    looked up, with the embeddings given (``vectors_a``, ``vectors_b``, e.g. from
+    :func:`embed_pairs`).
+
+    A hit is **correct** when the stored question that answered is the asked one or is linked
+    to it by duplicate labels (directly or through other duplicate pairs). Any other hit is
+    wrong: ``wrong_labelled`` when a pair labels the two questions non-duplicates,
+    ``wrong_unlabelled`` when no pair labels them (another question entirely; counted wrong, as
+    nothing says its answer fits). ``wrong_hit_rate`` is wrong hits / hits; ``recall`` is the
+    share of duplicate-labelled pairs whose question got a correct answer."""
+    from bsc.semantic import SemanticCache, normalize_prompt
+
+    if not pairs:
+        raise ValueError("no pairs to replay")
+    a, b = np.asarray(vectors_a, dtype=np.float32), np.asarray(vectors_b, dtype=np.float32)
+    texts_a = [normalize_prompt(p.text_a) for p in pairs]
+    texts_b = [normalize_prompt(p.text_b) for p in pairs]
+    embedder = TableEmbedder(texts_a + texts_b, np.concatenate([a, b]), model_name)
+    parent: dict[str, str] = {}
+
+    def root(text: str) -> str:
+        parent.setdefault(text, text)
+        while parent[text] != text:
+            parent[text] = parent[parent[text]]
+            text = parent[text]
+        return text
+
+    non_duplicates = set()
+    for p, ta, tb in zip(pairs, texts_a, texts_b, strict=True):
+        if p.label:
+            parent[root(ta)] = root(tb)
+        else:
+            non_duplicates.add(frozenset((ta, tb)))
+    stored = list(dict.fromkeys(texts_a))
+    cache = SemanticCache(
+        embedder,
+        similarity_threshold,
+        max_entries=len(stored),
+        code_bits=code_bits,
+        seed=seed,
+        rescore=rescore,
+        rescore_candidates=rescore_candidates,
+        rescore_margin=rescore_margin,
+        content_gate=content_gate,
+        persist_every=None,
+        persist_interval=None,
+    )
+    cache.store_many(stored, [""] * len(stored))
+    counts = dict.fromkeys(("hits", "exact_hits", "correct", "wrong_labelled", "wrong_unlabelled", "found"), 0)
+    for p, tb in zip(pairs, texts_b, strict=True):
+        hit = cache.lookup(tb)
+        if hit is None:
+            continue
+        counts["hits"] += 1
+        counts["exact_hits"] += hit.exact
+        served = normalize_prompt(hit.prompt)
+        if served == tb or root(served) == root(tb):
+            counts["correct"] += 1
+            counts["found"] += p.label
+        elif frozenset((served, tb)) in non_duplicates:
+            counts["wrong_labelled"] += 1
+        else:
+            counts["wrong_unlabelled"] += 1
+    hits, duplicates = counts["hits"], sum(p.label for p in pairs)
+    wrong = hits - counts["correct"]
+    return {
+        "queries": len(pairs),
+        "stored": len(stored),
+        "similarity_threshold": similarity_threshold,
+        "code_bits": code_bits,
+        "rescore": rescore,
+        "content_gate": bool(content_gate),
+        **{k: v for k, v in counts.items() if k != "found"},
+        "hit_rate": round(hits / len(pairs), 4),
+        "wrong_hit_rate": round(wrong / hits, 4) if hits else 0.0,
+        "wrong_hit_rate_upper_bound": round(wilson_upper(wrong, hits), 4),
+        "recall": round(counts["found"] / duplicates, 4) if duplicates else 0.0,
+        "gate_vetoes": cache.stats().gate_vetoes,
+    }
+
+
+def plot(
+    series: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    path: str,
+    *,
+    title: str = "Precision against hit rate",
+    marks: dict[str, tuple[float, float]] | None = None,
+) -> None:
+    """Draw precision (1 - false-hit rate) against hit rate for each named ``(scores,
+    labels)`` and save it as a PNG at ``path``; ``marks`` adds labelled points ``(hit rate,
+    precision)``. Needs matplotlib (``pip install 'bsc[eval]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plot needs matplotlib: pip install 'bsc[eval]'") from None
+    figure, axes = plt.subplots(figsize=(7.5, 5), dpi=120)
+    try:
+        for name, (scores, labels) in series.items():
+            points = curve(scores, labels)
+            axes.plot([p.hit_rate for p in points], [p.precision for p in points], label=name, linewidth=1.4)
+        for name, (x, y) in (marks or {}).items():
+            axes.plot([x], [y], marker="o", color="black", markersize=4)
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.set_xlabel("hit rate (share of lookups answered from the cache)")
+        axes.set_ylabel("precision (share of answers that are right)")
+        axes.set_title(title)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0.3, 1.0)
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="lower left", fontsize=8)
+        figure.tight_layout()
+        figure.savefig(path, format="png", metadata={"Software": None})
+    finally:
+        plt.close(figure)

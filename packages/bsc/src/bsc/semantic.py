@@ -9,7 +9,10 @@ One lookup, in order (docs/SEMANTICS.md states the rule in full):
    the stored prompt is compared with the query, so a hash collision can never answer;
 3. the **semantic path**: the prompt is embedded, encoded to a binary code and the nearest entry
    *of the same partition* is found inside the native scan; it answers if its estimated cosine
-   similarity reaches ``similarity_threshold``.
+   similarity reaches ``similarity_threshold``. With ``rescore`` on, the best few binary
+   candidates are re-scored with the exact cosine of an int8 copy of their embeddings kept in
+   their records; with ``content_gate`` on, a candidate whose numbers, dates, negation, ... differ
+   from the prompt's is vetoed (:mod:`bsc.gate`).
 
 Every entry is stored with its prompt, tags and usage in one record (``_pack``); the native
 engine keeps the partition, the TTL and the exact-match key beside it.
@@ -40,8 +43,9 @@ import numpy as np
 
 from bsc._codec import decode_response, encode_response
 from bsc.cache import BinarySemanticCache, _check_ttl
+from bsc.gate import ContentGate, gate_arg
 from bsc_backends import Embedder
-from bsc_encoder import BinaryEncoder, hamming_to_cosine
+from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
 from bsc_native import CorruptFileError, EncoderMismatchError, NotACacheFileError
 
 logger = logging.getLogger("bsc")
@@ -91,11 +95,16 @@ RESERVED_SCOPE_NAMES = frozenset({"ttl", "tags", "usage", "cost"})
 #: Embeddings kept of the latest texts embedded (about 1.5 KB each at 384 dimensions).
 RECENT_EMBEDDINGS = 256
 _RECORD_VERSION = 1
+# Version 2 records carry an int8 copy of the embedding (for rescoring) after the header.
+_RECORD_VERSION_VECTOR = 2
 _META_VERSION = 1
 # Histogram of the best candidate's similarity: 40 bins of 0.05 over [-1, 1].
 _BINS = 40
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A checked store: text, partition, normalised prompt, the record packer (given the int8
+# embedding or nothing), ttl, tags.
+_Item = tuple[str, str, str, Callable[..., bytes], "float | None", tuple[str, ...]]
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -205,11 +214,25 @@ def _check_cost(cost: Any) -> float:
     return float(cost)
 
 
-def _pack(prompt: str, tags: tuple[str, ...], tokens: int, cost: float, response: bytes) -> bytes:
-    """One record: version byte, u32 header length, the header as JSON, the encoded response."""
-    header = {"p": prompt, "t": list(tags), "u": tokens, "c": cost}
+def _pack(prompt: str, tags: tuple[str, ...], tokens: int, cost: float, response: bytes, vector: bytes = b"") -> bytes:
+    """One record: version byte, u32 header length, the header as JSON, then (version 2) the
+    int8 embedding whose length the header's ``v`` gives, then the encoded response."""
+    header: dict[str, Any] = {"p": prompt, "t": list(tags), "u": tokens, "c": cost}
+    if vector:
+        header["v"] = len(vector)
     raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-    return struct.pack("<BI", _RECORD_VERSION, len(raw)) + raw + response
+    version = _RECORD_VERSION_VECTOR if vector else _RECORD_VERSION
+    return struct.pack("<BI", version, len(raw)) + raw + vector + response
+
+
+def quantize(embedding: Any) -> bytes:
+    """The int8 copy of an embedding kept for rescoring: scaled so that its largest component is
+    ±127 (cosine similarity does not depend on the scale, so none is stored)."""
+    vector = np.asarray(embedding, dtype=np.float32)
+    peak = float(np.max(np.abs(vector))) if vector.size else 0.0
+    if not peak > 0 or not math.isfinite(peak):
+        return bytes(vector.size)
+    return np.rint(vector * (127.0 / peak)).astype(np.int8).tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,15 +242,27 @@ class _Record:
     tokens: int
     cost: float
     response: bytes
+    vector: bytes = b""
 
 
 def _unpack(payload: bytes) -> _Record:
     try:
         version, length = struct.unpack_from("<BI", payload)
-        if version != _RECORD_VERSION:
+        if version not in (_RECORD_VERSION, _RECORD_VERSION_VECTOR):
             raise ValueError(f"record version {version}")
-        header = json.loads(payload[5 : 5 + length].decode("utf-8", "surrogatepass"))
-        return _Record(header["p"], tuple(header["t"]), int(header["u"]), float(header["c"]), payload[5 + length :])
+        end = 5 + length
+        header = json.loads(payload[5:end].decode("utf-8", "surrogatepass"))
+        size = int(header["v"]) if version == _RECORD_VERSION_VECTOR else 0
+        if not 0 <= size <= len(payload) - end:
+            raise ValueError(f"embedding of {size} bytes in a record of {len(payload)}")
+        return _Record(
+            header["p"],
+            tuple(header["t"]),
+            int(header["u"]),
+            float(header["c"]),
+            payload[end + size :],
+            payload[end : end + size],
+        )
     except (struct.error, ValueError, KeyError, TypeError) as err:
         raise CorruptFileError(f"a cache record is not a SemanticCache record ({err})") from None
 
@@ -237,7 +272,8 @@ class Hit:
     """A cached answer.
 
     ``similarity`` is 1.0 for an exact hit (the same normalised prompt) and otherwise the cosine
-    similarity estimated from the binary codes; ``prompt`` is the stored prompt that answered.
+    similarity estimated from the binary codes (with rescoring, the exact cosine of the stored
+    int8 copy and the prompt's embedding); ``prompt`` is the stored prompt that answered.
     Pass a wrong one to :meth:`SemanticCache.mark_wrong`."""
 
     response: Any
@@ -258,6 +294,7 @@ class SemanticStats:
     ``hits = exact_hits + semantic_hits``; ``lookups = hits + misses + bypassed``; ``hit_rate``
     is ``hits / lookups``. ``near_misses`` are misses whose best candidate was within
     ``near_miss_margin`` under the threshold (a threshold set too high shows up here).
+    ``gate_vetoes`` counts candidates the content gate vetoed (a lookup may veto several).
     ``similarity_histogram`` counts the best candidate's similarity on the semantic path in bins
     of 0.05, keyed by each bin's lower edge (``"0.80"`` is [0.80, 0.85)). ``tokens_saved`` and
     ``cost_saved`` add up the usage stored with each entry that answered."""
@@ -273,6 +310,7 @@ class SemanticStats:
     bypassed: int
     hit_rate: float
     false_hit_reports: int
+    gate_vetoes: int
     evictions: int
     expirations: int
     namespaces: int
@@ -293,6 +331,7 @@ _COUNTERS = (
     "near_misses",
     "bypassed",
     "false_hit_reports",
+    "gate_vetoes",
     "tokens_saved",
     "cost_saved",
 )
@@ -400,6 +439,14 @@ class SemanticCache:
         near_miss_margin: a miss whose best candidate is within this much under the threshold
             counts as a near miss.
         max_prompt_chars: longer prompts are refused with ``ValueError``.
+        rescore: keep an int8 copy of each embedding in its record (the embedder's dimension in
+            bytes, 384 for the local model) and re-score the ``rescore_candidates`` nearest
+            binary candidates whose estimated similarity is at least ``similarity_threshold -
+            rescore_margin`` with the exact cosine; the best that reaches the threshold answers.
+            Precision then matches exact float cosine (docs/QUALITY.md); the scan stays binary.
+        content_gate: ``True`` (every rule) or a :class:`~bsc.gate.ContentGate`: a semantic
+            candidate whose numbers, dates, quantities, negation, quoted strings, opposite words or
+            names differ from the prompt's is vetoed, and the next candidate is tried.
         persist_path, persist_every, persist_interval: as for :class:`BinarySemanticCache`.
     """
 
@@ -415,6 +462,10 @@ class SemanticCache:
         max_temperature: float = 1.0,
         near_miss_margin: float = 0.05,
         max_prompt_chars: int = 100_000,
+        rescore: bool = False,
+        rescore_candidates: int = 4,
+        rescore_margin: float = 0.1,
+        content_gate: bool | ContentGate = False,
         persist_path: str | os.PathLike[str] | None = None,
         persist_every: int | None = 1000,
         persist_interval: float | None = 60.0,
@@ -425,6 +476,7 @@ class SemanticCache:
             embedder = default_embedder()
         dim = _embedder_dim(embedder)
         _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
+        options = _Options.checked(rescore, rescore_candidates, rescore_margin, content_gate)
         encoder = BinaryEncoder(dim, code_bits, seed)
         cache = BinarySemanticCache(
             encoder,
@@ -435,7 +487,7 @@ class SemanticCache:
             persist_every=persist_every,
             persist_interval=persist_interval,
         )
-        self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars)
+        self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options)
 
     def _setup(
         self,
@@ -444,9 +496,10 @@ class SemanticCache:
         max_temperature: float,
         near_miss_margin: float,
         max_prompt_chars: int,
+        options: _Options,
     ) -> None:
         try:
-            self._setup_checked(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars)
+            self._setup_checked(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options)
         except BaseException:
             cache.close()  # stops its background saver (nothing has changed, so nothing is saved)
             raise
@@ -458,6 +511,7 @@ class SemanticCache:
         max_temperature: float,
         near_miss_margin: float,
         max_prompt_chars: int,
+        options: _Options,
     ) -> None:
         _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
         saved = cache._file_meta.get("semantic")
@@ -485,6 +539,7 @@ class SemanticCache:
         self._max_temperature = float(max_temperature)
         self._near_miss_margin = float(near_miss_margin)
         self._max_prompt_chars = max_prompt_chars
+        self._options = options
         self._tags: dict[str, set[int]] | None = None if len(cache) else {}
         # While the tag index is rebuilt from the records, stores also note their tags here, so
         # that none made during the scan is lost.
@@ -521,6 +576,14 @@ class SemanticCache:
     @property
     def max_entries(self) -> int:
         return self._cache.max_entries
+
+    @property
+    def rescore(self) -> bool:
+        return self._options.rescore
+
+    @property
+    def content_gate(self) -> ContentGate | None:
+        return self._options.gate
 
     @property
     def max_temperature(self) -> float:
@@ -639,6 +702,8 @@ class SemanticCache:
         code = self._cache._code(embedding)
         threshold, radius = self._cache._rule
         bits = self._cache.code_bits
+        if self._options.rescore or self._options.gate is not None:
+            return self._semantic_checked(prompt, partition, embedding, code, threshold, radius)
         found, nearest = self._store.lookup_nearest(code, radius, namespace=partition)
         best = None if nearest is None else float(hamming_to_cosine(nearest, bits))
         if best is not None:
@@ -655,6 +720,54 @@ class SemanticCache:
         self._served(record)
         logger.debug("bsc: semantic hit in %s (similarity %.3f, entry %d)", partition, hit.similarity, hit.id)
         return hit
+
+    def _semantic_checked(
+        self, prompt: str, partition: str, embedding: Any, code: Any, threshold: float, radius: int
+    ) -> Hit | None:
+        """The semantic path with rescoring or the content gate: the nearest binary candidates
+        are read in one call, re-scored (rescoring), and the best that reaches the threshold
+        and passes the gate is served."""
+        options, bits = self._options, self._cache.code_bits
+        query = np.asarray(embedding, dtype=np.float32).ravel()
+        query_norm = float(np.linalg.norm(query))
+        if options.rescore:
+            radius = hamming_radius(max(-1.0, threshold - options.margin), bits)
+        scored = []
+        for entry in self._store.candidates(code, options.candidates, radius, namespace=partition):
+            record = _unpack(entry[2])
+            similarity = float(hamming_to_cosine(entry[1], bits))
+            if options.rescore and len(record.vector) == query.size and query_norm > 0:
+                stored = np.frombuffer(record.vector, dtype=np.int8).astype(np.float32)
+                norm = float(np.linalg.norm(stored))
+                similarity = float(stored @ query) / (norm * query_norm) if norm > 0 else -1.0
+            scored.append((similarity, entry, record))
+        scored.sort(key=lambda item: -item[0])  # stable: equal scores keep the nearer code first
+        best = scored[0][0] if scored else None
+        if best is not None:
+            self._metrics.observe(best)
+        for similarity, entry, record in scored:
+            if similarity < threshold:
+                break
+            if options.gate is not None:
+                rule = options.gate.veto(prompt, record.prompt)
+                if rule is not None:
+                    self._metrics.add("gate_vetoes")
+                    logger.debug("bsc: content gate vetoed entry %d in %s (%s differ)", entry[0], partition, rule)
+                    continue
+            key = self._key(partition, normalize_prompt(record.prompt))
+            served = self._store.lookup_key(key, namespace=partition)
+            if served is None or served[0] != entry[0]:
+                continue  # deleted or replaced since the scan
+            hit = self._hit(served, record, partition, similarity, exact=False)
+            self._metrics.add("semantic_hits")
+            self._served(record)
+            logger.debug("bsc: semantic hit in %s (similarity %.3f, entry %d)", partition, similarity, hit.id)
+            return hit
+        self._metrics.add("misses")
+        if best is not None and threshold - self._near_miss_margin <= best < threshold:
+            self._metrics.add("near_misses")
+        logger.debug("bsc: miss in %s (best similarity %s)", partition, best)
+        return None
 
     def lookup(self, prompt: str, *, namespace: str = DEFAULT_NAMESPACE, **scope: Any) -> Hit | None:
         """The cached answer for ``prompt`` in ``namespace`` and ``scope``, or ``None``.
@@ -744,7 +857,7 @@ class SemanticCache:
 
     def _record(
         self, prompt: Any, response: Any, namespace: Any, ttl: Any, tags: Any, usage: Any, cost: Any, scope: Any
-    ) -> tuple[str, str, str, bytes, float | None, tuple[str, ...]] | None:
+    ) -> _Item | None:
         """Every check of a store, before anything is embedded or stored."""
         prepared = self._prepare(prompt, namespace, scope)
         checked_ttl = _check_entry_ttl(ttl)
@@ -754,20 +867,24 @@ class SemanticCache:
         if prepared is None:
             return None
         text, partition, normalized = prepared
-        record = _pack(prompt, checked_tags, tokens, price, payload)  # the prompt as given
+        # The prompt as given; the embedding's int8 copy is added by _put.
+        record = functools.partial(_pack, prompt, checked_tags, tokens, price, payload)
         return text, partition, normalized, record, checked_ttl, checked_tags
 
     def _put(
         self,
-        item: tuple[str, str, str, bytes, float | None, tuple[str, ...]],
+        item: _Item,
         embedding: Any,
     ) -> int:
-        _, partition, normalized, record, ttl, tags = item
+        _, partition, normalized, pack, ttl, tags = item
         if embedding is None:
             # Longer than the embedder's window: kept apart, answered by the exact path only.
             partition += "!"
             embedding = np.zeros(self._cache.encoder.embedding_dim, dtype=np.float32)
             embedding[0] = 1.0
+            record = pack()
+        else:
+            record = pack(quantize(embedding)) if self._options.rescore else pack()
         code = self._cache._code(embedding)
         if ttl is None:
             ttl = self._cache.default_ttl
@@ -1046,6 +1163,7 @@ class SemanticCache:
                 "max_temperature": self._max_temperature,
                 "near_miss_margin": self._near_miss_margin,
                 "max_prompt_chars": self._max_prompt_chars,
+                **self._options.as_meta(),
                 "metrics": self._metrics.snapshot(),
             }
         }
@@ -1068,9 +1186,14 @@ class SemanticCache:
         max_entries: int | None = None,
         similarity_threshold: float | None = None,
         verify: bool = False,
+        rescore: bool | None = None,
+        content_gate: bool | ContentGate | None = None,
     ) -> SemanticCache:
         """Open a cache saved by :meth:`save`. ``embedder`` (default the local one) must be the
-        model the file's entries were embedded by (``EncoderMismatchError`` otherwise)."""
+        model the file's entries were embedded by (``EncoderMismatchError`` otherwise).
+        ``verify`` checks every response's checksum now (see :meth:`BinarySemanticCache.load`).
+        ``rescore`` and ``content_gate`` default to the file's settings; entries stored without
+        rescoring have no int8 copy, and keep their binary similarity when rescoring is on."""
         if embedder is None:
             from bsc_backends import default_embedder
 
@@ -1084,6 +1207,11 @@ class SemanticCache:
                 f"this embedder makes {embedder.embedding_dim}"
             )
         saved = cache._file_meta.get("semantic") or {}
+        try:
+            options = _Options.from_meta(saved, rescore, content_gate)
+        except (TypeError, ValueError) as err:
+            cache.close()
+            raise CorruptFileError(f"{path}: its SemanticCache settings are malformed: {err}") from None
         out = cls.__new__(cls)
         out._setup(
             embedder,
@@ -1091,6 +1219,7 @@ class SemanticCache:
             saved.get("max_temperature", 1.0),
             saved.get("near_miss_margin", 0.05),
             saved.get("max_prompt_chars", 100_000),
+            options,
         )
         return out
 
@@ -1105,6 +1234,46 @@ class SemanticCache:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """Rescoring and the content gate: a cache's quality options (saved in the file's META)."""
+
+    rescore: bool
+    candidates: int
+    margin: float
+    gate: ContentGate | None
+
+    @classmethod
+    def checked(cls, rescore: Any, candidates: Any, margin: Any, content_gate: Any) -> _Options:
+        if not isinstance(rescore, bool):
+            raise TypeError(f"rescore must be a bool, got {rescore!r}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= 256:
+            raise ValueError(f"rescore_candidates must be an int from 1 to 256, got {candidates!r}")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 2:
+            raise ValueError(f"rescore_margin must be a number from 0 to 2, got {margin!r}")
+        return cls(rescore, candidates, float(margin), gate_arg(content_gate))
+
+    def as_meta(self) -> dict[str, Any]:
+        return {
+            "rescore": self.rescore,
+            "rescore_candidates": self.candidates,
+            "rescore_margin": self.margin,
+            "content_gate": None if self.gate is None else self.gate.as_dict(),
+        }
+
+    @classmethod
+    def from_meta(cls, saved: Mapping[str, Any], rescore: Any, content_gate: Any) -> _Options:
+        gate = saved.get("content_gate")
+        if content_gate is None:
+            content_gate = None if gate is None else ContentGate.from_dict(gate)
+        return cls.checked(
+            saved.get("rescore", False) if rescore is None else rescore,
+            saved.get("rescore_candidates", 4),
+            saved.get("rescore_margin", 0.1),
+            content_gate,
+        )
 
 
 def _check_settings(max_temperature: Any, near_miss_margin: Any, max_prompt_chars: Any) -> None:
@@ -1152,6 +1321,7 @@ def _stats(raw: Mapping[str, Any], metrics: Mapping[str, Any], namespaces: int) 
         bypassed=bypassed,
         hit_rate=(exact + semantic) / lookups if lookups else 0.0,
         false_hit_reports=int(metrics["false_hit_reports"]),
+        gate_vetoes=int(metrics["gate_vetoes"]),
         evictions=raw["evictions"],
         expirations=raw["expirations"],
         namespaces=namespaces,
@@ -1189,7 +1359,14 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         except ValueError as err:
             raise CorruptFileError(f"{file}: its SemanticCache metrics are malformed: {err}") from None
         stats = _stats(raw, metrics, _namespace_count(store.namespaces()))
-        report.update(kind="SemanticCache", embedder=semantic.get("embedder"), **common, **stats.as_dict())
+        report.update(
+            kind="SemanticCache",
+            embedder=semantic.get("embedder"),
+            **common,
+            rescore=bool(semantic.get("rescore", False)),
+            content_gate=semantic.get("content_gate"),
+            **stats.as_dict(),
+        )
     else:
         lookups = raw["hits"] + raw["misses"]
         report.update(

@@ -1,0 +1,117 @@
+"""The content gate (bsc.gate) and the shipped adversarial set."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from bsc import SemanticCache
+from bsc.gate import ContentGate
+from bsc_backends import LocalEmbedder
+
+GATE = ContentGate()
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "rule"),
+    [
+        ("What is 1+1?", "What is 21+1?", "numbers"),
+        ("Price of 1,000 shares", "Price of 1000 shares", None),  # the same number written two ways
+        ("Is 2.50 enough?", "Is 2.5 enough?", None),
+        ("Give me two examples", "Give me 2 examples", None),
+        ("Give me two examples", "Give me three examples", "numbers"),
+        ("Which one is better?", "Which is better?", None),  # "one" is not read as a number
+        ("Who won in 2018?", "Who won in 2022?", "numbers"),
+        ("Is the shop open on Monday?", "Is the shop open on Sunday?", "dates"),
+        ("Is the shop open on Monday?", "Is the shop open Mondays?", None),
+        ("Holidays in Dec?", "Holidays in December?", None),
+        ("You may go", "You can go", None),  # "may" is a month only capitalised or by a number
+        ("Events on May 5", "Events on June 5", "dates"),
+        ("Convert 5 km to miles", "Convert 5 miles to km", "quantities"),
+        ("How far is 5km?", "How far is 5 km?", None),
+        ("How far is 5 kilometers?", "How far is 5 km?", None),
+        ("How much is $100 in euros?", "How much is 100 dollars in euros?", None),
+        ("How much is $100 in euros?", "How much is 100 pounds in euros?", "quantities"),
+        ("Is it safe?", "Is it not safe?", "negation"),
+        ("Why do cats purr?", "Why don't cats purr?", "negation"),
+        ("Why don't cats swim?", "Why do cats not swim?", None),
+        ('Translate "good morning"', 'Translate "good night"', "quoted"),
+        ("Search for `foo`", "Search for `bar`", "quoted"),
+        ("How do I lose weight?", "How do I gain weight?", "opposites"),
+        ("When should I buy a house?", "When should I sell a house?", "opposites"),
+        ("What is the capital of France?", "What is the capital of Germany?", "entities"),
+        ("How do I learn Python?", "What is the best way to learn python?", None),  # names compare in any case
+        ("Hello. Where is it?", "Hello. Where's it?", None),  # a capital after a full stop is not a name
+    ],
+)
+def test_rules(stored: str, asked: str, rule: str | None) -> None:
+    assert GATE.veto(asked, stored) == rule
+    assert GATE.veto(stored, asked) == rule  # symmetric
+
+
+def test_rules_can_be_turned_off_one_by_one() -> None:
+    assert ContentGate(numbers=False).veto("What is 21+1?", "What is 1+1?") is None
+    assert ContentGate(entities=False).veto("Capital of Germany?", "Capital of France?") is None
+    only_numbers = ContentGate(
+        dates=False, quantities=False, negation=False, quoted=False, opposites=False, entities=False
+    )
+    assert only_numbers.veto("Is it not safe?", "Is it safe?") is None
+    assert GATE.differences("Is it not safe in 2020?", "Is it safe in 2021?") == ("numbers", "negation")
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(TypeError, match="numbers must be a bool"):
+        ContentGate(numbers=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown content gate rules"):
+        ContentGate.from_dict({"numbers": True, "colour": True})
+    with pytest.raises(TypeError, match="content_gate must be a bool or a ContentGate"):
+        SemanticCache(LocalEmbedder(), content_gate="on")  # type: ignore[arg-type]
+
+
+def _adversarial() -> list[dict[str, Any]]:
+    raw = resources.files("bsc").joinpath("data/adversarial.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalEmbedder:
+    return LocalEmbedder()
+
+
+def _outcomes(embedder: LocalEmbedder, cases: list[dict[str, Any]], gate: bool) -> list[str]:
+    # One cache per case; each stores one prompt, so nothing else can answer it.
+    got = []
+    for case in cases:
+        with SemanticCache(embedder, content_gate=gate, persist_every=None, persist_interval=None) as cache:
+            cache.store(case["stored"], "answer")
+            got.append("miss" if cache.lookup(case["query"]) is None else "hit")
+    return got
+
+
+def test_adversarial_set_is_well_formed() -> None:
+    cases = _adversarial()
+    assert len(cases) >= 50
+    for case in cases:
+        assert set(case) == {"category", "stored", "query", "expect"}
+        assert case["expect"] in ("hit", "miss")
+    categories = {c["category"] for c in cases}
+    assert {"numbers", "dates", "quantities", "negation", "quoted", "opposites", "entities", "paraphrase"} <= categories
+    assert sum(c["expect"] == "hit" for c in cases) >= 10  # a gate that vetoes everything fails
+
+
+def test_adversarial_set_passes_with_the_gate_on(local: LocalEmbedder) -> None:
+    cases = _adversarial()
+    got = _outcomes(local, cases, gate=True)
+    wrong = [(c["category"], c["stored"], c["query"], g) for c, g in zip(cases, got, strict=True) if g != c["expect"]]
+    assert wrong == []
+
+
+def test_adversarial_set_needs_the_gate(local: LocalEmbedder) -> None:
+    """Without the gate the embedding alone serves many of the wrong answers: the set tests the gate."""
+    cases = _adversarial()
+    got = _outcomes(local, cases, gate=False)
+    served_wrong = sum(g == "hit" and c["expect"] == "miss" for c, g in zip(cases, got, strict=True))
+    assert served_wrong >= 20
