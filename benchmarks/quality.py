@@ -340,6 +340,26 @@ def main() -> None:
         )
         test["replay"].append(row)
         log("  ", json.dumps(row))
+    log("test: replay at the calibrated thresholds")
+    test["replay_calibrated"] = []
+    for scoring, rescore in ((f"bits={code_bits}", False), (f"bits={code_bits}+rescore", True)):
+        for target, cal in calibrations[scoring].items():
+            if not cal["qualified"]:
+                continue
+            row = replay(
+                pairs,
+                a,
+                b,
+                model_name=embedder.model_name,
+                similarity_threshold=cal["threshold"],
+                code_bits=code_bits,
+                seed=SEED,
+                rescore=rescore,
+                rescore_candidates=candidates,
+                rescore_margin=margin,
+            )
+            test["replay_calibrated"].append({"target": float(target), **row})
+            log("  ", json.dumps(test["replay_calibrated"][-1]))
     report["test"] = test
     log("plot")
     plot(
@@ -501,6 +521,25 @@ def render(r: dict[str, Any], machine: dict[str, Any], plot_path: Path) -> str:
                     else "**no** |"
                 )
             )
+    w(
+        "\nThe same thresholds in the workload replay (below), where every lookup competes with every stored "
+        "question. *Wrong, labelled* counts only hits that a pair labels a non-duplicate, as the pairwise "
+        "rate does; *all wrong* adds hits on questions no pair links to the asked one, which the labels "
+        "cannot judge (many are paraphrases the sample never paired), so the truth lies between the two:\n"
+    )
+    w(
+        "| scoring | target | threshold | hit rate | right | wrong, labelled | unlinked | "
+        "wrong-hit rate, labelled | all wrong |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|")
+    for row in test.get("replay_calibrated", []):
+        labelled = row["wrong_labelled"] / max(1, row["correct"] + row["wrong_labelled"])
+        w(
+            f"| {bits}-bit{' + rescore' if row['rescore'] else ''} | {pct(row['target'], 0)} | "
+            f"{fmt(row['similarity_threshold'])} | {pct(row['hit_rate'])} | {row['correct']:,} | "
+            f"{row['wrong_labelled']:,} | {row['wrong_unlabelled']:,} | {pct(labelled)} | "
+            f"{pct(row['wrong_hit_rate'])} |"
+        )
     checks = dev["confidence_check"]
     w(
         f"\nWhy {conf:.1%}: `calibrate` tries every threshold and keeps the lowest that passes, and that choice "

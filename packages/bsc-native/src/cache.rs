@@ -362,6 +362,13 @@ impl CacheCore {
         (!self.expired(h, now)).then(|| self.index.id_of_handle(h as u32))
     }
 
+    /// `id` if it is live, unexpired and in partition `name`.
+    pub fn find_id(&self, id: Id, name: &[u8], now: f64) -> Option<Id> {
+        let wanted = self.partitions.find(name)?;
+        let h = self.index.handle_of(id)? as usize;
+        (self.partition[h] == wanted && !self.expired(h, now)).then_some(id)
+    }
+
     /// Live partitions and how many entries each holds (expired ones not yet removed count).
     pub fn partition_sizes(&self) -> Vec<(&[u8], u32)> {
         self.partitions.sizes()

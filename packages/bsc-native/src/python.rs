@@ -1004,8 +1004,11 @@ impl PyCacheStore {
 
     /// The `k` nearest unexpired entries of `namespace` within `max_distance`, nearest first,
     /// each as `lookup` returns one, read under one read lock, without marking them used or
-    /// counting anything: a caller that re-scores them serves its pick with `lookup_key`.
+    /// counting anything, and the distance of the namespace's nearest entry even when it lies
+    /// beyond `max_distance` (`None` when the namespace has no live entry): `(entries, nearest)`.
+    /// A caller that re-scores them serves its pick with `lookup_id`.
     #[pyo3(signature = (code, k = None, max_distance = None, *, namespace = None))]
+    #[allow(clippy::type_complexity)]
     fn candidates<'py>(
         &self,
         py: Python<'py>,
@@ -1013,20 +1016,24 @@ impl PyCacheStore {
         k: Option<&Bound<'py, PyAny>>,
         max_distance: Option<&Bound<'py, PyAny>>,
         namespace: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    ) -> PyResult<(Vec<Bound<'py, PyTuple>>, Option<u32>)> {
         let k = k_arg(k)?;
         let query = codes_arg(code, "code", self.code_bits / 64, false)?;
         let max_distance = radius_arg(max_distance, self.code_bits)?;
         let name = namespace_arg(namespace)?;
+        let all = self.code_bits as u32;
         // An entry whose response fails its checksum is removed and reported, as by `lookup`.
         let mut unreadable: Option<(Id, Error)> = None;
-        let found = py.detach(|| -> PyResult<Vec<(u32, EntryView)>> {
+        let (found, nearest) = py.detach(|| -> PyResult<(Vec<(u32, EntryView)>, Option<u32>)> {
             let core = read(&self.inner)?;
+            // The k nearest at any distance: those within the radius are the k nearest within
+            // it, and the first is the nearest, as `lookup_nearest` reports it.
             let hits = core
-                .search_in(&query, k, max_distance, Some(&name), now())
+                .search_in(&query, k, all, Some(&name), now())
                 .map_err(to_py)?;
+            let nearest = hits.first().map(|h| h.distance);
             let mut out = Vec::with_capacity(hits.len());
-            for hit in hits {
+            for hit in hits.into_iter().filter(|h| h.distance <= max_distance) {
                 match core.peek(hit.id) {
                     Ok(Some(view)) => out.push((hit.distance, view)),
                     Ok(None) => {}
@@ -1036,15 +1043,35 @@ impl PyCacheStore {
                     }
                 }
             }
-            Ok(out)
+            Ok((out, nearest))
         })?;
         if let Some((id, err)) = unreadable {
             return Err(py.detach(|| self.drop_unreadable(id, err)));
         }
-        found
+        let entries = found
             .into_iter()
             .map(|(distance, view)| entry_tuple(py, view, Some(distance)))
-            .collect()
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((entries, nearest))
+    }
+
+    /// The entry `id` if it is live, unexpired and in `namespace`, marked used and returned
+    /// like `lookup_key`'s (distance 0), or `None`; counts a hit when found and nothing
+    /// otherwise. How a caller serves the candidate it picked from `candidates`: an entry
+    /// deleted or replaced since is never touched.
+    #[pyo3(signature = (id, *, namespace = None))]
+    fn lookup_id<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+        namespace: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let Some(id) = id_arg(id)? else { return Ok(None) };
+        let name = namespace_arg(namespace)?;
+        let found = py.detach(|| {
+            self.serve(&|core: &CacheCore| Ok(core.find_id(id, &name, now()).map(|id| (id, 0))))
+        })?;
+        self.count(py, found, false)
     }
 
     /// Removes every entry of `namespace`; returns how many.

@@ -77,22 +77,39 @@ def test_candidates_copy_the_nearest_entries_without_marking_or_counting():
     store.put(code(0b0, 1), b"other", namespace="m")  # another namespace: never a candidate
     store.put(code(0b111, 1), b"far", namespace="n")
     before = store.lru_ids().tolist()
-    found = store.candidates(code(0, 1), 3, 2, namespace="n")
+    found, nearest = store.candidates(code(0, 1), 3, 2, namespace="n")
     assert [(e[0], e[1], e[2], e[5]) for e in found] == [(a, 0, b"a", 0), (b, 1, b"b", 0), (c, 2, b"c", 0)]
-    assert store.candidates(code(0, 1), 2, 64, namespace="n")[-1][0] == b  # k caps the count
-    assert (
-        store.candidates(code(0, 1), 5, 0, namespace="n")[0][0] == a
-        and len(store.candidates(code(0, 1), 5, 0, namespace="n")) == 1
-    )
-    assert store.candidates(code(0, 1), 5, 64, namespace="nowhere") == []
+    assert nearest == 0
+    assert store.candidates(code(0, 1), 2, 64, namespace="n")[0][-1][0] == b  # k caps the count
+    found, nearest = store.candidates(code(0b1111, 1), 5, 0, namespace="n")
+    assert found == [] and nearest == 1  # the nearest distance even beyond the radius
+    assert store.candidates(code(0, 1), 5, 64, namespace="nowhere") == ([], None)
     assert store.lru_ids().tolist() == before
     stats = store.stats()
     assert (stats["hits"], stats["misses"]) == (0, 0)
     store.put(code(0b0, 1), b"soon gone", namespace="t", ttl=0.05)
     time.sleep(0.1)
-    assert store.candidates(code(0, 1), 5, 64, namespace="t") == []  # expired entries are never candidates
+    assert store.candidates(code(0, 1), 5, 64, namespace="t") == ([], None)  # expired: never a candidate
     with pytest.raises(ValueError, match=r"code must have shape \(1,\)"):
         store.candidates(code(0, 2), 1, 1, namespace="n")
+
+
+def test_lookup_id_serves_only_a_live_entry_of_the_namespace():
+    store = CacheStore(code_bits=64, max_entries=10)
+    a = store.put(code(1, 1), b"a", namespace="n")
+    assert store.lookup_id(a, namespace="m") is None  # another namespace
+    assert store.lookup_id(a + (1 << 32), namespace="n") is None  # another generation of the slot
+    assert store.lookup_id(-1, namespace="n") is None
+    entry = store.lookup_id(a, namespace="n")
+    assert entry is not None and entry[0] == a and entry[2] == b"a" and entry[5] == 1  # marked used
+    assert store.stats()["hits"] == 1 and store.stats()["misses"] == 0
+    store.delete(a)
+    replaced = store.put(code(1, 1), b"new", namespace="n")  # reuses the slot
+    assert store.lookup_id(a, namespace="n") is None and store.peek(replaced)[5] == 0  # never touched
+    store.put(code(2, 1), b"soon gone", namespace="t", ttl=0.05)
+    gone = store.put(code(3, 1), b"soon gone", namespace="t", ttl=0.05)
+    time.sleep(0.1)
+    assert store.lookup_id(gone, namespace="t") is None
 
 
 @pytest.mark.parametrize("max_entries", [0, -1, 2**32, 2**70])

@@ -20,7 +20,16 @@ GATE = ContentGate()
     [
         ("What is 1+1?", "What is 21+1?", "numbers"),
         ("Price of 1,000 shares", "Price of 1000 shares", None),  # the same number written two ways
-        ("Is 2.50 enough?", "Is 2.5 enough?", None),
+        ("Is 2.50 enough?", "Is 2.5 enough?", "numbers"),  # decimals compare digit by digit
+        ("Use Python 3.10", "Use Python 3.1", "numbers"),  # versions
+        ("Is .5 enough?", "Is 0.5 enough?", None),
+        ("Is 007 a spy?", "Is 7 a spy?", None),
+        ("Is 1e5 big?", "Is 1e9 big?", "numbers"),
+        ("Sort 3,1,2", "Sort 3,9,7", "numbers"),
+        ("Ping 192.168.1.1", "Ping 192.168.1.2", "numbers"),
+        ("Is -5 cold?", "Is 5 cold?", "numbers"),
+        ("COVID-19 cases", "COVID 19 cases", None),  # a hyphen, not a minus sign
+        ("Order 9400111899223856924513", "Order 9400111899223856924514", "numbers"),  # no float rounding
         ("Give me two examples", "Give me 2 examples", None),
         ("Give me two examples", "Give me three examples", "numbers"),
         ("Which one is better?", "Which is better?", None),  # "one" is not read as a number
@@ -38,6 +47,9 @@ GATE = ContentGate()
         ("Is it safe?", "Is it not safe?", "negation"),
         ("Why do cats purr?", "Why don't cats purr?", "negation"),
         ("Why don't cats swim?", "Why do cats not swim?", None),
+        ("Why don\u2019t cats swim?", "Why do cats swim?", "negation"),  # a typographic apostrophe
+        ("Growth in %", "Growth in $", "quantities"),  # symbols named alone
+        ("Is it 30 °C?", "Is it 30 °F?", "quantities"),
         ('Translate "good morning"', 'Translate "good night"', "quoted"),
         ("Search for `foo`", "Search for `bar`", "quoted"),
         ("How do I lose weight?", "How do I gain weight?", "opposites"),

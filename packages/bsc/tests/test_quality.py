@@ -63,7 +63,9 @@ def test_calibration_meets_its_target_on_held_out_pairs() -> None:
 def test_calibration_refuses_to_serve_when_nothing_qualifies() -> None:
     result = calibrate_scores([0.9, 0.8], [0, 1], 0.02)
     assert result.hits == 0 and result.threshold > 0.9 and not result.qualified
-    assert calibrate_scores([1.0, 0.8], [0, 1], 0.02).threshold == 1.0  # never above a cache's range
+    at_top = calibrate_scores([1.0, 1.0, 0.5, 0.4], [0, 0, 1, 1], 0.1)
+    assert at_top.threshold == 1.0 and not at_top.qualified  # never above a cache's range
+    assert (at_top.hits, at_top.false_hit_rate, at_top.hit_rate) == (2, 1.0, 0.5)  # what 1.0 serves
     assert calibrate_scores(np.full(5000, 0.9), np.ones(5000), 0.02).qualified
 
 
@@ -102,7 +104,7 @@ def test_evaluate_scores_float_and_binary_side_by_side_and_reuses_embeddings(tmp
     assert report["pairs"] == 300 and report["duplicates"] == 150
     for row in report["scoring"].values():
         assert 0.5 < row["auc"] <= 1 and 0 < row["best_f1"] <= 1
-        assert row["calibration"]["false_hit_rate_upper_bound"] <= 0.05 or row["calibration"]["hits"] == 0
+        assert row["calibration"]["false_hit_rate_upper_bound"] <= 0.05 or not row["calibration"]["qualified"]
     calls = embedder.calls
     again = evaluate(pairs, embedder, code_bits=(64, 256), target_false_hit_rate=0.05, embeddings_cache=cache)
     assert embedder.calls == calls and again == report  # read back from the cache: same report
@@ -121,7 +123,7 @@ def test_bsc_eval_prints_a_report(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 def test_calibrate_on_text_pairs_gives_a_cache_threshold() -> None:
-    from bsc import SemanticCache
+    from bsc import BinaryEncoder, BinarySemanticCache, SemanticCache
     from bsc.demo import Pair
     from bsc.quality import calibrate
     from bsc_backends.testing import WordEmbedder
@@ -135,7 +137,10 @@ def test_calibrate_on_text_pairs_gives_a_cache_threshold() -> None:
         pairs.append(Pair(i, " ".join(base), " ".join(other), i % 2))
     embedder = WordEmbedder(32)
     result = calibrate(pairs, embedder, target_false_hit_rate=0.05)
-    assert result.hits > 0 and result.false_hit_rate_upper_bound <= 0.05
+    assert result.hits > 0 and result.false_hit_rate_upper_bound <= 0.05 and result.qualified
+    rescored = calibrate(pairs, embedder, target_false_hit_rate=0.05, rescore_margin=0.1)
+    assert rescored.qualified and rescored.threshold != result.threshold
+    BinarySemanticCache(BinaryEncoder(32, 256), similarity_threshold=result.threshold)  # the seed API takes it too
     cache = SemanticCache(embedder, similarity_threshold=result.threshold)
     assert cache.similarity_threshold == result.threshold
 

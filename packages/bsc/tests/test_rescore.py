@@ -196,3 +196,91 @@ def test_the_gate_vetoes_the_nearest_and_serves_the_next() -> None:
 def test_bad_settings(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         _cache(["q"], [np.ones(DIM, dtype=np.float32)], **kwargs)
+
+
+def test_a_candidate_replaced_before_it_is_served_is_not_touched() -> None:
+    rng = np.random.default_rng(11)
+    stored = _unit(rng.standard_normal(DIM))
+    asked = _at_cosine(stored, 0.97, rng)
+    cache = _cache(["stored", "asked"], [stored, asked], rescore=True)
+    first = cache.store("stored", "old answer")
+    store = cache.binary._store
+    real = store.candidates
+    replaced: list[int] = []
+
+    class Racing:
+        """The store, with a writer that replaces the entry right after the candidates are read."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def candidates(self, *args: object, **kwargs: object) -> object:
+            out = real(*args, **kwargs)
+            replaced.append(cache.store("stored", "new answer"))
+            return out
+
+    cache._store = Racing()  # type: ignore[assignment]
+    assert cache.lookup("asked") is None  # the candidate read is gone: nothing stale is served
+    assert replaced and replaced[0] != first and first not in cache
+    assert store.peek(replaced[0])[5] == 0 and store.stats()["hits"] == 0  # the new entry is not touched
+    cache._store = store
+    assert cache.lookup("asked").response == "new answer"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kwargs", [{"content_gate": True}, {"rescore": True, "near_miss_margin": 0.25}])
+def test_near_misses_and_the_histogram_are_kept_with_rescoring_and_the_gate(kwargs: dict[str, object]) -> None:
+    rng = np.random.default_rng(12)
+    stored = _unit(rng.standard_normal(DIM))
+    for _ in range(2000):
+        asked = _at_cosine(stored, 0.7, rng)
+        if 0.6 < _estimate(stored, asked) < 0.75:
+            break
+    plain = _cache(["s", "a"], [stored, asked], near_miss_margin=kwargs.get("near_miss_margin", 0.05) or 0.05)
+    checked = _cache(["s", "a"], [stored, asked], **kwargs)
+    for cache in (plain, checked):
+        cache.store("s", "A")
+        assert cache.lookup("a") is None
+    assert sum(checked.stats().similarity_histogram.values()) == 1
+    if "rescore" in kwargs:
+        assert checked.stats().near_misses == 1  # within 0.25 under the threshold
+    else:
+        assert checked.stats().near_misses == plain.stats().near_misses
+        assert checked.stats().similarity_histogram == plain.stats().similarity_histogram
+    far = _cache(["s", "z"], [stored, -stored], **kwargs)
+    far.store("s", "A")
+    assert far.lookup("z") is None and sum(far.stats().similarity_histogram.values()) == 1  # the nearest, far off
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"p":"q","t":[],"u":0,"c":0,"v":2.7}',
+        b'{"p":"q","t":[],"u":0,"c":0,"v":true}',
+        b'{"p":"q","t":[],"u":0,"c":0,"v":Infinity}',
+        b'{"p":5,"t":[],"u":0,"c":0,"v":1}',
+        b'{"p":"q","t":[1],"u":0,"c":0,"v":1}',
+        b'{"p":"q","t":[],"u":-1,"c":0,"v":1}',
+        b'{"p":"q","t":[],"u":Infinity,"c":0,"v":1}',
+        b'{"p":"q","t":[],"u":0,"c":NaN,"v":1}',
+        b'{"p":"q","t":[],"u":0,"c":-2,"v":1}',
+        b"[" * 100_000,
+    ],
+)
+def test_hostile_records_are_corrupt(header: bytes) -> None:
+    import struct
+
+    payload = struct.pack("<BI", 2, len(header)) + header + b"xsyz"
+    with pytest.raises(CorruptFileError, match="not a SemanticCache record"):
+        _unpack(payload)
+
+
+def test_load_refuses_bad_arguments_as_such(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    embedder = TableEmbedder(["q"], np.ones((1, DIM), dtype=np.float32), "table")
+    path = tmp_path / "c.bsc"
+    with SemanticCache(embedder) as cache:
+        cache.store("q", "A")
+        cache.save(path)
+    with pytest.raises(TypeError, match="rescore must be a bool"):
+        SemanticCache.load(path, embedder, rescore="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="content_gate must be a bool or a ContentGate"):
+        SemanticCache.load(path, embedder, content_gate="all")  # type: ignore[arg-type]

@@ -230,10 +230,14 @@ class CacheStore:
         max_distance: int | None = None,
         *,
         namespace: str | bytes | None = None,
-    ) -> list[_EntryTuple]:
+    ) -> tuple[list[_EntryTuple], int | None]:
         """The ``k`` (``None``: 1) nearest unexpired entries of ``namespace`` within ``max_distance``, nearest
-        first, each as ``lookup`` returns one, read under one lock, without marking them used or counting: a
-        caller that re-scores them serves its pick with ``lookup_key``."""
+        first, each as ``lookup`` returns one, read under one lock, without marking them used or counting, and the
+        distance of the namespace's nearest entry at any distance (``None`` when it has none): ``(entries,
+        nearest)``. A caller that re-scores them serves its pick with ``lookup_id``."""
+    def lookup_id(self, id: int, *, namespace: str | bytes | None = None) -> _EntryTuple | None:
+        """Entry ``id`` if it is live, unexpired and in ``namespace``, marked as used (distance 0), or ``None``.
+        Counts a hit when found and nothing otherwise."""
     def peek(self, id: int) -> _EntryTuple | None:
         """An entry without marking it used (its distance is ``None``)."""
     def get_code(self, id: int) -> npt.NDArray[np.uint64] | None:

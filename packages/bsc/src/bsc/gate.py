@@ -6,15 +6,16 @@ semantic (not exact) hit with ``content_gate`` on, :meth:`ContentGate.veto` comp
 prompt with the stored one, rule by rule, and any rule that finds a difference vetoes the hit.
 The rules (docs/QUALITY.md measures what each costs and saves; docs/SEMANTICS.md states them):
 
-- ``numbers``: the numbers differ. Digits (``1,000`` = ``1000``, ``2.50`` = ``2.5``, ``3rd`` =
-  ``3``) and number words from ``two`` to ``billion`` (``two`` = ``2``; ``one`` is left out, as
-  in "which one"); compared as sets.
+- ``numbers``: the numbers differ, compared as sets of text: digits as written (``1,000`` =
+  ``1000``, ``.5`` = ``0.5``, ``3rd`` = ``3``; ``2.50`` is not ``2.5`` and ``3.10`` not
+  ``3.1``; ``1.2.3`` whole; ``1e5``; ``-5``) and number words from ``two`` to ``billion``
+  (``two`` = ``2``; ``one`` is left out, as in "which one").
 - ``dates``: the months, weekdays or relative days (``today``, ``tomorrow``, ...) differ
   (``jan`` = ``january``); years are numbers.
 - ``quantities``: a number's unit differs (``5 km`` against ``5 miles``), or a unit is named in
-  one prompt only (``kg`` = ``kilograms``).
-- ``negation``: one prompt is negated and the other is not (``not``, ``n't``, ``never``, ``no``,
-  ``without``, ...).
+  one prompt only (``kg`` = ``kilograms``; ``%``, ``$``, ``°C``, ... anywhere).
+- ``negation``: one prompt is negated and the other is not (``not``, ``n't`` with a straight
+  or typographic apostrophe, ``never``, ``no``, ``without``, ...).
 - ``quoted``: the quoted strings differ (``"..."``, ``'...'``, ````...````, curly quotes);
   compared exactly, case and all.
 - ``opposites``: one prompt says a word whose opposite the other says instead (``lose`` /
@@ -38,9 +39,13 @@ from typing import Any
 __all__ = ["OPPOSITES", "ContentGate"]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
-_NUMBER = re.compile(r"(?<![^\W\d_])(?<![\d.,])(\d+(?:,\d{3})*(?:\.\d+)?)(?:st|nd|rd|th)?")
+# A number not glued to a letter before it ("mp3"): digits with commas and dots (1,000 / 2.5 /
+# 192.168.1.1 / 3,1,2), or a leading-dot decimal (.5), with an optional exponent (1e5).
+_NUMBER = re.compile(r"(?<![^\W\d_])(?<![\d.,])(\d[\d,]*(?:\.\d+)*|\.\d+)(e[+-]?\d+)?")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SYMBOL_UNITS = re.compile(r"[%$€£₹]|°[cf]")
 _UNIT_AFTER = re.compile(r" ?(%|°[cf]|[^\W\d_]+)")
-_CURRENCY = re.compile(r"([$€£₹]) ?(\d+(?:,\d{3})*(?:\.\d+)?)")
+_CURRENCY = re.compile(r"([$€£₹]) ?(\d[\d,]*(?:\.\d+)?)")
 # A capitalised word at the start of the text or right after these is not taken for a name.
 _SENTENCE_BREAKS = frozenset('.?!:;\n"“(')
 _NUMBER_WORDS = {
@@ -276,12 +281,20 @@ OPPOSITES: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
 _RULES = ("numbers", "dates", "quantities", "negation", "quoted", "opposites", "entities")
 
 
-def _number(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-def _canonical(value: float) -> str:
-    return repr(float(value))
+def _numbers(raw: str, exponent: str | None = None) -> list[str]:
+    """The numbers a digit string writes, compared as text: thousands commas dropped
+    (``1,000`` = ``1000``), other commas separate numbers (``3,1,2``), leading zeros dropped,
+    a leading dot read as ``0.``; decimals keep their digits (``3.10`` is not ``3.1``: versions),
+    and dotted groups (``1.2.3``, addresses) stay whole."""
+    if exponent:
+        return [raw + exponent]
+    if "," in raw and not _THOUSANDS.fullmatch(raw):
+        return [n for part in raw.split(",") if part for n in _numbers(part)]
+    raw = raw.replace(",", "")
+    if raw.startswith("."):
+        raw = "0" + raw
+    whole, dot, rest = raw.partition(".")
+    return [(whole.lstrip("0") or "0") + dot + rest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,23 +316,40 @@ def _starts_sentence(text: str, at: int) -> bool:
     return at < 0 or text[at] in _SENTENCE_BREAKS
 
 
-@functools.lru_cache(maxsize=4096)  # a lookup checks one prompt against several candidates
+# A lookup checks one prompt against several candidates, and stored prompts recur: features of
+# short texts are cached (long ones are not, so the cache stays small).
+_CACHED_CHARS = 2000
+
+
 def _features(text: str) -> _Features:
+    return _features_cached(text) if len(text) <= _CACHED_CHARS else _features_of(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _features_cached(text: str) -> _Features:
+    return _features_of(text)
+
+
+def _features_of(text: str) -> _Features:
     lower = text.lower()
     numbers: set[str] = set()
     quantities: set[tuple[str, str]] = set()
     units: set[str] = set()
     for m in _NUMBER.finditer(lower):
-        value = _canonical(_number(m.group(1)))
-        numbers.add(value)
+        values = _numbers(m.group(1), m.group(2))
+        at = m.start()
+        if at and lower[at - 1] == "-" and (at < 2 or not lower[at - 2].isalnum()):
+            values[0] = "-" + values[0]  # a minus sign, not a hyphen ("COVID-19") or a range ("2-3")
+        numbers.update(values)
         unit = _UNIT_AFTER.match(lower, m.end())
         if unit is not None and unit.group(1) in _UNITS:
-            quantities.add((value, _UNITS[unit.group(1)]))
-            units.add(_UNITS[unit.group(1)])
+            quantities.add((values[-1], _UNITS[unit.group(1)]))
     for m in _CURRENCY.finditer(lower):
-        quantities.add((_canonical(_number(m.group(2))), m.group(1)))
-        units.add(m.group(1))
-    tokens = [(m.group(0), m.start()) for m in _WORD.finditer(text)]
+        quantities.add((_numbers(m.group(2))[-1], m.group(1)))
+    units.update(unit for _, unit in quantities)
+    units.update(_UNITS[symbol] for symbol in _SYMBOL_UNITS.findall(lower))
+    # Typographic apostrophes (phones and Macs type them, U+2019) read as "'": "don\u2019t" is "don't".
+    tokens = [(m.group(0), m.start()) for m in _WORD.finditer(text.replace("\u2019", "'").replace("\u02bc", "'"))]
     words = [t.lower() for t, _ in tokens]
     dates: set[str] = set()
     negated = False
@@ -330,9 +360,10 @@ def _features(text: str) -> _Features:
         after = words[i + 1] if i + 1 < len(words) else ""
         capitalised = token[:1].isupper()
         if word in _NUMBER_WORDS:
-            numbers.add(_canonical(_NUMBER_WORDS[word]))
+            value = _numbers(str(_NUMBER_WORDS[word]))[0]
+            numbers.add(value)
             if after in _UNITS:
-                quantities.add((_canonical(_NUMBER_WORDS[word]), _UNITS[after]))
+                quantities.add((value, _UNITS[after]))
                 units.add(_UNITS[after])
         elif word in _BARE_UNITS:
             units.add(_UNITS[word])

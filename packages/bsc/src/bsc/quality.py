@@ -204,8 +204,9 @@ def calibrate_scores(
 ) -> Calibration:
     """The lowest threshold (the most hits) whose false-hit rate on these pairs has an upper
     Wilson bound at ``confidence`` of at most ``target_false_hit_rate``. If no threshold
-    qualifies, ``qualified`` is False, ``hits`` is 0 and the threshold is just above every
-    score (at most 1.0: a cache at 1.0 still serves codes identical to a stored one)."""
+    qualifies, ``qualified`` is False and the threshold is just above every score, at most 1.0
+    (the top of a cache's range); the counts are what that threshold serves of these pairs:
+    none, or at 1.0 the pairs that score 1.0."""
     if not 0 < target_false_hit_rate < 1:
         raise ValueError(f"target_false_hit_rate must be in (0, 1), got {target_false_hit_rate}")
     s, y = _check(scores, labels)
@@ -216,15 +217,18 @@ def calibrate_scores(
         if upper <= target_false_hit_rate:
             best, bound = point, upper
     if best is None:
+        threshold = min(1.0, math.nextafter(float(np.max(s)), math.inf))
+        served = s >= threshold
+        hits, wrong, right = int(served.sum()), int((served & ~y).sum()), int((served & y).sum())
         return Calibration(
-            min(1.0, math.nextafter(float(np.max(s)), math.inf)),
+            threshold,
             target_false_hit_rate,
             confidence,
-            0.0,
-            1.0,
-            0.0,
-            0.0,
-            0,
+            wrong / hits if hits else 0.0,
+            wilson_upper(wrong, hits, confidence),
+            hits / s.size,
+            right / int(y.sum()) if y.any() else 0.0,
+            hits,
             s.size,
             qualified=False,
         )
@@ -305,15 +309,15 @@ def pair_scores(
 
 
 def gate_vetoes(pairs: list[Any], gate: Any = None) -> dict[str, npt.NDArray[np.bool_]]:
-    """For each rule of ``gate`` (default every rule), which pairs it vetoes on its own (``b``
-    asked, ``a`` stored, as the cache checks them), and under ``"all"`` which the whole gate
-    vetoes."""
+    """For each rule of ``gate`` (default every rule), which pairs it vetoes (``b`` asked,
+    ``a`` stored, both normalised, as the cache checks them), and under ``"all"`` which the
+    whole gate vetoes."""
     from bsc.gate import ContentGate
     from bsc.semantic import normalize_prompt
 
     gate = gate or ContentGate()
     rules = [name for name, on in gate.as_dict().items() if on]
-    found = [set(gate.differences(normalize_prompt(p.text_b), p.text_a)) for p in pairs]
+    found = [set(gate.differences(normalize_prompt(p.text_b), normalize_prompt(p.text_a))) for p in pairs]
     out = {rule: np.array([rule in f for f in found], dtype=bool) for rule in rules}
     out["all"] = np.array([bool(f) for f in found], dtype=bool)
     return out
@@ -415,21 +419,24 @@ def calibrate(
     target_false_hit_rate: float = 0.02,
     code_bits: int = 256,
     seed: int = 42,
+    rescore_margin: float | None = None,
     confidence: float = CONFIDENCE,
     embeddings_cache: str | None = None,
 ) -> Calibration:
     """The similarity threshold for ``target_false_hit_rate`` on labelled ``pairs`` (objects
     with ``text_a``, ``text_b`` and ``label``), scored as the cache scores them: the cosine
     estimated from ``code_bits``-bit codes of ``embedder``'s vectors (default the local
-    embedder). Use it as ``SemanticCache(similarity_threshold=calibration.threshold)``; the
-    encoder settings must match the cache's."""
+    embedder), or, with ``rescore_margin``, as a cache with ``rescore=True`` and that margin
+    scores them. Use it as ``SemanticCache(similarity_threshold=calibration.threshold)``; the
+    encoder and rescoring settings must match the cache's."""
     if embedder is None:
         from bsc_backends import default_embedder
 
         embedder = default_embedder()
     labels = np.array([int(p.label) for p in pairs])
     a, b = embed_pairs(pairs, embedder, embeddings_cache)
-    scores = pair_scores(a, b, (code_bits,), seed)[f"bits={code_bits}"]
+    name = f"bits={code_bits}" if rescore_margin is None else f"bits={code_bits}+rescore"
+    scores = pair_scores(a, b, (code_bits,), seed, rescore_margin=rescore_margin)[name]
     return calibrate_scores(scores, labels, target_false_hit_rate, confidence=confidence)
 
 

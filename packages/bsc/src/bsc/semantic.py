@@ -252,18 +252,16 @@ def _unpack(payload: bytes) -> _Record:
             raise ValueError(f"record version {version}")
         end = 5 + length
         header = json.loads(payload[5:end].decode("utf-8", "surrogatepass"))
-        size = int(header["v"]) if version == _RECORD_VERSION_VECTOR else 0
-        if not 0 <= size <= len(payload) - end:
-            raise ValueError(f"embedding of {size} bytes in a record of {len(payload)}")
-        return _Record(
-            header["p"],
-            tuple(header["t"]),
-            int(header["u"]),
-            float(header["c"]),
-            payload[end + size :],
-            payload[end : end + size],
-        )
-    except (struct.error, ValueError, KeyError, TypeError) as err:
+        prompt, tags, tokens, cost = header["p"], header["t"], header["u"], header["c"]
+        size = header["v"] if version == _RECORD_VERSION_VECTOR else 0
+        if not isinstance(prompt, str) or not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("prompt or tags of the wrong type")
+        if type(tokens) is not int or tokens < 0 or type(size) is not int or not 0 <= size <= len(payload) - end:
+            raise ValueError("a bad token count or embedding size")
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf:
+            raise ValueError(f"cost {cost!r}")
+        return _Record(prompt, tuple(tags), tokens, float(cost), payload[end + size :], payload[end : end + size])
+    except (struct.error, ValueError, KeyError, TypeError, OverflowError, RecursionError) as err:
         raise CorruptFileError(f"a cache record is not a SemanticCache record ({err})") from None
 
 
@@ -730,10 +728,13 @@ class SemanticCache:
         options, bits = self._options, self._cache.code_bits
         query = np.asarray(embedding, dtype=np.float32).ravel()
         query_norm = float(np.linalg.norm(query))
-        if options.rescore:
-            radius = hamming_radius(max(-1.0, threshold - options.margin), bits)
+        # Candidates down to the rescoring margin, and to the near-miss margin so that a near
+        # miss is seen; only those at or above the threshold can answer.
+        widest = max(self._near_miss_margin, options.margin if options.rescore else 0.0)
+        radius = max(radius, hamming_radius(max(-1.0, threshold - widest), bits))
+        entries, nearest = self._store.candidates(code, options.candidates, radius, namespace=partition)
         scored = []
-        for entry in self._store.candidates(code, options.candidates, radius, namespace=partition):
+        for entry in entries:
             record = _unpack(entry[2])
             similarity = float(hamming_to_cosine(entry[1], bits))
             if options.rescore and len(record.vector) == query.size and query_norm > 0:
@@ -742,22 +743,22 @@ class SemanticCache:
                 similarity = float(stored @ query) / (norm * query_norm) if norm > 0 else -1.0
             scored.append((similarity, entry, record))
         scored.sort(key=lambda item: -item[0])  # stable: equal scores keep the nearer code first
-        best = scored[0][0] if scored else None
+        # The best candidate's score, or the nearest code's estimate when none is that near.
+        best = scored[0][0] if scored else None if nearest is None else float(hamming_to_cosine(nearest, bits))
         if best is not None:
             self._metrics.observe(best)
         for similarity, entry, record in scored:
             if similarity < threshold:
                 break
             if options.gate is not None:
-                rule = options.gate.veto(prompt, record.prompt)
+                rule = options.gate.veto(prompt, normalize_prompt(record.prompt))
                 if rule is not None:
                     self._metrics.add("gate_vetoes")
                     logger.debug("bsc: content gate vetoed entry %d in %s (%s differ)", entry[0], partition, rule)
                     continue
-            key = self._key(partition, normalize_prompt(record.prompt))
-            served = self._store.lookup_key(key, namespace=partition)
-            if served is None or served[0] != entry[0]:
-                continue  # deleted or replaced since the scan
+            served = self._store.lookup_id(entry[0], namespace=partition)
+            if served is None:
+                continue  # deleted, replaced or expired since the scan: never touched
             hit = self._hit(served, record, partition, similarity, exact=False)
             self._metrics.add("semantic_hits")
             self._served(record)
@@ -1207,6 +1208,13 @@ class SemanticCache:
                 f"this embedder makes {embedder.embedding_dim}"
             )
         saved = cache._file_meta.get("semantic") or {}
+        try:
+            if rescore is not None and not isinstance(rescore, bool):
+                raise TypeError(f"rescore must be a bool or None, got {rescore!r}")
+            gate_arg(content_gate)  # TypeError for what is not a gate setting
+        except TypeError:
+            cache.close()
+            raise
         try:
             options = _Options.from_meta(saved, rescore, content_gate)
         except (TypeError, ValueError) as err:
