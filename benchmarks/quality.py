@@ -574,9 +574,11 @@ def render(r: dict[str, Any], machine: dict[str, Any], plot_path: Path) -> str:
         f"{pct(d['precision_with_gate'])} and the hit "
         f"rate from {pct(d['hit_rate'])} to {pct(d['hit_rate_with_gate'])}. Raising the threshold alone to reach "
         f"the same precision ({fmt(same.get('threshold'))}) leaves a hit rate of {pct(same.get('hit_rate'))}. "
-        "QQP's non-duplicates mostly differ in ways no rule names, and its duplicates often differ in names and "
-        'numbers ("Python 2" and "Python"), so on QQP the gate is a costly way to buy precision; it is '
-        "built for the failures below, which an embedding cannot see and a threshold cannot fix. One check "
+        "So on QQP's natural pairs the gate buys precision at about the price of a higher threshold: its "
+        "non-duplicates mostly differ in ways no rule names, and its duplicates often differ in names and "
+        'numbers ("Python 2" and "Python"), so every rule vetoes right answers too (the names rule about as '
+        "many as wrong ones). It is built for the failures below, which an embedding cannot see and a "
+        "threshold cannot fix; it stays off by default. One check "
         f"(every rule, both prompts) takes a median of {g['veto_us_median']} µs here, and runs only for "
         "candidates at or above the threshold.\n"
     )
