@@ -79,6 +79,10 @@ def test_bad_settings() -> None:
         ContentGate(numbers=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown content gate rules"):
         ContentGate.from_dict({"numbers": True, "colour": True})
+    with pytest.raises(TypeError, match="prompt must be a str, got int"):
+        GATE.veto(5, "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="stored must be a str, got NoneType"):
+        GATE.differences("x", None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="content_gate must be a bool or a ContentGate"):
         SemanticCache(LocalEmbedder(), content_gate="on")  # type: ignore[arg-type]
 

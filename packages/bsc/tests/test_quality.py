@@ -183,6 +183,13 @@ def test_pair_scores_with_rescoring_follow_the_cache_rule() -> None:
     expected = np.minimum(scores["int8"], scores["bits=128"] + 0.1)
     assert np.array_equal(scores["bits=128+rescore"], expected)
     assert "bits=128+rescore" not in pair_scores(a, b, (128,))
+    for margin in (-0.1, float("nan"), 3, "0.1"):
+        with pytest.raises(ValueError, match="rescore_margin"):
+            pair_scores(a, b, (128,), rescore_margin=margin)  # type: ignore[arg-type]
+    bad = a.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        pair_scores(bad, b)
 
 
 def test_replay_counts_right_and_wrong_hits() -> None:
@@ -234,6 +241,8 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     scores = np.where(labels == 1, rng.normal(0.8, 0.1, 500), rng.normal(0.6, 0.1, 500))
     out = tmp_path / "p.png"
     plot({"a": (scores, labels), "b": (scores + 0.01, labels)}, str(out), marks={"default": (0.4, 0.8)})
+    with pytest.raises(ValueError, match="series is empty"):
+        plot({}, str(tmp_path / "none.png"))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 

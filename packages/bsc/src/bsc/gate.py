@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -165,57 +165,14 @@ _UNITS = {
     )
     for name in names
 }
-# Units that count named alone, without a number ("in kg or lbs?"); the others ("in", "m",
-# "day", "years", "second", ...) are ordinary words too, and count only right after a number.
-_BARE_UNITS = frozenset(
-    name
-    for canonical in (
-        "%",
-        "$",
-        "€",
-        "£",
-        "₹",
-        "km",
-        "cm",
-        "mm",
-        "mi",
-        "ft",
-        "kg",
-        "lb",
-        "°c",
-        "°f",
-        "kb",
-        "mb",
-        "gb",
-        "tb",
-        "ghz",
-        "mhz",
-        "mph",
-        "kmh",
-        "kw",
-        "mah",
-    )
-    for name, unit in _UNITS.items()
-    if unit == canonical
-    and len(name) > 1
-    and name
-    not in {
-        "pound",
-        "pounds",
-        "dollar",
-        "dollars",
-        "euro",
-        "euros",
-        "rupee",
-        "rupees",
-        "rs",
-        "mile",
-        "miles",
-        "foot",
-        "feet",
-        "mi",
-    }
-)
+# Unit words that count named alone, without a number ("in kg or lbs?"); the others ("in", "m",
+# "day", "years", "miles", "dollars", ...) are ordinary words too, and count only right after a
+# number. Symbols (%, $, °C, ...) count anywhere (_SYMBOL_UNITS).
+_ALONE = {"%", "$", "€", "£", "₹", "km", "cm", "mm", "mi", "ft", "kg", "lb", "°c", "°f"}
+_ALONE |= {"kb", "mb", "gb", "tb", "ghz", "mhz", "mph", "kmh", "kw", "mah"}
+_NOT_ALONE = {"pound", "pounds", "dollar", "dollars", "euro", "euros", "rupee", "rupees", "rs", "mi", "mile", "miles"}
+_NOT_ALONE |= {"foot", "feet"}
+_BARE_UNITS = frozenset(n for n, unit in _UNITS.items() if unit in _ALONE and n.isalpha() and n not in _NOT_ALONE)
 _NEGATIONS = frozenset(
     {"not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "without", "cannot", "cant"}
 )
@@ -395,6 +352,13 @@ def _opposed(a: frozenset[str], b: frozenset[str]) -> bool:
     return False
 
 
+def _pair(prompt: Any, stored: Any) -> tuple[_Features, _Features]:
+    for name, value in (("prompt", prompt), ("stored", stored)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return _features(prompt), _features(stored)
+
+
 _CHECKS: dict[str, Callable[[_Features, _Features], bool]] = {
     "numbers": lambda a, b: a.numbers != b.numbers,
     "dates": lambda a, b: a.dates != b.dates,
@@ -429,7 +393,7 @@ class ContentGate:
     def veto(self, prompt: str, stored: str) -> str | None:
         """The first rule under which ``prompt`` and the ``stored`` prompt differ (its name), or
         ``None`` when the hit may be served."""
-        a, b = _features(prompt), _features(stored)
+        a, b = _pair(prompt, stored)
         for rule in _RULES:
             if getattr(self, rule) and _CHECKS[rule](a, b):
                 return rule
@@ -438,7 +402,7 @@ class ContentGate:
     def differences(self, prompt: str, stored: str) -> tuple[str, ...]:
         """Every rule of this gate under which the two prompts differ (``veto`` stops at the
         first)."""
-        a, b = _features(prompt), _features(stored)
+        a, b = _pair(prompt, stored)
         return tuple(rule for rule in _RULES if getattr(self, rule) and _CHECKS[rule](a, b))
 
     def as_dict(self) -> dict[str, bool]:
@@ -461,7 +425,3 @@ def gate_arg(content_gate: Any) -> ContentGate | None:
     if isinstance(content_gate, ContentGate):
         return content_gate
     raise TypeError(f"content_gate must be a bool or a ContentGate, got {type(content_gate).__name__}")
-
-
-def rule_names() -> Iterable[str]:
-    return _RULES

@@ -295,6 +295,12 @@ def pair_scores(
     b = np.asarray(vectors_b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"vectors must be two matrices of one shape, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("vectors must be finite")
+    if rescore_margin is not None and (
+        isinstance(rescore_margin, bool) or not isinstance(rescore_margin, (int, float)) or not 0 <= rescore_margin <= 2
+    ):
+        raise ValueError(f"rescore_margin must be a number from 0 to 2, got {rescore_margin!r}")
     stored = np.stack([np.frombuffer(quantize(row), dtype=np.int8) for row in a]).astype(np.float64)
     out = {"float": _cosine(a, b), "int8": _cosine(stored, b)}
     for bits in code_bits:
@@ -584,6 +590,8 @@ def plot(
     """Draw precision (1 - false-hit rate) against hit rate for each named ``(scores,
     labels)`` and save it as a PNG at ``path``; ``marks`` adds labelled points ``(hit rate,
     precision)``. Needs matplotlib (``pip install 'bsc[eval]'``)."""
+    if not series:
+        raise ValueError("nothing to plot: series is empty")
     try:
         import matplotlib
 
