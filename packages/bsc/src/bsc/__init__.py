@@ -9,7 +9,7 @@ in the native ``bsc_native`` engine.
 
 from bsc import _native  # noqa: F401  (refuses a bsc_native of another release)
 from bsc._version import NATIVE_VERSION, __version__
-from bsc.cache import BinarySemanticCache, CacheEntry, CacheStats
+from bsc.cache import MAX_TTL, BinarySemanticCache, CacheEntry, CacheStats
 from bsc.gate import ContentGate
 from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
 from bsc_encoder import BinaryEncoder
@@ -26,6 +26,7 @@ from bsc_native import (
 )
 
 __all__ = [
+    "MAX_TTL",
     "NATIVE_VERSION",
     "BinaryEncoder",
     "BinarySemanticCache",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import glob
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +29,12 @@ from bsc_native import CacheStore, CorruptFileError, UnsupportedVersionError
 
 logger = logging.getLogger("bsc")
 
-__all__ = ["BinarySemanticCache", "CacheEntry", "CacheStats"]
+__all__ = ["MAX_TTL", "BinarySemanticCache", "CacheEntry", "CacheStats"]
+
+#: The longest TTL (and ``default_ttl``) accepted, in seconds: 10 years. Anything longer is
+#: refused with ``ValueError`` (use ``None`` for "never expires"); the engine keeps TTLs as
+#: tenths of a second in 32 bits, which would otherwise cut them silently at about 13.6 years.
+MAX_TTL = 315_360_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,9 @@ class CacheStats:
     """Counters and sizes of a cache. ``hit_rate`` is ``hits / (hits + misses)`` (0.0 before
     any lookup); ``memory_bytes`` counts everything held (codes, metadata, stored responses and
     spare capacity), ``response_bytes`` the stored responses alone; ``expirations`` counts
-    entries removed because their TTL ran out, ``namespaces`` the namespaces holding entries."""
+    entries removed because their TTL ran out, ``namespaces`` the namespaces holding entries;
+    ``save_errors`` counts failed background and final saves of ``persist_path`` (kept in this
+    process only: a loaded file starts at 0)."""
 
     size: int
     max_size: int
@@ -63,19 +74,40 @@ class CacheStats:
     response_bytes: int
     expirations: int = 0
     namespaces: int = 0
+    save_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _check_ttl(value: Any) -> float | None:
+def _check_ttl(value: Any, name: str = "default_ttl") -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"default_ttl must be a number of seconds or None, got {type(value).__name__}")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"default_ttl must be a positive number of seconds, got {value!r}")
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if not 0 < value <= MAX_TTL:  # also refuses nan and inf
+        raise ValueError(
+            f"{name} must be a positive number of seconds, at most MAX_TTL = {MAX_TTL:,} (10 years; "
+            f"None never expires), got {value!r}"
+        )
     return float(value)
+
+
+# Code points U+D800..U+DFFF: in a Python str they stand alone (a "lone surrogate") and have no
+# UTF-8 encoding.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_no_surrogate(text: str, what: str) -> None:
+    """``ValueError`` naming the first lone surrogate of ``text`` (O(1) for ASCII text)."""
+    if text.isascii():
+        return
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise ValueError(
+            f"{what} holds a lone surrogate U+{ord(found.group()):04X} at index {found.start()}: it is not "
+            "valid Unicode text and cannot be encoded as UTF-8 (decode its bytes with errors='replace')"
+        )
 
 
 def _check_threshold(value: Any) -> float:
@@ -143,6 +175,7 @@ class BinarySemanticCache:
             store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
             meta = _read_meta(path, store.meta)
             logger.info("bsc: loaded %d entries from %s", len(store), path)
+            _remove_stale_temp_files(path)
         else:
             store = CacheStore(
                 code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
@@ -172,6 +205,9 @@ class BinarySemanticCache:
         self._default_ttl = default_ttl
         self._persister = None
         self._closed = False
+        # Held across the removal of stale temporary files and the save itself, so that a save
+        # never removes the temporary file of a concurrent save of this cache.
+        self._save_lock = threading.Lock()
 
     @property
     def encoder(self) -> BinaryEncoder:
@@ -233,6 +269,8 @@ class BinarySemanticCache:
         Only entries of ``namespace`` (default: the unnamed one) are candidates — the namespace
         is checked inside the native scan, so a nearer entry of another namespace neither
         answers nor hides one of this namespace — and an expired entry is never returned."""
+        if isinstance(namespace, str):
+            _check_no_surrogate(namespace, "namespace")
         code = self._code(embedding)
         _, radius = self._rule
         found = self._store.lookup(code, max_distance=radius, namespace=namespace)
@@ -265,10 +303,13 @@ class BinarySemanticCache:
         ``namespace`` (str or bytes, at most 1024 bytes; default: the unnamed one) isolates the
         entry; ``ttl`` (seconds, default ``default_ttl``) makes it expire. Expired entries are
         removed first, then the least recently used one when the cache is full. Bad input
-        changes nothing."""
+        changes nothing. ``ttl`` above :data:`MAX_TTL` raises ``ValueError``."""
+        ttl = self._default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        if isinstance(namespace, str):
+            _check_no_surrogate(namespace, "namespace")
         payload = encode_response(response)
         code = self._code(embedding)
-        entry_id = self._store.put(code, payload, namespace=namespace, ttl=self._default_ttl if ttl is None else ttl)
+        entry_id = self._store.put(code, payload, namespace=namespace, ttl=ttl)
         if self._persister is not None:
             self._persister.changed(put=True)
         return entry_id
@@ -302,7 +343,8 @@ class BinarySemanticCache:
 
     @property
     def default_ttl(self) -> float | None:
-        """Seconds an entry lives when ``put`` gives no ``ttl`` (``None``: forever)."""
+        """Seconds an entry lives when ``put`` gives no ``ttl`` (``None``: forever; at most
+        :data:`MAX_TTL`)."""
         return self._default_ttl
 
     def clear(self) -> None:
@@ -339,13 +381,21 @@ class BinarySemanticCache:
         to ``path`` (default: ``persist_path``) in one file, crash-safely: a temporary file in
         the same directory, fsynced, renamed over ``path``, the directory fsynced. A crash
         leaves the old file or the new one, never a mix. Lookups keep running meanwhile, unless
-        a put or delete is waiting for the save to finish (docs/SEMANTICS.md)."""
+        a put or delete is waiting for the save to finish (docs/SEMANTICS.md).
+
+        A save killed midway (a crash, ``kill -9``) leaves its temporary file
+        ``.<name>.<random>.tmp`` behind; each save first removes those of ``path``, so at most
+        one (the save in progress) exists per cache file. A cache file is meant to be saved by
+        one cache at a time: another process saving the same file meanwhile would lose its
+        temporary file and fail (and retry, in the background saver)."""
         if path is None:
             if self._persister is None:
                 raise ValueError("save() needs a path: this cache has no persist_path")
             path = self._persister.path
         file = Path(os.fspath(path))
-        self._store.save(file, self._meta())
+        with self._save_lock:
+            _remove_stale_temp_files(file)
+            self._store.save(file, self._meta())
         logger.info("bsc: saved %d entries to %s", len(self._store), file)
 
     @classmethod
@@ -366,7 +416,9 @@ class BinarySemanticCache:
         least recently used entries). Codes are searched in the memory-mapped file and each
         response is read (and its 64 KiB block checksummed) on its first hit; ``verify=True``
         checks every response now. Bad files raise a ``bsc.CacheFileError`` subclass naming
-        the file and the problem; nothing in a file is ever executed.
+        the file and the problem; nothing in a file is ever executed. Temporary files left by
+        killed saves of ``path`` are removed once it is open (see :meth:`save`); a saved
+        ``default_ttl`` above :data:`MAX_TTL` is lowered to it.
         """
         if encoder is not None and not isinstance(encoder, BinaryEncoder):
             raise TypeError(f"encoder must be a bsc.BinaryEncoder or None, got {type(encoder).__name__}")
@@ -375,6 +427,7 @@ class BinarySemanticCache:
         store = CacheStore.load(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
         meta = _read_meta(file, store.meta)
         logger.info("bsc: loaded %d entries from %s", len(store), file)
+        _remove_stale_temp_files(file)
         if encoder is None:
             encoder = _encoder_from_meta(file, meta, store.fingerprint)
         if similarity_threshold is None:
@@ -413,7 +466,33 @@ class BinarySemanticCache:
             response_bytes=raw["response_bytes"],
             expirations=raw["expirations"],
             namespaces=raw["namespaces"],
+            save_errors=0 if self._persister is None else self._persister.save_errors,
         )
+
+
+def _remove_stale_temp_files(file: Path) -> None:
+    """Removes the temporary files ``.<name>.<random>.tmp`` that killed saves of ``file`` left
+    in its directory (the engine's random part is alphanumeric, so the temporary files of
+    ``<name>.bak``, say, are not taken for those of ``<name>``)."""
+    directory = file.parent
+    prefix = f".{file.name}."
+    try:
+        names = glob.glob(f"{glob.escape(prefix)}*.tmp", root_dir=directory)
+    except OSError:
+        return
+    for name in names:
+        middle = name[len(prefix) : -len(".tmp")]
+        if not (middle.isascii() and middle.isalnum()):
+            continue
+        stale = directory / name
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            logger.warning("bsc: could not remove %s, left by an interrupted save: %s", stale, err)
+            continue
+        logger.info("bsc: removed %s, left by an interrupted save of %s", stale, file)
 
 
 def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
@@ -429,8 +508,13 @@ def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
     threshold = meta.get("similarity_threshold", 0.80)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
         raise CorruptFileError(f"{file}: its similarity_threshold {threshold!r} is not a number in [-1, 1]")
+    ttl = meta.get("default_ttl")
+    if not isinstance(ttl, bool) and isinstance(ttl, (int, float)) and MAX_TTL < ttl < math.inf:
+        # Saved before MAX_TTL existed (the engine cut such TTLs at about 13.6 years anyway).
+        logger.warning("bsc: %s: its default_ttl %r is above MAX_TTL; using %d", file, ttl, MAX_TTL)
+        meta["default_ttl"] = ttl = MAX_TTL
     try:
-        meta["default_ttl"] = _check_ttl(meta.get("default_ttl"))
+        meta["default_ttl"] = _check_ttl(ttl)
     except (TypeError, ValueError) as err:
         raise CorruptFileError(f"{file}: its {err}") from None
     return meta
@@ -461,7 +545,8 @@ def _encoder_from_meta(file: Path, meta: dict[str, Any], fingerprint: str) -> Bi
 
 class _Persister:
     """Saves a cache in a background thread after ``every`` puts or ``interval`` seconds with
-    changes, whichever comes first, and once more when stopped."""
+    changes, whichever comes first, and once more when stopped. Failed saves are counted
+    (``save_errors``, ``last_save_error``) and logged at ERROR."""
 
     def __init__(self, cache: BinarySemanticCache, path: Path, every: int | None, interval: float | None) -> None:
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
@@ -478,6 +563,9 @@ class _Persister:
         self._puts = 0
         self._changes = 0
         self._stopping = False
+        self.save_errors = 0
+        #: ``"<path>: <reason>"`` of the latest failed save (``None`` before any).
+        self.last_save_error: str | None = None
         self._thread: threading.Thread | None = None
         if every is not None or interval is not None:
             self._thread = threading.Thread(target=self._run, name=f"bsc-persist:{path.name}", daemon=True)
@@ -487,10 +575,22 @@ class _Persister:
         atexit.register(self._at_exit)
 
     def _at_exit(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # counted and logged by _save
             self.stop()
-        except Exception:
-            logger.exception("bsc: the final save of the cache to %s failed", self.path)
+
+    def _save(self) -> None:
+        """Saves the cache; a failure is counted and logged (path and reason in one ERROR line,
+        the traceback at DEBUG), then raised."""
+        try:
+            self._cache.save(self.path)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}"
+            with self._wake:
+                self.save_errors += 1
+                self.last_save_error = f"{self.path}: {reason}"
+            logger.error("bsc: saving the cache to %s failed: %s", self.path, reason)
+            logger.debug("bsc: the failed save of %s", self.path, exc_info=True)
+            raise
 
     def changed(self, put: bool = False) -> None:
         with self._wake:
@@ -522,13 +622,12 @@ class _Persister:
         if not changes:
             return
         try:
-            self._cache.save(self.path)
+            self._save()
         except Exception:
             # Keep the count so the next round tries again; the file on disk is the last
             # complete save.
             with self._wake:
                 self._changes += changes
-            logger.exception("bsc: saving the cache to %s failed; will retry", self.path)
 
     def stop(self) -> None:
         atexit.unregister(self._at_exit)
@@ -540,4 +639,4 @@ class _Persister:
         with self._wake:
             changes, self._changes = self._changes, 0
         if changes:
-            self._cache.save(self.path)
+            self._save()

@@ -31,6 +31,7 @@ import os
 import re
 import struct
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bsc._codec import decode_response, encode_response
-from bsc.cache import BinarySemanticCache, _check_ttl
+from bsc.cache import BinarySemanticCache, _check_no_surrogate, _check_threshold, _check_ttl
 from bsc.gate import ContentGate, gate_arg
 from bsc_backends import Embedder
 from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
@@ -126,9 +127,25 @@ def _plain(value: Any) -> Any:
 
 def _canonical(value: Any, what: str) -> str:
     try:
-        return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{what} must be JSON values (str, number, bool, None, lists, dicts): {err}") from None
+    if not text.isascii():
+        _check_strings(value, what)  # ValueError naming a lone surrogate, if any
+    return text
+
+
+def _check_strings(value: Any, what: str) -> None:
+    """``ValueError`` for the first str (key or value) in ``value`` holding a lone surrogate."""
+    if isinstance(value, str):
+        _check_no_surrogate(value, f"{what}: the string {value!r}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_strings(key, what)
+            _check_strings(item, what)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_strings(item, what)
 
 
 def _digest(text: str, size: int) -> bytes:
@@ -153,6 +170,7 @@ def _check_prompt(prompt: Any, limit: int) -> str:
         raise ValueError("prompt is empty (or only whitespace): there is nothing to match")
     if len(prompt) > limit:
         raise ValueError(f"prompt has {len(prompt):,} characters, more than max_prompt_chars={limit:,}")
+    _check_no_surrogate(prompt, "prompt")
     return prompt
 
 
@@ -169,6 +187,7 @@ def _check_tags(tags: Any) -> tuple[str, ...]:
             raise TypeError(f"tags must be str, got {type(tag).__name__}")
         if not TAG_PATTERN.fullmatch(tag):
             raise ValueError(f"tag {tag!r} is invalid: use 1 to 128 printable characters without whitespace")
+        _check_no_surrogate(tag, f"tag {tag!r}")
     if len(out) > MAX_TAGS:
         raise ValueError(f"at most {MAX_TAGS} tags per entry, got {len(out)}")
     return out
@@ -295,7 +314,8 @@ class SemanticStats:
     ``gate_vetoes`` counts candidates the content gate vetoed (a lookup may veto several).
     ``similarity_histogram`` counts the best candidate's similarity on the semantic path in bins
     of 0.05, keyed by each bin's lower edge (``"0.80"`` is [0.80, 0.85)). ``tokens_saved`` and
-    ``cost_saved`` add up the usage stored with each entry that answered."""
+    ``cost_saved`` add up the usage stored with each entry that answered. ``save_errors`` counts
+    failed background and final saves of ``persist_path`` (this process only; not saved)."""
 
     size: int
     max_size: int
@@ -317,6 +337,7 @@ class SemanticStats:
     memory_bytes: int
     response_bytes: int
     similarity_histogram: dict[str, int] = field(default_factory=dict)
+    save_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,7 +452,8 @@ class SemanticCache:
         similarity_threshold: minimum estimated cosine similarity for a semantic hit.
         max_entries: entries kept; the least recently used one is evicted beyond it.
         code_bits, seed: the binary encoder's code length and projection seed.
-        default_ttl: seconds an entry lives when ``store`` gives no ``ttl`` (``None``: forever).
+        default_ttl: seconds an entry lives when ``store`` gives no ``ttl`` (``None``: forever; at
+            most :data:`bsc.MAX_TTL`, 10 years, as is ``ttl``).
         max_temperature: requests with a ``temperature`` scope value above it bypass the cache
             (``lookup`` returns ``None``, ``store`` stores nothing).
         near_miss_margin: a miss whose best candidate is within this much under the threshold
@@ -668,7 +690,7 @@ class SemanticCache:
             access_count=access_count,
         )
 
-    def _exact(self, partition: str, normalized: str) -> Hit | None:
+    def _exact(self, partition: str, normalized: str, oldest: float | None = None) -> Hit | None:
         for part in (partition, partition + "!"):
             found = self._store.lookup_key(self._key(part, normalized), namespace=part)
             if found is None:
@@ -676,6 +698,8 @@ class SemanticCache:
             record = _unpack(found[2])
             if normalize_prompt(record.prompt) != normalized:
                 continue  # a 64-bit hash collision: never answers
+            if oldest is not None and found[3] < oldest:
+                continue  # older than the request's max_age: the semantic path decides (and misses it)
             hit = self._hit(found, record, partition, 1.0, exact=True)
             self._metrics.add("exact_hits")
             logger.debug("bsc: exact hit in %s (entry %d)", partition, hit.id)
@@ -692,16 +716,28 @@ class SemanticCache:
         if persister is not None:
             persister.changed()
 
-    def _semantic(self, prompt: str, partition: str, embedding: Any) -> Hit | None:
+    def _semantic(
+        self,
+        prompt: str,
+        partition: str,
+        embedding: Any,
+        threshold: float | None = None,
+        oldest: float | None = None,
+    ) -> Hit | None:
+        """The semantic path; ``threshold``: this lookup's instead of the cache's; ``oldest``:
+        entries created before this time (``time.time()``) do not answer."""
         if embedding is None:  # the prompt is longer than the embedder's window
             self._metrics.add("misses")
             logger.debug("bsc: miss in %s (prompt longer than the embedder's window: exact match only)", partition)
             return None
         code = self._cache._code(embedding)
-        threshold, radius = self._cache._rule
         bits = self._cache.code_bits
-        if self._options.rescore or self._options.gate is not None:
-            return self._semantic_checked(prompt, partition, embedding, code, threshold, radius)
+        if threshold is None:
+            threshold, radius = self._cache._rule
+        else:
+            radius = hamming_radius(threshold, bits)
+        if self._options.rescore or self._options.gate is not None or oldest is not None:
+            return self._semantic_checked(prompt, partition, embedding, code, threshold, radius, oldest)
         found, nearest = self._store.lookup_nearest(code, radius, namespace=partition)
         best = None if nearest is None else float(hamming_to_cosine(nearest, bits))
         if best is not None:
@@ -720,7 +756,14 @@ class SemanticCache:
         return hit
 
     def _semantic_checked(
-        self, prompt: str, partition: str, embedding: Any, code: Any, threshold: float, radius: int
+        self,
+        prompt: str,
+        partition: str,
+        embedding: Any,
+        code: Any,
+        threshold: float,
+        radius: int,
+        oldest: float | None = None,
     ) -> Hit | None:
         """The semantic path with rescoring or the content gate: the nearest binary candidates
         are read in one call, re-scored (rescoring), and the best that reaches the threshold
@@ -732,7 +775,9 @@ class SemanticCache:
         # miss is seen; only those at or above the threshold can answer.
         widest = max(self._near_miss_margin, options.margin if options.rescore else 0.0)
         radius = max(radius, hamming_radius(max(-1.0, threshold - widest), bits))
-        entries, nearest = self._store.candidates(code, options.candidates, radius, namespace=partition)
+        # With a max_age, entries too old to answer are skipped: read a few more candidates.
+        k = options.candidates if oldest is None else max(options.candidates, 16)
+        entries, nearest = self._store.candidates(code, k, radius, namespace=partition)
         scored = []
         for entry in entries:
             record = _unpack(entry[2])
@@ -750,6 +795,8 @@ class SemanticCache:
         for similarity, entry, record in scored:
             if similarity < threshold:
                 break
+            if oldest is not None and entry[3] < oldest:
+                continue  # older than the request allows
             if options.gate is not None:
                 rule = options.gate.veto(prompt, normalize_prompt(record.prompt))
                 if rule is not None:
@@ -779,17 +826,22 @@ class SemanticCache:
         scope value."""
         return self._lookup_prepared(self._prepare(prompt, namespace, scope))
 
-    def _lookup_prepared(self, prepared: tuple[str, str, str] | None) -> Hit | None:
+    def _lookup_prepared(
+        self, prepared: tuple[str, str, str] | None, *, threshold: float | None = None, max_age: float | None = None
+    ) -> Hit | None:
         """:meth:`lookup` after :meth:`_prepare` (callers that checked the request already, such
-        as the client wrapper, do not check it twice)."""
+        as the client wrapper, do not check it twice). ``threshold``: this lookup's similarity
+        threshold instead of the cache's; ``max_age``: only entries at most this many seconds
+        old answer (HTTP ``Cache-Control: max-age``)."""
         if prepared is None:
             self._metrics.add("bypassed")
             return None
+        threshold, oldest = _lookup_limits(threshold, max_age)
         text, partition, normalized = prepared
-        hit = self._exact(partition, normalized)
+        hit = self._exact(partition, normalized, oldest)
         if hit is not None:
             return hit
-        return self._semantic(text, partition, self._embed_one(text))
+        return self._semantic(text, partition, self._embed_one(text), threshold, oldest)
 
     def _embed_one(self, prompt: str) -> Any:
         if not self._fits(prompt):
@@ -959,17 +1011,21 @@ class SemanticCache:
         is never blocked by a scan of a large cache."""
         return await self._alookup_prepared(self._prepare(prompt, namespace, scope))
 
-    async def _alookup_prepared(self, prepared: tuple[str, str, str] | None) -> Hit | None:
-        """:meth:`alookup` after :meth:`_prepare`."""
+    async def _alookup_prepared(
+        self, prepared: tuple[str, str, str] | None, *, threshold: float | None = None, max_age: float | None = None
+    ) -> Hit | None:
+        """:meth:`alookup` after :meth:`_prepare` (``threshold``, ``max_age``: see
+        :meth:`_lookup_prepared`)."""
         if prepared is None:
             self._metrics.add("bypassed")
             return None
+        threshold, oldest = _lookup_limits(threshold, max_age)
         text, partition, normalized = prepared
-        hit = self._exact(partition, normalized)
+        hit = self._exact(partition, normalized, oldest)
         if hit is not None:
             return hit
         embedding = await self._aembed_one(text)
-        return await asyncio.to_thread(self._semantic, text, partition, embedding)
+        return await asyncio.to_thread(self._semantic, text, partition, embedding, threshold, oldest)
 
     async def astore(
         self,
@@ -1124,11 +1180,27 @@ class SemanticCache:
                 self._tag_members -= len(ids)
             return sum(self._cache.delete(entry_id) for entry_id in ids)
 
-    def mark_wrong(self, hit: Hit) -> bool:
+    def mark_wrong(self, hit: Hit | int) -> bool:
         """Report a wrong answer: the entry that gave it is removed, so it is never served again,
-        and ``false_hit_reports`` counts it. Returns whether the entry was still there."""
+        and ``false_hit_reports`` counts it. Returns whether the entry was still there.
+
+        ``hit``: the :class:`Hit`, or its entry id (``Hit.id``, as a proxy's ``X-Bsc-Entry``
+        header gives it). A Hit is counted even if its entry is gone already; an id only when
+        its entry was there (an unknown id is no report)."""
+        if isinstance(hit, int) and not isinstance(hit, bool):
+            placement = self._store.placement(hit) if hit >= 0 else None
+            removed = self._cache.delete(hit)
+            if removed:
+                self._metrics.add("false_hit_reports")
+                partition = b"?" if placement is None else placement[0]
+                logger.warning(
+                    "bsc: false hit reported in %s: entry %d removed",
+                    partition.decode("utf-8", "replace").split("#", 1)[0],
+                    hit,
+                )
+            return removed
         if not isinstance(hit, Hit):
-            raise TypeError(f"mark_wrong takes a bsc.Hit, got {type(hit).__name__}")
+            raise TypeError(f"mark_wrong takes a bsc.Hit or an entry id (int), got {type(hit).__name__}")
         self._metrics.add("false_hit_reports")
         logger.warning(
             "bsc: false hit reported in %s: entry %d (similarity %.3f, %s) removed",
@@ -1154,7 +1226,13 @@ class SemanticCache:
 
     def stats(self) -> SemanticStats:
         """Counters and sizes; ``namespaces`` counts namespaces holding entries (of any scope)."""
-        return _stats(self._store.stats(), self._metrics.snapshot(), _namespace_count(self._store.namespaces()))
+        persister = self._cache._persister
+        return _stats(
+            self._store.stats(),
+            self._metrics.snapshot(),
+            _namespace_count(self._store.namespaces()),
+            0 if persister is None else persister.save_errors,
+        )
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -1284,6 +1362,17 @@ class _Options:
         )
 
 
+def _lookup_limits(threshold: Any, max_age: Any) -> tuple[float | None, float | None]:
+    """A lookup's own threshold (checked) and the oldest creation time ``max_age`` admits."""
+    if threshold is not None:
+        threshold = _check_threshold(threshold)
+    if max_age is None:
+        return threshold, None
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 <= max_age < float("inf"):
+        raise ValueError(f"max_age must be a number of seconds >= 0, got {max_age!r}")
+    return threshold, time.time() - max_age
+
+
 def _check_settings(max_temperature: Any, near_miss_margin: Any, max_prompt_chars: Any) -> None:
     for name, value in (("max_temperature", max_temperature), ("near_miss_margin", near_miss_margin)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
@@ -1312,7 +1401,7 @@ def _namespace_count(partitions: Mapping[bytes, int]) -> int:
     return len({name.split(b"#", 1)[0] for name in partitions})
 
 
-def _stats(raw: Mapping[str, Any], metrics: Mapping[str, Any], namespaces: int) -> SemanticStats:
+def _stats(raw: Mapping[str, Any], metrics: Mapping[str, Any], namespaces: int, save_errors: int = 0) -> SemanticStats:
     exact, semantic = int(metrics["exact_hits"]), int(metrics["semantic_hits"])
     misses, bypassed = int(metrics["misses"]), int(metrics["bypassed"])
     lookups = exact + semantic + misses + bypassed
@@ -1338,6 +1427,7 @@ def _stats(raw: Mapping[str, Any], metrics: Mapping[str, Any], namespaces: int) 
         memory_bytes=raw["memory_bytes"],
         response_bytes=raw["response_bytes"],
         similarity_histogram=histogram,
+        save_errors=save_errors,
     )
 
 
@@ -1366,14 +1456,15 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             metrics = _Metrics(semantic.get("metrics")).snapshot()
         except ValueError as err:
             raise CorruptFileError(f"{file}: its SemanticCache metrics are malformed: {err}") from None
-        stats = _stats(raw, metrics, _namespace_count(store.namespaces()))
+        stats = _stats(raw, metrics, _namespace_count(store.namespaces())).as_dict()
+        del stats["save_errors"]  # a count of the process that saved, not kept in the file
         report.update(
             kind="SemanticCache",
             embedder=semantic.get("embedder"),
             **common,
             rescore=bool(semantic.get("rescore", False)),
             content_gate=semantic.get("content_gate"),
-            **stats.as_dict(),
+            **stats,
         )
     else:
         lookups = raw["hits"] + raw["misses"]
