@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from bsc import SemanticCache
+from bsc import SemanticCache, policy
 from bsc.openai import AsyncCachedOpenAI, CachedOpenAI
 from bsc.testing import FakeChatUpstream, ServerThread
 from bsc_backends.testing import WordEmbedder
@@ -183,5 +183,8 @@ def test_sdk_markers_odd_usage_and_replayed_responses(upstream: tuple[FakeChatUp
         cache.lookup("")  # the cache refuses it; the wrapper sends such a request upstream instead
     client.chat.completions.create(model="m", messages=user(" "))
     assert fake.requests == 2
-    client._store({"messages": user("odd usage"), "model": "m", "namespace": "default"}, {"usage": {}, "choices": []})
+    # The wrapper stores what the request policy prepared (bsc.policy), whatever the usage holds.
+    prepared = policy.prepare(cache, policy.parse_request("chat", {"messages": user("odd usage"), "model": "m"}), "default")
+    assert isinstance(prepared, policy.Prepared)
+    client._store(prepared, {"usage": {}, "choices": []})
     assert cache.lookup_chat(user("odd usage"), model="m") is not None  # cached without a token count

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -70,12 +76,46 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+_SERVER_EXTRA = (
+    'bsc serve needs the server extra: pip install "bsc[server]" (with uv: uv add "bsc[server]"; '
+    "in a checkout of bsc: uv sync --all-packages --extra server)"
+)
+
+
+def _check_persist(path: str) -> Path:
+    """``--persist``: a file that can be created or replaced in an existing, writable directory,
+    checked before anything is served (not discovered at shutdown, when the answers are lost)."""
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--persist {path}: is a directory, not a cache file")
+    folder = file.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--persist {path}: {folder} is not a directory")
+    if not folder.is_dir():
+        raise ValueError(f"--persist {path}: the directory {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{file.name}.", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--persist {path}: cannot write in {folder}: {err.strerror or err}") from None
+    return file
+
+
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from bsc.server import create_app
+    except ImportError:
+        print(f"bsc serve: error: {_SERVER_EXTRA}", file=sys.stderr)
+        return 2
     from bsc.semantic import SemanticCache
-    from bsc.server import create_app
 
+    persist = None if args.persist is None else _check_persist(args.persist)
+    admin_token = os.environ.get("BSC_ADMIN_TOKEN") if args.admin_token == "env" else args.admin_token
+    shared: bool | list[str] = False
+    if args.shared_namespaces is not None:
+        shared = True if args.shared_namespaces == "*" else [n.strip() for n in args.shared_namespaces.split(",")]
     cache = SemanticCache(
         similarity_threshold=args.threshold,
         max_entries=args.max_entries,
@@ -83,17 +123,65 @@ def _serve(args: argparse.Namespace) -> int:
         max_temperature=args.max_temperature,
         rescore=args.rescore,
         content_gate=args.content_gate,
-        persist_path=args.persist,
+        persist_path=persist,
     )
+    failed = 0
     try:
         app = create_app(
-            cache, args.upstream, timeout=args.timeout, close_cache=True, shared_namespaces=args.shared_namespaces
+            cache,
+            args.upstream,
+            timeout=args.timeout,
+            close_cache=True,
+            shared_namespaces=shared,
+            admin_token=admin_token,
+            max_body=args.max_body,
+            body_timeout=args.body_timeout,
+            cache_embeddings=not args.no_embeddings_cache,
+            allow_lax_threshold=args.allow_lax_threshold,
         )
         print(f"bsc serve: http://{args.host}:{args.port}/v1 -> {args.upstream} ({len(cache)} entries)", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
+        _Server(config).run()
+        state = app.state.proxy
+        # Every failed save, background or final, is counted once by the cache.
+        failed = max(cache.stats().save_errors, state.final_save_failed)
     finally:
-        cache.close()
+        try:
+            cache.close()  # already closed by the app's shutdown; here for a start that failed
+        except Exception as err:
+            print(f"bsc serve: error: the final save of the cache to {persist} failed: {err}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"bsc serve: error: {failed} save(s) of the cache to {persist} failed (see the log)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _uvicorn_server() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, ending normally after a graceful shutdown on SIGTERM/SIGINT
+        (uvicorn re-raises the signal, which would end the process before its exit status is set)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return Server
+
+
+def _Server(config: Any) -> Any:  # noqa: N802 - a class made on first use (uvicorn is optional)
+    return _uvicorn_server()(config)
+
+
+def _answer_text(response: Any) -> str:
+    from bsc.policy import answer_text
+
+    text = answer_text(response)
+    return str(response) if text is None else text
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -107,7 +195,7 @@ def _inspect(args: argparse.Namespace) -> int:
         expires = "never" if e["expires_at"] is None else f"{e['expires_at']:.0f}"
         print(
             f"{e['id']:>14}  {e['namespace'] or '-':<24.24}  uses {e['access_count']:<5} expires {expires:<11} "
-            f"{(e['prompt'] or '')[:60]!r} -> {str(e['response'])[:60]!r}"
+            f"{(e['prompt'] or '')[:60]!r} -> {_answer_text(e['response'])[:60]!r}"
         )
     print(f"{len(entries)} entries, most recently used first")
     return 0
@@ -226,6 +314,47 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
+    return value
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _host(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"must be an IP address or a host name, got {text!r}") from None
+    return text
+
+
+def _bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]i?[bB]?|[bB])?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"must be a size such as 4MiB, 512KiB or 1000000, got {text!r}")
+    unit = (match.group(2) or "b")[0].lower()
+    value = int(match.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _token(text: str) -> str:
+    if text != "env" and (len(text) < 16 or not text.isascii() or not text.isprintable()):
+        raise argparse.ArgumentTypeError("must be at least 16 printable ASCII characters (or 'env': $BSC_ADMIN_TOKEN)")
+    return text
+
+
 def _bits(text: str) -> int:
     value = int(text)
     if value < 64 or value > 4096 or value % 64:
@@ -320,15 +449,16 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the OpenAI-compatible caching proxy",
-        description="Serve /v1/chat/completions (streamed or not) from a SemanticCache in front of an "
-        "OpenAI-compatible upstream, and pass /v1/embeddings through; /healthz and /metrics (Prometheus). "
-        "Point a client's base URL at http://HOST:PORT/v1. Needs bsc[server].",
+        description="Serve /v1/chat/completions and /v1/responses (streamed or not) from a SemanticCache in "
+        "front of an OpenAI-compatible upstream, /v1/embeddings from an exact-match cache, and pass every other "
+        "/v1 route through; /healthz, /metrics (Prometheus) and, with --admin-token, /admin/. Point a client's "
+        "base URL at http://HOST:PORT/v1. Needs bsc[server]; docs/PROXY.md.",
     )
     serve.add_argument(
         "--upstream", required=True, metavar="URL", help="upstream base URL, e.g. http://127.0.0.1:11434/v1"
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8080, help="port, 1-65535 (default 8080)")
     serve.add_argument("--persist", metavar="PATH", help="cache file: loaded at start, saved in the background")
     serve.add_argument("--threshold", type=_threshold, default=0.80, help="similarity threshold (default 0.80)")
     serve.add_argument("--max-entries", type=_positive, default=100_000, help="entries kept (default 100000)")
@@ -337,8 +467,40 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=_seconds, default=600.0, help="upstream timeout in seconds (default 600)")
     serve.add_argument(
         "--shared-namespaces",
+        nargs="?",
+        const="*",
+        metavar="NAMES",
+        help="X-Bsc-Namespace names shared across API keys: every name (the flag alone) or a comma-separated "
+        "list; other names, and requests without the header, stay within the caller's key (docs/PROXY.md)",
+    )
+    serve.add_argument(
+        "--admin-token",
+        type=_token,
+        metavar="TOKEN",
+        help="open the /admin/ routes to callers sending X-Bsc-Admin-Token: TOKEN ('env': read $BSC_ADMIN_TOKEN); "
+        "closed without it",
+    )
+    serve.add_argument(
+        "--max-body",
+        type=_bytes,
+        default=4 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest request body read on the cached routes, e.g. 4MiB (default 4MiB; larger: 413)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds a request body may stall before a 408 (default 5)",
+    )
+    serve.add_argument(
+        "--no-embeddings-cache", action="store_true", help="pass /v1/embeddings through without caching its answers"
+    )
+    serve.add_argument(
+        "--allow-lax-threshold",
         action="store_true",
-        help="X-Bsc-Namespace alone names the namespace, shared across API keys (default: within one key)",
+        help="let X-Bsc-Threshold be laxer than --threshold (default: only stricter)",
     )
     serve.add_argument(
         "--rescore", action="store_true", help="re-score candidates with an int8 copy of each embedding (QUALITY.md)"

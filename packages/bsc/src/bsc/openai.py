@@ -30,10 +30,13 @@ try:
     import openai
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError('bsc.openai needs the openai SDK: pip install "bsc[openai]"') from exc
+    raise ImportError(
+        'bsc.openai needs the openai SDK: pip install "bsc[openai]" (with uv: uv add "bsc[openai]"; in a '
+        "checkout of bsc: uv sync --all-packages --extra openai)"
+    ) from exc
 
-from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request, usable_usage
-from bsc.semantic import DEFAULT_NAMESPACE, SemanticCache, chat_scope
+from bsc import policy
+from bsc.semantic import DEFAULT_NAMESPACE, SemanticCache
 
 logger = logging.getLogger("bsc")
 
@@ -84,33 +87,21 @@ def _cache_response() -> Any:
 
 
 class _Request:
-    """One ``create`` call: its cache key parts, or why it is not cached."""
+    """One ``create`` call: its cache lookup, or why it is not cached (:mod:`bsc.policy`)."""
 
     def __init__(self, owner: _Base, kwargs: dict[str, Any]) -> None:
-        self.kwargs = kwargs
-        self.stream = bool(kwargs.get("stream"))
-        options = kwargs.get("stream_options") or {}
-        self.include_usage = bool(isinstance(options, Mapping) and options.get("include_usage"))
-        # The SDK's "not given" markers (NOT_GIVEN, omit) are not values of the request.
-        given = {k: v for k, v in kwargs.items() if type(v).__name__ not in ("NotGiven", "Omit")}
-        messages, model, params = split_request(given)
-        self.key: dict[str, Any] | None = None
-        try:
-            # Raises for what cannot be keyed; None when the temperature bypasses the cache.
-            prompt, scope = chat_scope(messages, model=model, **params)
-            self.prepared = owner._cache._prepare(prompt, owner._namespace, scope)
-            if self.prepared is None:
-                return
-        except (TypeError, ValueError) as err:
-            logger.debug("bsc: request not cached: %s", err)
-            return
-        self.key = {"messages": messages, "model": model, "namespace": owner._namespace, **params}
+        self.request = policy.parse_request("chat", kwargs)
+        self.stream = self.request.stream
+        prepared = policy.prepare(owner._cache, self.request, owner._namespace)
+        if isinstance(prepared, str):
+            logger.debug("bsc: request not cached: %s", prepared)
+            self.prepared: policy.Prepared | None = None
+        else:
+            self.prepared = prepared
 
-    def reply(self, completion: Mapping[str, Any]) -> Any:
-        completion = fresh(completion)
-        if self.stream:
-            return chunks_from_completion(completion, include_usage=self.include_usage)
-        return ChatCompletion.model_validate(completion)
+    def reply(self, stored: Mapping[str, Any]) -> Any:
+        answer = policy.replay("chat", stored, stream=self.stream, include_usage=self.request.include_usage)
+        return answer if self.stream else ChatCompletion.model_validate(answer)
 
 
 class _Base:
@@ -127,17 +118,15 @@ class _Base:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def _store(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
-        usage = usable_usage(completion.get("usage"))
+    def _store(self, prepared: policy.Prepared, completion: Mapping[str, Any]) -> None:
         try:
-            self._cache.store_chat(**key, response=dict(completion), ttl=self._ttl, usage=usage)
+            policy.store(self._cache, prepared, completion, ttl=self._ttl)
         except Exception as err:  # an answer the cache cannot hold is still returned
             logger.warning("bsc: answer not cached: %s", err)
 
-    async def _astore(self, key: dict[str, Any], completion: Mapping[str, Any]) -> None:
-        usage = usable_usage(completion.get("usage"))
+    async def _astore(self, prepared: policy.Prepared, completion: Mapping[str, Any]) -> None:
         try:
-            await self._cache.astore_chat(**key, response=dict(completion), ttl=self._ttl, usage=usage)
+            await policy.astore(self._cache, prepared, completion, ttl=self._ttl)
         except Exception as err:
             logger.warning("bsc: answer not cached: %s", err)
 
@@ -191,29 +180,32 @@ class _Completions:
     def create(self, **kwargs: Any) -> Any:
         owner = self._owner
         request = _Request(owner, kwargs)
-        if request.key is not None:
-            hit = owner._cache._lookup_prepared(request.prepared)
+        prepared = request.prepared
+        if prepared is not None:
+            hit = owner._cache._lookup_prepared(prepared.key)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _ReplayStream(reply) if request.stream else reply
         result = owner._client.chat.completions.create(**kwargs)
-        if request.key is None:
+        if prepared is None:
             return result
         if not request.stream:
-            owner._store(request.key, result.model_dump(mode="json"))
+            answer = policy.storable("chat", result.model_dump(mode="json"))
+            if answer is not None:
+                owner._store(prepared, answer)
             return result
-        result._iterator = self._tap(result._iterator, request.key)
+        result._iterator = self._tap(result._iterator, prepared)
         return result
 
-    def _tap(self, chunks: Iterator[ChatCompletionChunk], key: dict[str, Any]) -> Iterator[ChatCompletionChunk]:
+    def _tap(self, chunks: Iterator[ChatCompletionChunk], prepared: policy.Prepared) -> Iterator[ChatCompletionChunk]:
         """Passes the stream through and stores its answer once it has been read to the end."""
         seen = []
         for chunk in chunks:
             seen.append(chunk.model_dump(mode="json"))
             yield chunk
-        completion = completion_from_chunks(seen)
+        completion = policy.stored_from_events("chat", seen)
         if completion is not None:
-            self._owner._store(key, completion)
+            self._owner._store(prepared, completion)
 
 
 class AsyncCachedOpenAI(_Base):
@@ -252,27 +244,30 @@ class _AsyncCompletions:
     async def create(self, **kwargs: Any) -> Any:
         owner = self._owner
         request = _Request(owner, kwargs)
-        if request.key is not None:
-            hit = await owner._cache._alookup_prepared(request.prepared)
+        prepared = request.prepared
+        if prepared is not None:
+            hit = await owner._cache._alookup_prepared(prepared.key)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _AsyncReplayStream(reply) if request.stream else reply
         result = await owner._client.chat.completions.create(**kwargs)
-        if request.key is None:
+        if prepared is None:
             return result
         if not request.stream:
-            await owner._astore(request.key, result.model_dump(mode="json"))
+            answer = policy.storable("chat", result.model_dump(mode="json"))
+            if answer is not None:
+                await owner._astore(prepared, answer)
             return result
-        result._iterator = self._tap(result._iterator, request.key)
+        result._iterator = self._tap(result._iterator, prepared)
         return result
 
     async def _tap(
-        self, chunks: AsyncIterator[ChatCompletionChunk], key: dict[str, Any]
+        self, chunks: AsyncIterator[ChatCompletionChunk], prepared: policy.Prepared
     ) -> AsyncIterator[ChatCompletionChunk]:
         seen = []
         async for chunk in chunks:
             seen.append(chunk.model_dump(mode="json"))
             yield chunk
-        completion = completion_from_chunks(seen)
+        completion = policy.stored_from_events("chat", seen)
         if completion is not None:
-            await self._owner._astore(key, completion)
+            await self._owner._astore(prepared, completion)

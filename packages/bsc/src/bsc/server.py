@@ -4,22 +4,27 @@
 
 Point any OpenAI client's base URL at ``http://HOST:PORT/v1``. Routes:
 
-- ``POST /v1/chat/completions``: answered from the ``SemanticCache`` when it can be, streamed
-  (``"stream": true``, server-sent events) or not; otherwise forwarded upstream, and a
-  successful answer is stored (a streamed one once its stream has completed). Upstream errors
-  and timeouts are passed back with the upstream's status (502/504 when there was no answer);
-  nothing is cached from an error.
-- ``POST /v1/embeddings``: passed through.
-- ``GET /healthz``: ``{"status": "ok", "entries": N}``.
-- ``GET /metrics``: Prometheus text format.
+- ``POST /v1/chat/completions`` and ``POST /v1/responses``: answered from the
+  ``SemanticCache`` when they can be (the request policy of :mod:`bsc.policy`), streamed or not;
+  otherwise forwarded upstream, and a successful answer is stored (a streamed one once its
+  stream has completed). Upstream errors and timeouts are passed back with the upstream's
+  status (502/504 when there was no answer); nothing is cached from an error.
+- ``POST /v1/embeddings``: answered from an exact-match cache of upstream answers (same
+  namespace, model, input and parameters: the same bytes), or passed through.
+- Every other ``/v1/...`` route (``GET /v1/models``, ``/v1/completions``, ``/v1/files``,
+  ``/v1/audio/*``, ...): passed through unchanged, streamed both ways, never cached.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus), and with ``admin_token`` the admin routes
+  under ``/admin/`` (docs/PROXY.md).
 
-Isolation: entries are kept per API key (a hash of the ``Authorization`` or ``api-key``
-header, which is forwarded upstream and never logged or stored), subdivided by an
-``X-Bsc-Namespace`` header when given; ``--shared-namespaces`` makes ``X-Bsc-Namespace`` alone
-the namespace, shared by every key (for a proxy behind a gateway that authenticates callers).
-Response headers: ``X-Bsc-Cache: hit|miss|bypass`` and, on a hit, ``X-Bsc-Similarity``.
-Request headers: ``Cache-Control: no-cache`` (do not answer from the cache, but store the new
-answer), ``Cache-Control: no-store`` (bypass the cache entirely), ``X-Bsc-TTL: seconds``.
+Isolation and the trust model are in docs/PROXY.md: entries are kept per API key (a hash of
+the ``Authorization`` or ``api-key`` header, which is forwarded upstream and never logged or
+stored), subdivided by ``X-Bsc-Namespace``; only the namespaces the operator declares shared
+span keys, and they can never name a key's own space.
+
+Every error the proxy itself gives is in the OpenAI format (``{"error": {"message", "type",
+"code"}}``), and bad input is a 4xx: bodies over ``max_body`` (413, checked while reading),
+bodies that stall (408), JSON that is invalid, nested too deep or holds lone surrogates (400),
+header values that are not ASCII (400), bad ``X-Bsc-*`` values (400).
 
 Built on Starlette (routing, requests, streaming responses), uvicorn (the HTTP server), httpx
 (the upstream client) and prometheus-client; no HTTP is hand-written.
@@ -29,60 +34,119 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import hmac
 import json
 import logging
+import math
+import re
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 try:
     import httpx
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError('the bsc proxy needs its server dependencies: pip install "bsc[server]"') from exc
+    raise ImportError(
+        'the bsc proxy needs its server dependencies: pip install "bsc[server]" (with uv: uv add "bsc[server]"; '
+        "in a checkout of bsc: uv sync --all-packages --extra server)"
+    ) from exc
 
-from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request, usable_usage
-from bsc.semantic import SemanticCache, _check_namespace, chat_scope
+from bsc import policy
+from bsc.cache import MAX_TTL
+from bsc.semantic import NAMESPACE_PATTERN, TAG_PATTERN, SemanticCache, _canonical, _check_namespace
 
 logger = logging.getLogger("bsc")
 
-__all__ = ["create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "MAX_JSON_DEPTH", "create_app"]
 
-# Request headers not forwarded upstream: hop-by-hop ones, those httpx sets, and bsc's own.
-_NOT_FORWARDED = frozenset(
-    {
-        "host",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "proxy-authorization",
-        "accept-encoding",
-        "cache-control",
-        "x-bsc-namespace",
-        "x-bsc-ttl",
-    }
+#: The largest request body the proxy reads for a route it parses (chat, responses, embeddings).
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+#: Seconds a request body may stall between two pieces before the proxy answers 408.
+DEFAULT_BODY_TIMEOUT = 5.0
+#: The deepest JSON nesting a parsed request may have.
+MAX_JSON_DEPTH = 64
+#: Bytes of upstream embeddings answers kept by the exact-match embeddings cache by default.
+DEFAULT_EMBEDDINGS_CACHE_BYTES = 64 * 1024 * 1024
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the HTTP client sets itself: never forwarded.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+_CLIENT_SET = frozenset({"host", "content-length", "proxy-authorization", "proxy-authenticate"})
+# bsc's own request headers, and those the cached routes decide for themselves.
+_BSC_HEADERS = frozenset(
+    {"x-bsc-namespace", "x-bsc-ttl", "x-bsc-threshold", "x-bsc-tags", "x-bsc-admin-token", "cache-control"}
 )
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_KEYSPACE_HASH_CHARS = 24
+_SHARED_PREFIX = "shared:"
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> JSONResponse:
+class _Refusal(Exception):  # noqa: N818 - a refusal, answered as a 4xx
+    """A request the proxy refuses: ``status`` and an OpenAI-format error."""
+
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.kind = kind
+
+    def response(self, **headers: str) -> JSONResponse:
+        return _error(self.status, self.message, self.kind, self.code, **headers)
+
+
+def _error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None, **headers: str
+) -> JSONResponse:
     """An error in the OpenAI format."""
-    return JSONResponse({"error": {"message": message, "type": kind, "code": None}}, status, headers=headers)
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status, headers=headers)
+
+
+# -- settings and state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How the proxy behaves (``create_app``'s keyword arguments, checked)."""
+
+    upstream: str
+    timeout: float = 600.0
+    close_cache: bool = False
+    shared_namespaces: bool | frozenset[str] = False
+    admin_token: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    cache_embeddings: bool = True
+    embeddings_cache_bytes: int = DEFAULT_EMBEDDINGS_CACHE_BYTES
+    allow_lax_threshold: bool = False
+
+    def shared(self, name: str) -> bool:
+        """Whether the operator declared ``name`` (an ``X-Bsc-Namespace`` value) shared."""
+        if isinstance(self.shared_namespaces, frozenset):
+            return name in self.shared_namespaces
+        return self.shared_namespaces
 
 
 class _Metrics:
-    def __init__(self, cache: SemanticCache) -> None:
+    def __init__(self, cache: SemanticCache, state: _State) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "bsc_proxy_requests", "Chat completion requests by cache result", ["cache"], registry=self.registry
+            "bsc_proxy_requests",
+            "Chat completion and responses requests by cache result",
+            ["cache"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "bsc_proxy_request_seconds",
@@ -103,59 +167,753 @@ class _Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "bsc_proxy_refused", "Requests refused by the proxy itself, by error code", ["code"], registry=self.registry
+        )
+        self.passed = Counter("bsc_proxy_passthrough", "Requests passed through uncached", registry=self.registry)
         self.stored = Counter("bsc_proxy_stored", "Answers stored in the cache", registry=self.registry)
+        self.embeddings = Counter(
+            "bsc_proxy_embeddings", "Embeddings requests by cache result", ["cache"], registry=self.registry
+        )
         entries = Gauge("bsc_cache_entries", "Entries in the cache", registry=self.registry)
         entries.set_function(lambda: len(cache))
+        save_errors = Gauge(
+            "bsc_cache_save_errors",
+            "Saves of the cache file that failed (background and final)",
+            registry=self.registry,
+        )
+        save_errors.set_function(lambda: cache.stats().save_errors)
 
     def done(self, result: str, started: float) -> None:
         self.requests.labels(result).inc()
         self.latency.labels(result).observe(time.perf_counter() - started)
 
 
-def _namespace(request: Request, shared: bool) -> str | JSONResponse:
-    """The caller's namespace. By default one per API key (``Authorization`` or ``api-key``
-    header; a hash, the key itself is never kept), subdivided by ``X-Bsc-Namespace``; with
-    ``shared``, ``X-Bsc-Namespace`` alone, so callers with different keys share it."""
-    given = request.headers.get("x-bsc-namespace")
+class _EmbeddingsCache:
+    """Upstream embeddings answers by request, least recently used first out, at most
+    ``max_bytes`` of answers. In memory only: an embedding is cheap to ask again after a restart."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()
+
+    def get(self, key: bytes) -> tuple[bytes, str] | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: bytes, content: bytes, media: str) -> None:
+        if len(content) > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[0])
+        self._items[key] = (content, media)
+        self.bytes += len(content)
+        while self.bytes > self.max_bytes:
+            _, (dropped, _) = self._items.popitem(last=False)
+            self.bytes -= len(dropped)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class _State:
+    cache: SemanticCache
+    settings: ProxySettings
+    base: str
+    metrics: _Metrics = field(init=False)
+    embeddings: _EmbeddingsCache | None = None
+    client: httpx.AsyncClient | None = None
+    final_save_failed: int = 0
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.proxy
+    return state
+
+
+# -- checks of a request ----------------------------------------------------------------------
+
+
+def _check_headers(request: Request) -> None:
+    """Every header value the proxy could forward must be ASCII (HTTP allows other bytes only
+    as opaque data, and an upstream client cannot encode them)."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            raise _Refusal(400, f"the {name} header holds non-ASCII characters", "invalid_header")
+
+
+async def _read_body(request: Request, settings: ProxySettings) -> bytes:
+    """The body, read piece by piece: over ``max_body`` bytes is a 413 as soon as it is known
+    (from ``Content-Length`` or while reading), a body that stalls for ``body_timeout`` seconds
+    (a ``Content-Length`` larger than what is sent) a 408."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refusal(400, "Content-Length is not a number", "invalid_content_length")
+        if int(declared) > settings.max_body:
+            raise _Refusal(413, f"the request body is larger than {settings.max_body} bytes", "body_too_large")
+    pieces = []
+    size = 0
+    async for piece in _idle_limited(request.stream(), settings.body_timeout):
+        size += len(piece)
+        if size > settings.max_body:
+            raise _Refusal(413, f"the request body is larger than {settings.max_body} bytes", "body_too_large")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+async def _idle_limited(stream: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+    """``stream``, failing with a 408 when no piece arrives for ``timeout`` seconds, and with a
+    400 when the client goes away (a 400 nobody reads, without a traceback)."""
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            piece = await asyncio.wait_for(iterator.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        except (asyncio.TimeoutError, TimeoutError):
+            raise _Refusal(
+                408, f"the request body stalled for {timeout:g} s (is Content-Length right?)", "body_timeout"
+            ) from None
+        except ClientDisconnect:
+            raise _Refusal(400, "the client closed the connection before its body was read", "client_gone") from None
+        if piece:
+            yield piece
+
+
+def _check_json(value: Any) -> None:
+    """JSON at most :data:`MAX_JSON_DEPTH` deep whose strings are valid Unicode (no lone
+    surrogates: ``"\\ud800"`` is valid JSON but no text). Iterative: no recursion to exhaust."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                raise _Refusal(
+                    400,
+                    f"the request holds a lone surrogate (U+{ord(found.group()):04X}), which is not valid Unicode text",
+                    "invalid_unicode",
+                )
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _Refusal(400, f"the request's JSON is nested deeper than {MAX_JSON_DEPTH}", "json_too_deep")
+            children: Iterable[Any] = item.values() if isinstance(item, dict) else item
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise _Refusal(400, f"the request's JSON is nested deeper than {MAX_JSON_DEPTH}", "json_too_deep") from None
+    except ValueError:
+        raise _Refusal(400, "the request body is not valid JSON", "invalid_json") from None
+    if not isinstance(payload, dict):
+        raise _Refusal(400, "the request body must be a JSON object", "invalid_json")
+    _check_json(payload)
+    return payload
+
+
+def _keyspace(request: Request) -> str:
+    """The space of the caller's API key (``Authorization`` or ``api-key``): a hash, the key
+    itself is never kept; ``anonymous`` without one."""
     auth = request.headers.get("authorization") or request.headers.get("api-key") or ""
-    key = "key-" + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:24] if auth else "anonymous"
+    if not auth:
+        return "anonymous"
+    return "key-" + hashlib.sha256(auth.encode("latin-1")).hexdigest()[:_KEYSPACE_HASH_CHARS]
+
+
+def _namespace(request: Request, settings: ProxySettings) -> str:
+    """The namespace a request's entries live in (docs/PROXY.md, the trust model):
+
+    - no ``X-Bsc-Namespace``: the key's space, ``key-<hash>`` (``anonymous`` without a key);
+    - a name the operator declared shared: ``shared:<name>``, the same for every caller;
+    - any other name: ``<key space>:<name>``, a subdivision of the key's space.
+
+    Spaces of the three kinds never coincide (their prefixes differ), so no header value names
+    another key's space."""
+    given = request.headers.get("x-bsc-namespace")
+    keyspace = _keyspace(request)
     if given is None:
-        return key
-    name = given if shared else f"{key}:{given}"
+        return keyspace
+    if not NAMESPACE_PATTERN.fullmatch(given):
+        raise _Refusal(
+            400,
+            "X-Bsc-Namespace must be 1 to 128 letters, digits and _ . : @ / + = -, starting with a letter or digit",
+            "invalid_namespace",
+        )
+    name = _SHARED_PREFIX + given if settings.shared(given) else f"{keyspace}:{given}"
     try:
         return _check_namespace(name)
-    except ValueError as err:
-        limit = "" if shared else f" (at most {127 - len(key)} characters after the key's prefix)"
-        return _error(400, f"X-Bsc-Namespace{limit}: {err}")
+    except ValueError:
+        room = 128 - len(name) + len(given)
+        raise _Refusal(
+            400, f"X-Bsc-Namespace is too long here: at most {room} characters", "invalid_namespace"
+        ) from None
 
 
-def _ttl(request: Request) -> float | JSONResponse | None:
-    raw = request.headers.get("x-bsc-ttl")
+def _number(request: Request, header: str) -> float | None:
+    raw = request.headers.get(header)
     if raw is None:
         return None
     try:
-        ttl = float(raw)
+        value = float(raw)
     except ValueError:
-        ttl = -1.0
-    if not 0 < ttl < float("inf"):
-        return _error(400, f"X-Bsc-TTL must be a positive number of seconds, got {raw!r}")
+        value = math.nan
+    if not math.isfinite(value):
+        raise _Refusal(400, f"{header} must be a finite number, got {raw!r}", "invalid_header")
+    return value
+
+
+def _ttl(request: Request) -> float | None:
+    ttl = _number(request, "x-bsc-ttl")
+    if ttl is not None and not 0 < ttl <= MAX_TTL:
+        raise _Refusal(400, f"X-Bsc-TTL must be a number of seconds in (0, {MAX_TTL}], got {ttl!r}", "invalid_ttl")
     return ttl
 
 
-def _sse(chunks: list[dict[str, Any]]) -> bytes:
-    events = [f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n" for chunk in chunks]
-    return ("".join(events) + "data: [DONE]\n\n").encode()
+def _threshold(request: Request, state: _State) -> float | None:
+    threshold = _number(request, "x-bsc-threshold")
+    if threshold is None:
+        return None
+    if not -1 <= threshold <= 1:
+        raise _Refusal(400, f"X-Bsc-Threshold must be in [-1, 1], got {threshold!r}", "invalid_threshold")
+    own = state.cache.similarity_threshold
+    if threshold < own and not state.settings.allow_lax_threshold:
+        raise _Refusal(
+            400,
+            f"X-Bsc-Threshold {threshold} is laxer than the server's {own}: only stricter thresholds are allowed",
+            "invalid_threshold",
+        )
+    return threshold
 
 
-_background: set[asyncio.Task[None]] = set()
+def _tags(request: Request) -> tuple[str, ...]:
+    raw = request.headers.get("x-bsc-tags")
+    if raw is None:
+        return ()
+    tags = tuple(dict.fromkeys(t.strip() for t in raw.split(",") if t.strip()))
+    if not tags or len(tags) > 32 or not all(TAG_PATTERN.fullmatch(t) for t in tags):
+        raise _Refusal(
+            400,
+            "X-Bsc-Tags must be 1 to 32 comma-separated tags without whitespace, each at most 128 characters",
+            "invalid_tags",
+        )
+    return tags
 
 
-async def _shielded(work: Coroutine[Any, Any, None]) -> None:
+@dataclass(frozen=True)
+class _Control:
+    """``Cache-Control`` of a request: ``no-store`` (bypass the cache), ``no-cache`` (do not
+    answer from it, store the new answer), ``max-age=N`` (only entries at most N s old answer)."""
+
+    no_store: bool = False
+    no_cache: bool = False
+    max_age: float | None = None
+
+
+def _control(request: Request) -> _Control:
+    raw = request.headers.get("cache-control")
+    if raw is None:
+        return _Control()
+    no_store = no_cache = False
+    max_age = None
+    for directive in raw.split(","):
+        name, _, value = directive.strip().lower().partition("=")
+        if name == "no-store":
+            no_store = True
+        elif name == "no-cache":
+            no_cache = True
+        elif name == "max-age":
+            value = value.strip().strip('"')
+            if not value.isdigit():
+                raise _Refusal(400, f"Cache-Control max-age must be whole seconds, got {value!r}", "invalid_header")
+            max_age = float(min(int(value), 2**31))
+    return _Control(no_store, no_cache, max_age)
+
+
+def _refused(request: Request, err: _Refusal) -> JSONResponse:
+    _state(request).metrics.refused.labels(err.code).inc()
+    return err.response()
+
+
+# -- upstream -------------------------------------------------------------------------------
+
+
+def _connection_listed(values: Iterable[str]) -> set[str]:
+    """Header names the ``Connection`` header values list: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+
+
+def _forwarded(request: Request, *, passthrough: bool = False) -> dict[str, str]:
+    drop = _HOP_BY_HOP | _CLIENT_SET | _BSC_HEADERS | _connection_listed(request.headers.getlist("connection"))
+    # Pass-through: the body is streamed as it came, with its length (no chunked encoding for
+    # an upstream to refuse), and the answer relayed as it came, compressed or not. Parsed
+    # routes ask for what httpx decodes.
+    drop = drop - {"content-length"} if passthrough else drop | {"accept-encoding"}
+    return {k: v for k, v in request.headers.items() if k.lower() not in drop}
+
+
+def _kept(response: httpx.Response) -> dict[str, str]:
+    """Upstream headers passed back on a cached route: rate limits, request ids, OpenAI's own."""
+    return {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() in ("retry-after", "x-request-id") or k.lower().startswith(("x-ratelimit", "openai-"))
+    }
+
+
+def _passed_back(response: httpx.Response, content: bytes, **headers: str) -> Response:
+    keep = _kept(response)
+    if "content-type" in response.headers:
+        keep["content-type"] = response.headers["content-type"]
+    return Response(content, response.status_code, headers={**keep, **headers})
+
+
+async def _send(
+    state: _State,
+    request: Request,
+    path: str,
+    body: Any,
+    *,
+    stream: bool,
+    method: str = "POST",
+    passthrough: bool = False,
+) -> httpx.Response:
+    """Sends a request upstream; raises :class:`_Refusal` with 502/504 when there is no answer."""
+    client = state.client
+    assert client is not None, "the proxy's lifespan has not started"
+    url = state.base + path + (f"?{request.url.query}" if request.url.query else "")
+    headers = _forwarded(request, passthrough=passthrough)
+    upstream_request = client.build_request(method, url, content=body, headers=headers)
+    started = time.perf_counter()
+    try:
+        response = await client.send(upstream_request, stream=stream)
+    except _Refusal:
+        raise
+    except httpx.TimeoutException:
+        state.metrics.upstream_errors.labels("timeout").inc()
+        raise _Refusal(504, "the upstream API did not answer in time", "upstream_timeout", "upstream_error") from None
+    except httpx.HTTPError as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, _Refusal):
+            raise cause from None  # the client's own body stalled or went away while forwarded
+        state.metrics.upstream_errors.labels("unreachable").inc()
+        logger.warning("bsc proxy: upstream %s unreachable: %s", state.base, type(err).__name__)
+        raise _Refusal(502, "the upstream API could not be reached", "upstream_unreachable", "upstream_error") from None
+    state.metrics.upstream_latency.observe(time.perf_counter() - started)
+    if response.status_code >= 400:
+        state.metrics.upstream_errors.labels(str(response.status_code)).inc()
+    return response
+
+
+def _shielded(state: _State, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
     """Runs ``work`` to the end even if the caller is cancelled (a client that disconnects)."""
     task = asyncio.ensure_future(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    await asyncio.shield(task)
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+    return asyncio.shield(task)
+
+
+# -- the cached routes: chat completions and responses ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request on a cached route, checked."""
+
+    api: policy.API
+    body: bytes
+    request: policy.CacheRequest
+    prepared: policy.Prepared | None
+    bypass: str | None
+    namespace: str
+    ttl: float | None
+    tags: tuple[str, ...]
+    control: _Control
+    threshold: float | None
+
+
+async def _checked_call(request: Request, api: policy.API) -> _Call:
+    state = _state(request)
+    _check_headers(request)
+    namespace = _namespace(request, state.settings)
+    ttl = _ttl(request)
+    tags = _tags(request)
+    control = _control(request)
+    threshold = _threshold(request, state)
+    body = await _read_body(request, state.settings)
+    payload = _parse_json(body)
+    parsed = policy.parse_request(api, payload)
+    prepared: policy.Prepared | None = None
+    bypass: str | None = "Cache-Control: no-store"
+    if not control.no_store:
+        outcome = policy.prepare(state.cache, parsed, namespace)
+        if isinstance(outcome, str):
+            bypass = outcome
+        else:
+            prepared, bypass = outcome, None
+    return _Call(api, body, parsed, prepared, bypass, namespace, ttl, tags, control, threshold)
+
+
+async def _cached_route(request: Request, api: policy.API) -> Response:
+    started = time.perf_counter()
+    state = _state(request)
+    try:
+        call = await _checked_call(request, api)
+    except _Refusal as err:
+        return _refused(request, err)
+    if call.prepared is not None and not call.control.no_cache:
+        hit = await state.cache._alookup_prepared(
+            call.prepared.key, threshold=call.threshold, max_age=call.control.max_age
+        )
+        if hit is not None:
+            headers = {"X-Bsc-Cache": "hit", "X-Bsc-Similarity": f"{hit.similarity:.4f}", "X-Bsc-Entry": str(hit.id)}
+            state.metrics.done("hit", started)
+            answer = policy.replay(
+                api, hit.response, stream=call.request.stream, include_usage=call.request.include_usage
+            )
+            if call.request.stream:
+                return Response(policy.sse(api, answer), 200, headers=headers, media_type="text/event-stream")
+            return JSONResponse(answer, headers=headers)
+    result = "miss" if call.prepared is not None else "bypass"
+    if call.bypass is not None:
+        logger.debug("bsc proxy: %s request not cached: %s", api, call.bypass)
+    path = "/chat/completions" if api == "chat" else "/responses"
+    try:
+        response = await _send(state, request, path, call.body, stream=call.request.stream)
+    except _Refusal as err:
+        state.metrics.done(result, started)
+        return err.response(**{"X-Bsc-Cache": result})
+
+    if not call.request.stream or response.status_code != 200:
+        try:
+            content = await response.aread()
+        except httpx.HTTPError:
+            state.metrics.upstream_errors.labels("broken").inc()
+            state.metrics.done(result, started)
+            return _error(502, "the upstream API broke off its answer", "upstream_error", "upstream_unreachable")
+        finally:
+            await response.aclose()
+        if response.status_code == 200 and call.prepared is not None:
+            try:
+                answer_json: Any = json.loads(content)
+            except (ValueError, RecursionError):
+                answer_json = None
+            answer = policy.storable(api, answer_json)
+            if answer is not None:
+                await _store(state, call, answer)
+        state.metrics.done(result, started)
+        return _passed_back(response, content, **{"X-Bsc-Cache": result})
+
+    state.metrics.done(result, started)
+    headers = {**_kept(response), "X-Bsc-Cache": result, "Cache-Control": "no-cache"}
+    media = response.headers.get("content-type", "text/event-stream")
+    return StreamingResponse(_relay(state, call, response), 200, headers=headers, media_type=media)
+
+
+async def _store(state: _State, call: _Call, answer: Mapping[str, Any]) -> None:
+    if call.prepared is None:
+        return
+    try:
+        await policy.astore(state.cache, call.prepared, answer, ttl=call.ttl, tags=call.tags)
+        state.metrics.stored.inc()
+    except Exception as err:  # a good answer is still delivered when it cannot be stored
+        logger.warning("bsc proxy: answer not cached: %s", err)
+
+
+_FINAL_EVENTS = frozenset({b"[DONE]"})
+_RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+
+
+async def _relay(state: _State, call: _Call, response: httpx.Response) -> AsyncIterator[bytes]:
+    """Passes the upstream's events through as they come and keeps their data. The answer is
+    stored when the stream ends complete (chat: ``[DONE]`` with every choice finished;
+    responses: ``response.completed``), before that last event is passed on: a client stops
+    reading there and its disconnect would cancel anything after it. (The store is shielded
+    from that cancellation.)"""
+    seen: list[dict[str, Any]] = []
+    pending = b""
+    done = call.prepared is None
+    try:
+        async for block in response.aiter_bytes():  # decoded, if the upstream compressed it
+            if not done:
+                pending += block
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data in _FINAL_EVENTS:
+                        done = True
+                    elif data:
+                        try:
+                            event = json.loads(data)
+                        except (ValueError, RecursionError):
+                            continue
+                        if isinstance(event, dict):
+                            seen.append(event)
+                            if call.api == "responses" and event.get("type") in _RESPONSE_ENDS:
+                                done = True
+                if done:
+                    answer = policy.stored_from_events(call.api, seen)
+                    if answer is not None:
+                        await _shielded(state, _store(state, call, answer))
+                    seen.clear()
+            yield block
+    except httpx.HTTPError as err:
+        state.metrics.upstream_errors.labels("broken").inc()
+        logger.warning("bsc proxy: the upstream broke off a stream: %s", type(err).__name__)
+    finally:
+        await response.aclose()
+
+
+async def chat_completions(request: Request) -> Response:
+    """``POST /v1/chat/completions``."""
+    return await _cached_route(request, "chat")
+
+
+async def responses(request: Request) -> Response:
+    """``POST /v1/responses``."""
+    return await _cached_route(request, "responses")
+
+
+# -- embeddings and pass-through --------------------------------------------------------------
+
+
+async def embeddings(request: Request) -> Response:
+    """``POST /v1/embeddings``: from the exact-match cache, or upstream (and kept when it succeeds)."""
+    state = _state(request)
+    try:
+        _check_headers(request)
+        namespace = _namespace(request, state.settings)
+        control = _control(request)
+        body = await _read_body(request, state.settings)
+        payload = _parse_json(body)
+    except _Refusal as err:
+        return _refused(request, err)
+    key = None
+    if state.embeddings is not None and not control.no_store:
+        # Same namespace, model, input and parameters (``user`` is attribution only).
+        request_key = {k: v for k, v in payload.items() if k != "user"}
+        try:
+            key = hashlib.sha256(f"{namespace}\x00{_canonical(request_key, 'embeddings request')}".encode()).digest()
+        except (TypeError, ValueError):
+            key = None
+    if key is not None and not control.no_cache and state.embeddings is not None:
+        found = state.embeddings.get(key)
+        if found is not None:
+            state.metrics.embeddings.labels("hit").inc()
+            return Response(found[0], 200, media_type=found[1], headers={"X-Bsc-Cache": "hit"})
+    result = "miss" if key is not None else "bypass"
+    try:
+        response = await _send(state, request, "/embeddings", body, stream=False)
+    except _Refusal as err:
+        return err.response(**{"X-Bsc-Cache": result})
+    try:
+        content = await response.aread()
+    except httpx.HTTPError:
+        state.metrics.upstream_errors.labels("broken").inc()
+        return _error(502, "the upstream API broke off its answer", "upstream_error", "upstream_unreachable")
+    finally:
+        await response.aclose()
+    media = response.headers.get("content-type", "application/json")
+    if key is not None and state.embeddings is not None and response.status_code == 200 and "json" in media:
+        state.embeddings.put(key, content, media)
+    state.metrics.embeddings.labels(result).inc()
+    return _passed_back(response, content, **{"X-Bsc-Cache": result})
+
+
+async def passthrough(request: Request) -> Response:
+    """Any other ``/v1/...`` route: method, headers (but hop-by-hop ones), query, body and the
+    answer (status, headers, bytes, compressed or not) passed on unchanged and streamed both
+    ways; never cached."""
+    state = _state(request)
+    try:
+        _check_headers(request)
+    except _Refusal as err:
+        return _refused(request, err)
+    # The path as the client sent it (still percent-encoded: %2F stays %2F).
+    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1").split("?", 1)[0][len("/v1") :]
+    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+    body = _idle_limited(request.stream(), state.settings.body_timeout) if has_body else None
+    try:
+        response = await _send(state, request, path, body, stream=True, method=request.method, passthrough=True)
+    except _Refusal as err:
+        return _refused(request, err) if err.status < 500 else err.response()
+    state.metrics.passed.inc()
+    # The bytes are relayed as they came (aiter_raw), so Content-Length and Content-Encoding hold.
+    # Date and Server are the proxy's own (uvicorn sets them; a second one would be invalid).
+    dropped = _HOP_BY_HOP | _connection_listed(response.headers.get_list("connection")) | {"date", "server"}
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for block in response.aiter_raw():
+                yield block
+        except httpx.HTTPError as err:
+            state.metrics.upstream_errors.labels("broken").inc()
+            logger.warning("bsc proxy: the upstream broke off an answer: %s", type(err).__name__)
+        finally:
+            await response.aclose()
+
+    out = StreamingResponse(relay(), response.status_code)
+    out.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return out
+
+
+# -- service routes ---------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "entries": len(_state(request).cache)})
+
+
+async def prometheus(request: Request) -> Response:
+    registry = _state(request).metrics.registry
+    return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _admin(request: Request) -> _State:
+    """The state, for a caller holding the admin token: the admin surface does not exist
+    without ``admin_token`` (404), and answers 401 without the right ``X-Bsc-Admin-Token``
+    (compared in constant time; an API key alone never opens it)."""
+    state = _state(request)
+    token = state.settings.admin_token
+    if token is None:
+        raise _Refusal(404, f"no route {request.url.path}", "not_found")
+    given = request.headers.get("x-bsc-admin-token", "")
+    if not hmac.compare_digest(given.encode("latin-1"), token.encode("utf-8")):
+        raise _Refusal(
+            401, "the admin routes need the X-Bsc-Admin-Token header", "invalid_admin_token", "authentication_error"
+        )
+    return state
+
+
+def _admin_route(handler: Callable[[Request, _State], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """An admin route: the token checked first (:func:`_admin`), refusals answered as 4xx."""
+
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request, _admin(request))
+        except _Refusal as err:
+            return _refused(request, err)
+
+    return route
+
+
+@_admin_route
+async def admin_stats(request: Request, state: _State) -> Response:
+    """``GET /admin/stats``: the cache's ``stats()`` as JSON, and the embeddings cache's size."""
+    stats = state.cache.stats().as_dict()
+    embeddings = state.embeddings
+    extra = {
+        "embeddings_cached": len(embeddings) if embeddings else 0,
+        "embeddings_bytes": embeddings.bytes if embeddings else 0,
+    }
+    return JSONResponse({**stats, **extra})
+
+
+def _entry_id(request: Request) -> int:
+    raw = request.path_params["entry_id"]
+    if not raw.isdigit() or int(raw) >= 2**63:
+        raise _Refusal(400, f"an entry id is a non-negative integer (X-Bsc-Entry), got {raw!r}", "invalid_entry_id")
+    return int(raw)
+
+
+async def _remove_entry(request: Request, remove: Callable[[int], bool]) -> Response:
+    entry_id = _entry_id(request)
+    if not await asyncio.to_thread(remove, entry_id):
+        raise _Refusal(404, f"no entry {entry_id}", "entry_not_found")
+    return JSONResponse({"id": entry_id, "removed": True})
+
+
+@_admin_route
+async def admin_mark_wrong(request: Request, state: _State) -> Response:
+    """``POST /admin/entries/{id}/wrong``: the entry is never served again; counted as a false-hit report."""
+    return await _remove_entry(request, state.cache.mark_wrong)
+
+
+@_admin_route
+async def admin_delete_entry(request: Request, state: _State) -> Response:
+    """``DELETE /admin/entries/{id}``."""
+    return await _remove_entry(request, state.cache.delete)
+
+
+@_admin_route
+async def admin_delete_namespace(request: Request, state: _State) -> Response:
+    """``DELETE /admin/namespaces/{name}``: every entry stored in that namespace (its stored name,
+    e.g. ``shared:team-a`` or ``key-<hash>:team-a``; docs/PROXY.md)."""
+    name = request.path_params["name"]
+    if not NAMESPACE_PATTERN.fullmatch(name):
+        raise _Refusal(400, f"{name!r} is not a namespace name", "invalid_namespace")
+    return JSONResponse({"namespace": name, "deleted": await asyncio.to_thread(state.cache.delete_namespace, name)})
+
+
+@_admin_route
+async def admin_delete_tag(request: Request, state: _State) -> Response:
+    """``DELETE /admin/tags/{tag}``: every entry stored with that tag (``X-Bsc-Tags``)."""
+    tag = request.path_params["tag"]
+    if not TAG_PATTERN.fullmatch(tag):
+        raise _Refusal(400, f"{tag!r} is not a tag", "invalid_tag")
+    return JSONResponse({"tag": tag, "deleted": await asyncio.to_thread(state.cache.delete_tag, tag)})
+
+
+@_admin_route
+async def admin_flush(request: Request, state: _State) -> Response:
+    """``POST /admin/flush``: every entry of the cache and of the embeddings cache."""
+    size = len(state.cache)
+    await asyncio.to_thread(state.cache.clear)
+    if state.embeddings is not None:
+        state.embeddings.clear()
+    return JSONResponse({"deleted": size})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404, 405 and Starlette's other HTTP errors in the OpenAI format."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    headers = dict(exc.headers or {})
+    return _error(
+        exc.status_code, message.get(exc.status_code, str(exc.detail)), code=codes.get(exc.status_code), **headers
+    )
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state: _State = app.state.proxy
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    state.client = httpx.AsyncClient(timeout=httpx.Timeout(state.settings.timeout, connect=10.0), limits=limits)
+    try:
+        yield
+    finally:
+        client, state.client = state.client, None
+        await client.aclose()
+        if state.background:
+            await asyncio.gather(*state.background, return_exceptions=True)
+        if state.settings.close_cache:
+            # Here, not after the server returns: uvicorn re-raises SIGTERM/SIGINT once it
+            # has shut down, so code after it may never run.
+            try:
+                await asyncio.to_thread(state.cache.close)
+            except Exception as err:
+                state.final_save_failed += 1
+                logger.error("bsc serve: the final save of the cache to %s failed: %s", state.cache.persist_path, err)
 
 
 def create_app(
@@ -164,211 +922,101 @@ def create_app(
     *,
     timeout: float = 600.0,
     close_cache: bool = False,
-    shared_namespaces: bool = False,
+    shared_namespaces: bool | Iterable[str] = False,
+    admin_token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    cache_embeddings: bool = True,
+    embeddings_cache_bytes: int = DEFAULT_EMBEDDINGS_CACHE_BYTES,
+    allow_lax_threshold: bool = False,
 ) -> Starlette:
-    """The proxy as an ASGI app: ``upstream`` is the base URL requests go to (e.g.
-    ``http://127.0.0.1:11434/v1``; ``/chat/completions`` and ``/embeddings`` are appended).
-    ``close_cache``: close the cache when the server shuts down (with a ``persist_path``, its
-    last save), as ``bsc serve`` does. ``shared_namespaces``: ``X-Bsc-Namespace`` alone names
-    the namespace, so callers with different API keys share its answers (only behind a
-    gateway that authenticates callers; by default a namespace lives within one API key)."""
+    """The proxy as an ASGI app.
+
+    Args:
+        cache: the :class:`~bsc.SemanticCache` answers come from.
+        upstream: the base URL requests go to (e.g. ``http://127.0.0.1:11434/v1``; a request
+            to ``/v1/X`` goes to ``upstream + /X``).
+        timeout: seconds to wait for the upstream.
+        close_cache: close the cache when the server shuts down (with a ``persist_path``, its
+            last save), as ``bsc serve`` does; a failed save is logged and counted in
+            ``app.state.proxy.final_save_failed``.
+        shared_namespaces: which ``X-Bsc-Namespace`` names span API keys: ``False`` (none:
+            every name lives within the caller's key), ``True`` (every name), or a collection
+            of names. Only behind a gateway that decides who may send which name (docs/PROXY.md).
+        admin_token: opens the ``/admin/`` routes to callers sending it in
+            ``X-Bsc-Admin-Token``; without it they do not exist.
+        max_body: the largest body read on the parsed routes (413 beyond it).
+        body_timeout: seconds a request body may stall before a 408.
+        cache_embeddings: answer ``/v1/embeddings`` from an exact-match cache of upstream answers.
+        embeddings_cache_bytes: the most bytes of embeddings answers kept.
+        allow_lax_threshold: let ``X-Bsc-Threshold`` be laxer than the cache's threshold.
+    """
     if not isinstance(upstream, str):
         raise TypeError(f"upstream must be a URL string, got {type(upstream).__name__}")
-    parsed = httpx.URL(upstream)
+    try:
+        parsed = httpx.URL(upstream)
+    except httpx.InvalidURL as err:
+        raise ValueError(f"upstream must be an http:// or https:// URL, got {upstream!r}: {err}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"upstream must be an http:// or https:// URL, got {upstream!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    for name, value in (("timeout", timeout), ("body_timeout", body_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    for name, value in (("max_body", max_body), ("embeddings_cache_bytes", embeddings_cache_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
     if not isinstance(cache, SemanticCache):
         raise TypeError(f"cache must be a bsc.SemanticCache, got {type(cache).__name__}")
-    base = upstream.rstrip("/")
-    metrics = _Metrics(cache)
-    clients: list[httpx.AsyncClient] = []
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        clients.append(httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), limits=limits))
-        try:
-            yield
-        finally:
-            await clients.pop().aclose()
-            if close_cache:
-                # Here, not after the server returns: uvicorn re-raises SIGTERM/SIGINT once it
-                # has shut down, so code after it never runs.
-                await asyncio.to_thread(cache.close)
-
-    def forwarded(request: Request) -> dict[str, str]:
-        return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
-
-    async def send_upstream(request: Request, path: str, body: bytes, stream: bool) -> httpx.Response | Response:
-        client = clients[0]
-        url = base + path + (f"?{request.url.query}" if request.url.query else "")
-        upstream_request = client.build_request("POST", url, content=body, headers=forwarded(request))
-        started = time.perf_counter()
-        try:
-            response = await client.send(upstream_request, stream=stream)
-        except httpx.TimeoutException:
-            metrics.upstream_errors.labels("timeout").inc()
-            return _error(504, "the upstream API did not answer in time", "upstream_timeout")
-        except httpx.HTTPError as err:
-            metrics.upstream_errors.labels("unreachable").inc()
-            logger.warning("bsc proxy: upstream %s unreachable: %s", base, type(err).__name__)
-            return _error(502, "the upstream API could not be reached", "upstream_unreachable")
-        metrics.upstream_latency.observe(time.perf_counter() - started)
-        if response.status_code >= 400:
-            metrics.upstream_errors.labels(str(response.status_code)).inc()
-        return response
-
-    def kept(response: httpx.Response) -> dict[str, str]:
-        """Upstream headers passed back: rate limits, request ids, OpenAI's own."""
-        return {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower() in ("retry-after", "x-request-id") or k.lower().startswith(("x-ratelimit", "openai-"))
-        }
-
-    def passed_back(response: httpx.Response, content: bytes, **headers: str) -> Response:
-        keep = kept(response)
-        if "content-type" in response.headers:
-            keep["content-type"] = response.headers["content-type"]
-        return Response(content, response.status_code, headers={**keep, **headers})
-
-    async def chat(request: Request) -> Response:
-        started = time.perf_counter()
-        body = await request.body()
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return _error(400, "the request body is not valid JSON")
-        if not isinstance(payload, dict):
-            return _error(400, "the request body must be a JSON object")
-        namespace = _namespace(request, shared_namespaces)
-        if isinstance(namespace, Response):
-            return namespace
-        ttl = _ttl(request)
-        if isinstance(ttl, Response):
-            return ttl
-        control = request.headers.get("cache-control", "").lower()
-        stream = bool(payload.get("stream"))
-        options = payload.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        key: tuple[str, dict[str, Any]] | None = None
-        prepared = None
-        if "no-store" not in control:
-            messages, model, params = split_request(payload)
-            try:
-                key = chat_scope(messages, model=model, **params)
-                # The cache's own checks (an empty or over-long prompt, a temperature above the
-                # limit): such requests go upstream uncached.
-                prepared = cache._prepare(key[0], namespace, key[1])
-                if prepared is None:
-                    key = None
-            except (TypeError, ValueError):
-                key = None  # not a request the cache can key: forwarded as it is
-        if key is not None and prepared is not None and "no-cache" not in control:
-            hit = await cache._alookup_prepared(prepared)
-            if hit is not None:
-                completion = fresh(hit.response)
-                headers = {"X-Bsc-Cache": "hit", "X-Bsc-Similarity": f"{hit.similarity:.4f}"}
-                metrics.done("hit", started)
-                if stream:
-                    chunks = chunks_from_completion(completion, include_usage=include_usage)
-                    return Response(_sse(chunks), 200, headers=headers, media_type="text/event-stream")
-                return JSONResponse(completion, headers=headers)
-        result = "miss" if key is not None else "bypass"
-        response = await send_upstream(request, "/chat/completions", body, stream)
-        if not isinstance(response, httpx.Response):
-            metrics.done(result, started)
-            response.headers["X-Bsc-Cache"] = result
-            return response
-
-        async def store(completion: Mapping[str, Any]) -> None:
-            if key is None:
-                return
-            prompt, scope = key
-            try:
-                usage = usable_usage(completion.get("usage"))
-                await cache.astore(prompt, dict(completion), namespace=namespace, ttl=ttl, usage=usage, **scope)
-                metrics.stored.inc()
-            except Exception as err:  # a good answer is still delivered when it cannot be stored
-                logger.warning("bsc proxy: answer not cached: %s", err)
-
-        if not stream or response.status_code != 200:
-            try:
-                content = await response.aread()
-            except httpx.HTTPError:
-                metrics.upstream_errors.labels("broken").inc()
-                metrics.done(result, started)
-                return _error(502, "the upstream API broke off its answer", "upstream_unreachable")
-            finally:
-                await response.aclose()
-            if response.status_code == 200 and key is not None:
-                try:
-                    answer: Any = json.loads(content)
-                except ValueError:
-                    answer = None
-                if isinstance(answer, dict) and answer.get("choices"):
-                    await store(answer)
-            metrics.done(result, started)
-            return passed_back(response, content, **{"X-Bsc-Cache": result})
-
-        async def relay() -> AsyncIterator[bytes]:
-            """Passes the upstream's events through as they come and keeps their data. The answer
-            is stored when the upstream sends ``[DONE]`` with every choice finished, before that
-            last event is passed on: a client stops reading at ``[DONE]`` and its disconnect
-            would cancel anything after it. (The store is shielded from that cancellation.)"""
-            seen: list[dict[str, Any]] = []
-            pending = b""
-            done = False
-            try:
-                async for block in response.aiter_bytes():  # decoded, if the upstream compressed it
-                    if key is not None and not done:
-                        pending += block
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            if not line.startswith(b"data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == b"[DONE]":
-                                done = True
-                            elif data:
-                                with contextlib.suppress(ValueError):
-                                    seen.append(json.loads(data))
-                        if done:
-                            completion = completion_from_chunks(seen)
-                            if completion is not None:
-                                await _shielded(store(completion))
-                    yield block
-            finally:
-                await response.aclose()
-
-        metrics.done(result, started)
-        headers = {**kept(response), "X-Bsc-Cache": result, "Cache-Control": "no-cache"}
-        media = response.headers.get("content-type", "text/event-stream")
-        return StreamingResponse(relay(), 200, headers=headers, media_type=media)
-
-    async def embeddings(request: Request) -> Response:
-        response = await send_upstream(request, "/embeddings", await request.body(), stream=False)
-        if not isinstance(response, httpx.Response):
-            return response
-        content = await response.aread()
-        await response.aclose()
-        return passed_back(response, content)
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "entries": len(cache)})
-
-    async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
+    if admin_token is not None and (
+        not isinstance(admin_token, str) or len(admin_token) < 16 or not admin_token.isascii()
+    ):
+        raise ValueError("admin_token must be an ASCII string of at least 16 characters")
+    shared: bool | frozenset[str]
+    if isinstance(shared_namespaces, bool):
+        shared = shared_namespaces
+    elif isinstance(shared_namespaces, str) or not isinstance(shared_namespaces, Iterable):
+        raise TypeError("shared_namespaces must be a bool or a collection of namespace names")
+    else:
+        shared = frozenset(shared_namespaces)
+        for name in shared:
+            if not isinstance(name, str) or not NAMESPACE_PATTERN.fullmatch(name):
+                raise ValueError(f"shared namespace {name!r} is not a valid namespace name")
+    settings = ProxySettings(
+        upstream=upstream,
+        timeout=float(timeout),
+        close_cache=bool(close_cache),
+        shared_namespaces=shared,
+        admin_token=admin_token,
+        max_body=max_body,
+        body_timeout=float(body_timeout),
+        cache_embeddings=bool(cache_embeddings),
+        embeddings_cache_bytes=embeddings_cache_bytes,
+        allow_lax_threshold=bool(allow_lax_threshold),
+    )
+    state = _State(
+        cache,
+        settings,
+        upstream.rstrip("/"),
+        embeddings=_EmbeddingsCache(embeddings_cache_bytes) if cache_embeddings else None,
+    )
+    state.metrics = _Metrics(cache, state)
+    every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/{path:path}", passthrough, methods=every),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Route("/admin/stats", admin_stats, methods=["GET"]),
+        Route("/admin/entries/{entry_id}/wrong", admin_mark_wrong, methods=["POST"]),
+        Route("/admin/entries/{entry_id}", admin_delete_entry, methods=["DELETE"]),
+        Route("/admin/namespaces/{name:path}", admin_delete_namespace, methods=["DELETE"]),
+        Route("/admin/tags/{tag:path}", admin_delete_tag, methods=["DELETE"]),
+        Route("/admin/flush", admin_flush, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=_lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.proxy = state
     app.state.cache = cache
-    app.state.metrics = metrics
+    app.state.metrics = state.metrics
     return app
