@@ -184,7 +184,8 @@ def test_sdk_markers_odd_usage_and_replayed_responses(upstream: tuple[FakeChatUp
     client.chat.completions.create(model="m", messages=user(" "))
     assert fake.requests == 2
     # The wrapper stores what the request policy prepared (bsc.policy), whatever the usage holds.
-    prepared = policy.prepare(cache, policy.parse_request("chat", {"messages": user("odd usage"), "model": "m"}), "default")
+    request = policy.parse_request("chat", {"messages": user("odd usage"), "model": "m"})
+    prepared = policy.prepare(cache, request, "default")
     assert isinstance(prepared, policy.Prepared)
     client._store(prepared, {"usage": {}, "choices": []})
     assert cache.lookup_chat(user("odd usage"), model="m") is not None  # cached without a token count

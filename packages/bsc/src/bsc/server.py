@@ -89,6 +89,7 @@ _BSC_HEADERS = frozenset(
 )
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_DIGITS = re.compile("[0-9]+")  # ASCII only: str.isdigit() admits digits int() refuses
 _KEYSPACE_HASH_CHARS = 24
 _SHARED_PREFIX = "shared:"
 
@@ -258,7 +259,7 @@ async def _read_body(request: Request, settings: ProxySettings) -> bytes:
     (a ``Content-Length`` larger than what is sent) a 408."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not _DIGITS.fullmatch(declared):
             raise _Refusal(400, "Content-Length is not a number", "invalid_content_length")
         if int(declared) > settings.max_body:
             raise _Refusal(413, f"the request body is larger than {settings.max_body} bytes", "body_too_large")
@@ -439,9 +440,12 @@ def _control(request: Request) -> _Control:
             no_cache = True
         elif name == "max-age":
             value = value.strip().strip('"')
-            if not value.isdigit():
-                raise _Refusal(400, f"Cache-Control max-age must be whole seconds, got {value!r}", "invalid_header")
-            max_age = float(min(int(value), 2**31))
+            if not _DIGITS.fullmatch(value):
+                raise _Refusal(
+                    400, f"Cache-Control max-age must be whole seconds, got {value[:40]!r}", "invalid_header"
+                )
+            # RFC 9111 1.2.2: a value too large to represent is taken as 2**31 seconds.
+            max_age = float(2**31 if len(value) > 10 else min(int(value), 2**31))
     return _Control(no_store, no_cache, max_age)
 
 
@@ -830,8 +834,10 @@ async def admin_stats(request: Request, state: _State) -> Response:
 
 def _entry_id(request: Request) -> int:
     raw = request.path_params["entry_id"]
-    if not raw.isdigit() or int(raw) >= 2**63:
-        raise _Refusal(400, f"an entry id is a non-negative integer (X-Bsc-Entry), got {raw!r}", "invalid_entry_id")
+    if not _DIGITS.fullmatch(raw) or len(raw) > 19 or int(raw) >= 2**63:
+        raise _Refusal(
+            400, f"an entry id is a non-negative integer (X-Bsc-Entry), got {raw[:40]!r}", "invalid_entry_id"
+        )
     return int(raw)
 
 
