@@ -64,8 +64,10 @@ def responses_scope(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     Raises :class:`ValueError`, with a short reason, for a request that cannot be cached: no
     model, no input, a last input that is not a user message or holds a non-text part, or a
     request that depends on server-side state (``previous_response_id``, ``conversation``, a
-    stored ``prompt``, ``background``). Raises :class:`TypeError` for a parameter named like a
-    scope name the cache or this function sets, or a scope that is not JSON values.
+    stored ``prompt``, ``background``, an ``item_reference`` or a non-text part in any input
+    item, a tool other than function, custom and web search tools). Raises :class:`TypeError` for
+    a parameter named like a scope name the cache or this function sets, or a scope that is not
+    JSON values.
     """
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -78,6 +80,7 @@ def responses_scope(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if "input" not in body or body["input"] is None:
         raise ValueError("no input")
     prompt, earlier, rest = _split_input(body["input"])
+    _check_stateless(earlier, body.get("tools"))
     context = _canonical([earlier, body.get("instructions"), rest], "responses input")
     scope: dict[str, Any] = {"api": "responses", "model": model, "context": _digest(context, 16).hex()}
     for name, value in body.items():
@@ -87,6 +90,35 @@ def responses_scope(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             scope[name] = value
     _canonical(scope, "responses parameters")
     return prompt, scope
+
+
+#: Content parts of earlier input items that are plain values (matched exactly, through the scope).
+_TEXT_PARTS = frozenset({"input_text", "output_text", "refusal", "text", "summary_text", "reasoning_text"})
+#: Tool types whose answers depend only on the request (and, for web search, the web).
+_STATELESS_TOOLS = frozenset({"function", "custom", "web_search", "web_search_preview", "web_search_2025_08_26"})
+
+
+def _check_stateless(earlier: list[Any], tools: Any) -> None:
+    """Refuses (``ValueError``) earlier input that names server-side state or holds non-text
+    parts (an ``item_reference``, an image, a file, audio: the cache cannot see what they hold),
+    and tools that read server-side state (file search over a vector store, code interpreter
+    containers, MCP servers, ...)."""
+    for item in earlier:
+        if not isinstance(item, Mapping):
+            continue
+        if item.get("type") == "item_reference":
+            raise ValueError("an input item refers to server-side state (item_reference)")
+        content = item.get("content")
+        if isinstance(content, Sequence) and not isinstance(content, (str, bytes, bytearray)):
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                if kind not in _TEXT_PARTS:
+                    raise ValueError(f"an earlier input holds a non-text part ({kind})")
+    if isinstance(tools, Sequence) and not isinstance(tools, (str, bytes, bytearray)):
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
+            if kind not in _STATELESS_TOOLS:
+                raise ValueError(f"a tool reads server-side state ({kind})")
 
 
 def _split_input(value: Any) -> tuple[str, list[Any], dict[str, Any]]:

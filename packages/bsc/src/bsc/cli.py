@@ -112,7 +112,15 @@ def _serve(args: argparse.Namespace) -> int:
     from bsc.semantic import SemanticCache
 
     persist = None if args.persist is None else _check_persist(args.persist)
-    admin_token = os.environ.get("BSC_ADMIN_TOKEN") if args.admin_token == "env" else args.admin_token
+    admin_token = args.admin_token
+    if admin_token == "env":
+        admin_token = os.environ.get("BSC_ADMIN_TOKEN", "")
+        try:
+            _token(admin_token)
+        except argparse.ArgumentTypeError:
+            raise ValueError(
+                "--admin-token env: $BSC_ADMIN_TOKEN must hold at least 16 printable ASCII characters"
+            ) from None
     shared: bool | list[str] = False
     if args.shared_namespaces is not None:
         shared = True if args.shared_namespaces == "*" else [n.strip() for n in args.shared_namespaces.split(",")]
@@ -350,7 +358,7 @@ def _bytes(text: str) -> int:
 
 
 def _token(text: str) -> str:
-    if text != "env" and (len(text) < 16 or not text.isascii() or not text.isprintable()):
+    if text != "env" and (len(text) < 16 or not text.isascii() or not text.isprintable() or " " in text):
         raise argparse.ArgumentTypeError("must be at least 16 printable ASCII characters (or 'env': $BSC_ADMIN_TOKEN)")
     return text
 

@@ -123,17 +123,32 @@ def storable(api: API, answer: Any) -> dict[str, Any] | None:
     if not isinstance(answer, Mapping):
         return None
     if api == "chat":
-        return dict(answer) if answer.get("choices") else None
-    if answer.get("object") == "response" and answer.get("status") == "completed":
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None
+        for choice in choices:
+            if not isinstance(choice, Mapping) or not isinstance(choice.get("message"), Mapping):
+                return None
+            content = choice["message"].get("content")
+            if content is not None and not isinstance(content, str):
+                return None
         return dict(answer)
-    return None
+    output = answer.get("output")
+    if answer.get("object") != "response" or answer.get("status") != "completed" or not isinstance(output, list):
+        return None
+    if not all(isinstance(item, Mapping) for item in output):
+        return None
+    return dict(answer)
 
 
 def stored_from_events(api: API, events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The answer a complete stream delivered (``None``: it did not complete)."""
-    if api == "chat":
-        return completion_from_chunks(events)
-    return storable(api, _responses.response_from_events(events))
+    try:
+        if api == "chat":
+            return storable(api, completion_from_chunks(events))
+        return storable(api, _responses.response_from_events(events))
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+        return None  # events of a shape the API does not send: nothing to store
 
 
 def usage_of(answer: Mapping[str, Any]) -> Any:

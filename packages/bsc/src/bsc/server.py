@@ -42,6 +42,7 @@ import logging
 import math
 import re
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _DIGITS = re.compile("[0-9]+")  # ASCII only: str.isdigit() admits digits int() refuses
 _KEYSPACE_HASH_CHARS = 24
 _SHARED_PREFIX = "shared:"
+
+
+class _UpstreamBroke(Exception):  # noqa: N818 - an event, raised to abort a relayed answer
+    """The upstream broke off an answer that was being relayed: the connection to the client is
+    aborted so that the client sees the answer is incomplete."""
 
 
 class _Refusal(Exception):  # noqa: N818 - a refusal, answered as a 4xx
@@ -197,25 +203,34 @@ class _EmbeddingsCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[bytes, tuple[bytes, str]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[bytes, str, str]] = OrderedDict()
 
     def get(self, key: bytes) -> tuple[bytes, str] | None:
         item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0], item[1]
 
-    def put(self, key: bytes, content: bytes, media: str) -> None:
+    def put(self, key: bytes, content: bytes, media: str, namespace: str) -> None:
         if len(content) > self.max_bytes:
             return
         old = self._items.pop(key, None)
         if old is not None:
             self.bytes -= len(old[0])
-        self._items[key] = (content, media)
+        self._items[key] = (content, media, namespace)
         self.bytes += len(content)
         while self.bytes > self.max_bytes:
-            _, (dropped, _) = self._items.popitem(last=False)
+            _, (dropped, _, _) = self._items.popitem(last=False)
             self.bytes -= len(dropped)
+
+    def delete_namespace(self, namespace: str) -> int:
+        """Drops the answers kept for ``namespace`` (that name exactly, as
+        ``SemanticCache.delete_namespace`` does)."""
+        gone = [k for k, item in self._items.items() if item[2] == namespace]
+        for key in gone:
+            self.bytes -= len(self._items.pop(key)[0])
+        return len(gone)
 
     def clear(self) -> None:
         self._items.clear()
@@ -230,6 +245,7 @@ class _State:
     cache: SemanticCache
     settings: ProxySettings
     base: str
+    upstream: httpx.URL = field(init=False)
     metrics: _Metrics = field(init=False)
     embeddings: _EmbeddingsCache | None = None
     client: httpx.AsyncClient | None = None
@@ -245,12 +261,20 @@ def _state(request: Request) -> _State:
 # -- checks of a request ----------------------------------------------------------------------
 
 
+#: Headers that may appear once: the credentials a space is named by, and bsc's own.
+_SINGLE_HEADERS = ("authorization", "api-key", *sorted(_BSC_HEADERS - {"cache-control"}))
+
+
 def _check_headers(request: Request) -> None:
     """Every header value the proxy could forward must be ASCII (HTTP allows other bytes only
-    as opaque data, and an upstream client cannot encode them)."""
+    as opaque data, and an upstream client cannot encode them); a credential or ``X-Bsc-*``
+    header may appear once (two would let the space and the key the upstream checks differ)."""
     for name, value in request.headers.items():
         if not value.isascii():
             raise _Refusal(400, f"the {name} header holds non-ASCII characters", "invalid_header")
+    for name in _SINGLE_HEADERS:
+        if len(request.headers.getlist(name)) > 1:
+            raise _Refusal(400, f"the {name} header may appear only once", "duplicate_header")
 
 
 async def _read_body(request: Request, settings: ProxySettings) -> bytes:
@@ -315,9 +339,20 @@ def _check_json(value: Any) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: a repeated key is refused, since parsers disagree on
+    which value wins, and the upstream must answer the request the cache keyed."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refusal(400, f"the request's JSON repeats the key {key[:40]!r}", "duplicate_key")
+        out[key] = value
+    return out
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise _Refusal(400, f"the request's JSON is nested deeper than {MAX_JSON_DEPTH}", "json_too_deep") from None
     except ValueError:
@@ -331,9 +366,11 @@ def _parse_json(body: bytes) -> dict[str, Any]:
 def _keyspace(request: Request) -> str:
     """The space of the caller's API key (``Authorization`` or ``api-key``): a hash, the key
     itself is never kept; ``anonymous`` without one."""
-    auth = request.headers.get("authorization") or request.headers.get("api-key") or ""
-    if not auth:
+    # Both headers, when both are sent: the space follows whichever the upstream reads.
+    credentials = [v for v in (request.headers.get("authorization"), request.headers.get("api-key")) if v]
+    if not credentials:
         return "anonymous"
+    auth = "\n".join(credentials)
     return "key-" + hashlib.sha256(auth.encode("latin-1")).hexdigest()[:_KEYSPACE_HASH_CHARS]
 
 
@@ -500,7 +537,9 @@ async def _send(
     """Sends a request upstream; raises :class:`_Refusal` with 502/504 when there is no answer."""
     client = state.client
     assert client is not None, "the proxy's lifespan has not started"
-    url = state.base + path + (f"?{request.url.query}" if request.url.query else "")
+    query = request.scope.get("query_string") or b""
+    raw_path = state.upstream.raw_path.rstrip(b"/") + path.encode("latin-1") + (b"?" + query if query else b"")
+    url = state.upstream.copy_with(raw_path=raw_path)  # the upstream's scheme, host and port, whatever the path
     headers = _forwarded(request, passthrough=passthrough)
     upstream_request = client.build_request(method, url, content=body, headers=headers)
     started = time.perf_counter()
@@ -586,13 +625,18 @@ async def _cached_route(request: Request, api: policy.API) -> Response:
         )
         if hit is not None:
             headers = {"X-Bsc-Cache": "hit", "X-Bsc-Similarity": f"{hit.similarity:.4f}", "X-Bsc-Entry": str(hit.id)}
-            state.metrics.done("hit", started)
-            answer = policy.replay(
-                api, hit.response, stream=call.request.stream, include_usage=call.request.include_usage
-            )
-            if call.request.stream:
-                return Response(policy.sse(api, answer), 200, headers=headers, media_type="text/event-stream")
-            return JSONResponse(answer, headers=headers)
+            try:
+                answer = policy.replay(
+                    api, hit.response, stream=call.request.stream, include_usage=call.request.include_usage
+                )
+                body = policy.sse(api, answer) if call.request.stream else None
+            except Exception as err:  # an entry that cannot be replayed (stored by another program): a miss
+                logger.warning("bsc proxy: entry %d cannot be replayed, asking upstream: %s", hit.id, err)
+            else:
+                state.metrics.done("hit", started)
+                if body is not None:
+                    return Response(body, 200, headers=headers, media_type="text/event-stream")
+                return JSONResponse(answer, headers=headers)
     result = "miss" if call.prepared is not None else "bypass"
     if call.bypass is not None:
         logger.debug("bsc proxy: %s request not cached: %s", api, call.bypass)
@@ -640,7 +684,7 @@ async def _store(state: _State, call: _Call, answer: Mapping[str, Any]) -> None:
 
 
 _FINAL_EVENTS = frozenset({b"[DONE]"})
-_RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+_RESPONSE_ENDS = ("response.completed", "response.failed", "response.incomplete", "error")
 
 
 async def _relay(state: _State, call: _Call, response: httpx.Response) -> AsyncIterator[bytes]:
@@ -655,23 +699,7 @@ async def _relay(state: _State, call: _Call, response: httpx.Response) -> AsyncI
     try:
         async for block in response.aiter_bytes():  # decoded, if the upstream compressed it
             if not done:
-                pending += block
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data in _FINAL_EVENTS:
-                        done = True
-                    elif data:
-                        try:
-                            event = json.loads(data)
-                        except (ValueError, RecursionError):
-                            continue
-                        if isinstance(event, dict):
-                            seen.append(event)
-                            if call.api == "responses" and event.get("type") in _RESPONSE_ENDS:
-                                done = True
+                pending, done = _collect(call.api, pending + block, seen)
                 if done:
                     answer = policy.stored_from_events(call.api, seen)
                     if answer is not None:
@@ -681,8 +709,35 @@ async def _relay(state: _State, call: _Call, response: httpx.Response) -> AsyncI
     except httpx.HTTPError as err:
         state.metrics.upstream_errors.labels("broken").inc()
         logger.warning("bsc proxy: the upstream broke off a stream: %s", type(err).__name__)
+        # An error event the OpenAI SDKs raise as an APIError: the client sees the stream is cut.
+        error = {"message": "the upstream API broke off its answer", "type": "upstream_error"}
+        event = {"type": "error", "error": {**error, "code": "upstream_unreachable"}, **error}
+        prefix = b"event: error\n" if call.api == "responses" else b""
+        yield b"\n\n" + prefix + b"data: " + json.dumps(event).encode() + b"\n\n"
     finally:
         await response.aclose()
+
+
+def _collect(api: policy.API, pending: bytes, seen: list[dict[str, Any]]) -> tuple[bytes, bool]:
+    """Reads the complete lines of ``pending`` as server-sent events into ``seen``: the rest
+    (an incomplete line), and whether the stream has ended (chat: ``[DONE]``; responses: its
+    last event)."""
+    *lines, rest = pending.split(b"\n")
+    for line in lines:
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data in _FINAL_EVENTS:
+            return rest, True
+        try:
+            event = json.loads(data)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(event, dict):
+            seen.append(event)
+            if api == "responses" and event.get("type") in _RESPONSE_ENDS:
+                return rest, True
+    return rest, False
 
 
 async def chat_completions(request: Request) -> Response:
@@ -736,9 +791,22 @@ async def embeddings(request: Request) -> Response:
         await response.aclose()
     media = response.headers.get("content-type", "application/json")
     if key is not None and state.embeddings is not None and response.status_code == 200 and "json" in media:
-        state.embeddings.put(key, content, media)
+        state.embeddings.put(key, content, media, namespace)
     state.metrics.embeddings.labels(result).inc()
     return _passed_back(response, content, **{"X-Bsc-Cache": result})
+
+
+def _passthrough_path(request: Request) -> str:
+    """The path after ``/v1`` as the client sent it (still percent-encoded: ``%2F`` stays
+    ``%2F``), refused when it could leave the upstream's base: a dot segment, plain or encoded."""
+    raw = bytes(request.scope.get("raw_path") or request.url.path.encode()).split(b"?", 1)[0]
+    if not raw.startswith(b"/v1/"):
+        raise _Refusal(400, "a pass-through path must start with /v1/", "invalid_path")
+    tail = raw[3:].decode("latin-1")
+    # Decoded, an encoded slash could make a dot segment of its own ("..%2F.."): those count too.
+    if any(part in (".", "..") for part in urllib.parse.unquote(tail).split("/")):
+        raise _Refusal(400, "a pass-through path may not hold . or .. segments", "invalid_path")
+    return tail
 
 
 async def passthrough(request: Request) -> Response:
@@ -750,8 +818,10 @@ async def passthrough(request: Request) -> Response:
         _check_headers(request)
     except _Refusal as err:
         return _refused(request, err)
-    # The path as the client sent it (still percent-encoded: %2F stays %2F).
-    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1").split("?", 1)[0][len("/v1") :]
+    try:
+        path = _passthrough_path(request)
+    except _Refusal as err:
+        return _refused(request, err)
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     body = _idle_limited(request.stream(), state.settings.body_timeout) if has_body else None
     try:
@@ -771,6 +841,8 @@ async def passthrough(request: Request) -> Response:
         except httpx.HTTPError as err:
             state.metrics.upstream_errors.labels("broken").inc()
             logger.warning("bsc proxy: the upstream broke off an answer: %s", type(err).__name__)
+            # The client must see the answer is cut short: abort the connection (not a clean end).
+            raise _UpstreamBroke(f"the upstream broke off its answer: {type(err).__name__}") from None
         finally:
             await response.aclose()
 
@@ -867,7 +939,10 @@ async def admin_delete_namespace(request: Request, state: _State) -> Response:
     name = request.path_params["name"]
     if not NAMESPACE_PATTERN.fullmatch(name):
         raise _Refusal(400, f"{name!r} is not a namespace name", "invalid_namespace")
-    return JSONResponse({"namespace": name, "deleted": await asyncio.to_thread(state.cache.delete_namespace, name)})
+    deleted = await asyncio.to_thread(state.cache.delete_namespace, name)
+    if state.embeddings is not None:
+        state.embeddings.delete_namespace(name)
+    return JSONResponse({"namespace": name, "deleted": deleted})
 
 
 @_admin_route
@@ -1006,6 +1081,7 @@ def create_app(
         embeddings=_EmbeddingsCache(embeddings_cache_bytes) if cache_embeddings else None,
     )
     state.metrics = _Metrics(cache, state)
+    state.upstream = httpx.URL(upstream).copy_with(query=None, fragment=None)
     every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
