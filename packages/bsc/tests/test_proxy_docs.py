@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -64,3 +66,21 @@ def test_every_extra_the_readme_mentions_has_pip_and_uv_commands() -> None:
         assert f'pip install "{package}[{extra}]"' in readme, (package, extra)
         assert f'uv add "{package}[{extra}]"' in readme, (package, extra)
         assert f"uv sync --all-packages --extra {extra}`" in readme, (package, extra)
+
+
+def test_the_client_wrapper_without_its_extra_names_the_install_commands() -> None:
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'openai' or name.startswith('openai.'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import bsc.openai\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "bsc[openai]"' in done.stdout and 'uv add "bsc[openai]"' in done.stdout
