@@ -62,7 +62,7 @@ def bench(n: int, response_bytes: int, runs: int, workdir: Path) -> dict[str, An
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(1000, DIM)).astype(np.float32)
     codes = encoder.encode_batch(vectors)
-    store = cache._store
+    store = cache.engine
     filler = rng.integers(0, 2**63, size=(n, 4), dtype=np.uint64)
     filler[: len(codes)] = codes  # the first entries are real embeddings' codes, to query
     payload = b"r" * (response_bytes - 1)

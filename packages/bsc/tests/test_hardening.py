@@ -185,12 +185,12 @@ def test_bad_ttls_are_refused_everywhere(encoder: BinaryEncoder, ttl: Any, error
 def test_max_ttl_itself_is_accepted_and_kept(encoder: BinaryEncoder) -> None:
     binary = BinarySemanticCache(encoder, default_ttl=MAX_TTL)
     entry_id = binary.put(unit(1), "x")
-    placement = binary._store.placement(entry_id)
+    placement = binary.engine.placement(entry_id)
     assert placement is not None and placement[1] == pytest.approx(time.time() + MAX_TTL, abs=5)
     cache = SemanticCache(WordEmbedder(), default_ttl=np.float64(60))
     stored = cache.store(Q, "x", ttl=np.int64(MAX_TTL))
     assert stored is not None
-    placement = cache._store.placement(stored)
+    placement = cache.binary.engine.placement(stored)
     assert placement is not None and placement[1] == pytest.approx(time.time() + MAX_TTL, abs=5)
 
 

@@ -94,7 +94,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
 
 def stored_namespaces(cache: SemanticCache) -> set[str]:
     """The namespaces of the stored entries (the engine's partitions are ``<namespace>#<scope>``)."""
-    return {name.decode().split("#", 1)[0] for name in cache._store.namespaces()}
+    return {name.decode().split("#", 1)[0] for name in cache.binary.engine.namespaces()}
 
 
 class ProbeRefusingUpstream:

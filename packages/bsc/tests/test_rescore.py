@@ -9,7 +9,9 @@ import pytest
 from bsc import SemanticCache
 from bsc.gate import ContentGate
 from bsc.quality import TableEmbedder
-from bsc.semantic import _pack, _unpack, quantize
+from bsc.semantic import quantize
+from bsc.semantic.records import pack as _pack
+from bsc.semantic.records import unpack as _unpack
 from bsc_encoder import BinaryEncoder, hamming_to_cosine
 from bsc_native import CorruptFileError
 
@@ -219,11 +221,11 @@ def test_a_candidate_replaced_before_it_is_served_is_not_touched() -> None:
             replaced.append(cache.store("stored", "new answer"))
             return out
 
-    cache._store = Racing()  # type: ignore[assignment]
+    cache.matcher._engine = Racing()  # type: ignore[assignment]
     assert cache.lookup("asked") is None  # the candidate read is gone: nothing stale is served
     assert replaced and replaced[0] != first and first not in cache
     assert store.peek(replaced[0])[5] == 0 and store.stats()["hits"] == 0  # the new entry is not touched
-    cache._store = store
+    cache.matcher._engine = store
     assert cache.lookup("asked").response == "new answer"  # type: ignore[union-attr]
 
 

@@ -26,6 +26,7 @@ from bsc import (
     semantic_cache,
 )
 from bsc.cli import main as cli_main
+from bsc.semantic import ranking
 from bsc_backends.testing import WordEmbedder
 
 Q = "What is the capital of France?"
@@ -219,8 +220,8 @@ def test_a_prompt_longer_than_the_embedders_window_is_matched_exactly_only() -> 
 def test_a_hash_collision_never_answers(cache: SemanticCache, monkeypatch: pytest.MonkeyPatch) -> None:
     cache.store(Q, "Paris")
     # From now on every prompt hashes to Q's key, as a 64-bit collision would.
-    q_key = SemanticCache._key("default#", normalize_prompt(Q))
-    monkeypatch.setattr(SemanticCache, "_key", staticmethod(lambda partition, normalized: q_key))
+    q_key = ranking.entry_key("default#", normalize_prompt(Q))
+    monkeypatch.setattr(ranking, "entry_key", lambda partition, normalized: q_key)  # what lookups use
     assert cache.lookup(UNRELATED) is None  # the stored prompt is compared: no exact hit
     hit = cache.lookup(Q)
     assert hit is not None and hit.exact
@@ -496,12 +497,12 @@ def test_the_tag_index_forgets_removed_entries(words: WordEmbedder) -> None:
             thread.join()
     # Not 6,000 memberships: rebuilt in the background, the index holds the live entries' tags
     # (and those of stores made during a rebuild) and at most 1,024 more since.
-    assert cache._tag_baseline < 500 and cache._tag_members <= 2 * cache._tag_baseline + 1024 + 2
+    assert cache._tags._baseline < 500 and cache._tags._members <= 2 * cache._tags._baseline + 1024 + 2
     assert cache.delete_tag("all") == 10 and len(cache) == 0
     many = SemanticCache(words)
     many.store_many([f"p {i}" for i in range(2000)], list(range(2000)), tags=["a", "b", "c"])
-    many._refresh_tags(stale=True)
-    assert not many._tags_stale()  # three tags per entry is not staleness
+    many._tags.refresh(stale=True)
+    assert not many._tags._stale()  # three tags per entry is not staleness
 
 
 def test_chat_scope_keeps_every_parameter_but_the_neutral_ones(cache: SemanticCache) -> None:

@@ -10,13 +10,11 @@ in the native ``bsc_native`` engine.
 from bsc import _native  # noqa: F401  (refuses a bsc_native of another release)
 from bsc._version import NATIVE_VERSION, __version__
 from bsc.cache import MAX_TTL, BinarySemanticCache, CacheEntry, CacheStats
-from bsc.gate import ContentGate
-from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
-from bsc_encoder import BinaryEncoder
-from bsc_native import (
+from bsc.errors import (
     BscError,
     CacheFileError,
     CorruptFileError,
+    EmbeddingFailedError,
     EmptyFileError,
     EncoderMismatchError,
     IndexFullError,
@@ -24,6 +22,9 @@ from bsc_native import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from bsc.gate import ContentGate
+from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
+from bsc_encoder import BinaryEncoder
 
 __all__ = [
     "MAX_TTL",
@@ -36,6 +37,7 @@ __all__ = [
     "CacheStats",
     "ContentGate",
     "CorruptFileError",
+    "EmbeddingFailedError",
     "EmptyFileError",
     "EncoderMismatchError",
     "Hit",

@@ -163,10 +163,10 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
 def usable_usage(usage: Any) -> Any:
     """``usage`` if the cache can count its tokens, else ``None``: an answer with odd usage
     data is still cached, only without its token count."""
-    from bsc.semantic import _tokens_of
+    from bsc.semantic.records import tokens_of
 
     try:
-        _tokens_of(usage)
+        tokens_of(usage)
     except (TypeError, ValueError):
         return None
     return usage

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bsc.semantic import NEUTRAL_PARAMETERS, RESERVED_SCOPE_NAMES, _canonical, _digest
+from bsc.semantic.keys import NEUTRAL_PARAMETERS, RESERVED_SCOPE_NAMES, canonical, digest
 
 __all__ = [
     "CHUNK_CHARS",
@@ -81,14 +81,14 @@ def responses_scope(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         raise ValueError("no input")
     prompt, earlier, rest = _split_input(body["input"])
     _check_stateless(earlier, body.get("tools"))
-    context = _canonical([earlier, body.get("instructions"), rest], "responses input")
-    scope: dict[str, Any] = {"api": "responses", "model": model, "context": _digest(context, 16).hex()}
+    context = canonical([earlier, body.get("instructions"), rest], "responses input")
+    scope: dict[str, Any] = {"api": "responses", "model": model, "context": digest(context, 16).hex()}
     for name, value in body.items():
         if name in _OWN_SCOPE_NAMES or name in RESERVED_SCOPE_NAMES:
             raise TypeError(f"{name!r} cannot be a responses parameter here")
         if name not in _NOT_PARAMETERS and name not in NEUTRAL_PARAMETERS and value is not None:
             scope[name] = value
-    _canonical(scope, "responses parameters")
+    canonical(scope, "responses parameters")
     return prompt, scope
 
 

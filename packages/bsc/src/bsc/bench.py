@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from bsc._codec import encode_response
-from bsc.semantic import SemanticCache, _pack, normalize_prompt, quantize
+from bsc.semantic import SemanticCache, normalize_prompt, quantize
+from bsc.semantic.keys import entry_key, partition_of
+from bsc.semantic.records import pack
 from bsc_backends import Embedder
 
 __all__ = ["bench", "fill", "rescore_cost"]
@@ -24,8 +26,8 @@ def fill(cache: SemanticCache, n: int, seed: int = 0) -> None:
     """Adds filler entries until the cache holds ``n``: random codes, each with a record and
     its exact-match key, in the default namespace and scope; with rescoring, each record holds
     a random int8 embedding, as a real one would."""
-    store = cache.binary._store
-    partition = cache._partition("default", {})
+    engine = cache.binary.engine
+    partition = partition_of("default", {})
     words = cache.binary.code_bits // 64
     rng = np.random.default_rng(seed)
     payload = encode_response("x" * 40)
@@ -35,8 +37,8 @@ def fill(cache: SemanticCache, n: int, seed: int = 0) -> None:
     for i in range(todo):
         prompt = f"filler prompt number {i}"
         vector = quantize(rng.standard_normal(dim)) if cache.rescore else b""
-        record = _pack(prompt, (), 0, 0.0, payload, vector)
-        store.put(codes[i], record, namespace=partition, key=cache._key(partition, normalize_prompt(prompt)))
+        record = pack(prompt, (), 0, 0.0, payload, vector)
+        engine.put(codes[i], record, namespace=partition, key=entry_key(partition, normalize_prompt(prompt)))
 
 
 def us(seconds: float) -> float:
@@ -50,10 +52,10 @@ def bench(n: int, embedder: Embedder, pairs: list[tuple[str, str]], rounds: int)
     started = time.perf_counter()
     fill(cache, n)
     fill_s = time.perf_counter() - started
-    store = cache.binary._store
-    partition = cache._partition("default", {})
-    _, radius = cache.binary._rule
-    codes = [cache.binary._code(embedder.embed_text(q2)) for _, q2 in pairs]
+    engine = cache.binary.engine
+    partition = partition_of("default", {})
+    _, radius = cache.binary.match_rule
+    codes = [cache.binary.encode(embedder.embed_text(q2)) for _, q2 in pairs]
     marker = " \u2060"  # an invisible suffix: a prompt the exact path has never seen
     normalized_q2 = [normalize_prompt(q2) + marker for _, q2 in pairs]
     hits = {"semantic": 0}
@@ -70,8 +72,8 @@ def bench(n: int, embedder: Embedder, pairs: list[tuple[str, str]], rounds: int)
         "exact_hit": exact_hit,
         "semantic_lookup": semantic_lookup,
         "embedding": lambda i: embedder.embed_text(pairs[i][1]),
-        "native_scan": lambda i: store.lookup_nearest(codes[i], radius, namespace=partition),
-        "exact_miss": lambda i: cache._exact(partition, normalized_q2[i]),
+        "native_scan": lambda i: engine.lookup_nearest(codes[i], radius, namespace=partition),
+        "exact_miss": lambda i: cache.matcher.exact(partition, normalized_q2[i]),
     }
 
     async def alookup(prompts: list[str]) -> list[float]:
@@ -119,7 +121,7 @@ def rescore_cost(n: int, embedder: Embedder, pairs: list[tuple[str, str]], round
         cache.store_many([q1 for q1, _ in pairs], [f"answer to: {q1}" for q1, _ in pairs])
         fill(cache, n)
         caches[rescore] = cache
-    partition = caches[False]._partition("default", {})
+    partition = partition_of("default", {})
     texts = [normalize_prompt(q2) for _, q2 in pairs]
     vectors = embedder.embed_texts(texts)
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -129,7 +131,7 @@ def rescore_cost(n: int, embedder: Embedder, pairs: list[tuple[str, str]], round
             hits[rescore] = 0
             for text, vector in zip(texts, vectors, strict=True):
                 t0 = time.perf_counter()
-                hit = cache._semantic(text, partition, vector)
+                hit = cache.matcher.semantic(text, partition, vector)
                 times[rescore].append(time.perf_counter() - t0)
                 hits[rescore] += hit is not None
     stats = {r: c.stats() for r, c in caches.items()}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import glob
 import json
 import logging
-import math
 import os
-import re
 import threading
-import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,20 +16,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bsc import engine as engines
+from bsc._checks import MAX_TTL, check_no_surrogate, check_threshold, check_ttl
 from bsc._codec import decode_response, encode_response
 from bsc._version import __version__
+from bsc.engine import Engine
+from bsc.errors import EncoderMismatchError
+from bsc.persist import Persister, encoder_from_meta, read_meta, remove_stale_temp_files
 from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
 from bsc_encoder.encoder import ALGORITHM_VERSION
-from bsc_native import CacheStore, CorruptFileError, UnsupportedVersionError
 
 logger = logging.getLogger("bsc")
 
 __all__ = ["MAX_TTL", "BinarySemanticCache", "CacheEntry", "CacheStats"]
-
-#: The longest TTL (and ``default_ttl``) accepted, in seconds: 10 years. Anything longer is
-#: refused with ``ValueError`` (use ``None`` for "never expires"); the engine keeps TTLs as
-#: tenths of a second in 32 bits, which would otherwise cut them silently at about 13.6 years.
-MAX_TTL = 315_360_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,45 +74,6 @@ class CacheStats:
         return asdict(self)
 
 
-def _check_ttl(value: Any, name: str = "default_ttl") -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
-    if not 0 < value <= MAX_TTL:  # also refuses nan and inf
-        raise ValueError(
-            f"{name} must be a positive number of seconds, at most MAX_TTL = {MAX_TTL:,} (10 years; "
-            f"None never expires), got {value!r}"
-        )
-    return float(value)
-
-
-# Code points U+D800..U+DFFF: in a Python str they stand alone (a "lone surrogate") and have no
-# UTF-8 encoding.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _check_no_surrogate(text: str, what: str) -> None:
-    """``ValueError`` naming the first lone surrogate of ``text`` (O(1) for ASCII text)."""
-    if text.isascii():
-        return
-    found = _SURROGATE.search(text)
-    if found is not None:
-        raise ValueError(
-            f"{what} holds a lone surrogate U+{ord(found.group()):04X} at index {found.start()}: it is not "
-            "valid Unicode text and cannot be encoded as UTF-8 (decode its bytes with errors='replace')"
-        )
-
-
-def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"similarity_threshold must be a number in [-1, 1], got {type(value).__name__}")
-    threshold = float(value)
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"similarity_threshold must be in [-1, 1], got {value!r}")
-    return threshold
-
-
 class BinarySemanticCache:
     """A semantic cache keyed by embeddings.
 
@@ -127,7 +82,7 @@ class BinarySemanticCache:
     cache holds at most ``max_entries`` entries and evicts the least recently used one (O(1))
     when full. Responses are ``str``, ``bytes`` or JSON values (see ``bsc._codec``).
 
-    All per-entry state lives in the native ``CacheStore``. Lookups run in parallel from
+    All per-entry state lives in the engine (:mod:`bsc.engine`). Lookups run in parallel from
     many threads: the scan holds a shared read lock, and only the O(1) LRU update of a hit
     takes the write lock (or is queued, if a save or a writer holds it).
 
@@ -138,7 +93,7 @@ class BinarySemanticCache:
     and once more on ``close()``, when a ``with`` block ends, or when the program exits.
     """
 
-    _persister: _Persister | None
+    _persister: Persister | None
 
     def __init__(
         self,
@@ -146,7 +101,7 @@ class BinarySemanticCache:
         max_entries: int = 1000,
         similarity_threshold: float = 0.80,
         code_bits: int | None = None,
-        storage_mode: str = "memory",
+        storage_mode: str | None = None,
         *,
         persist_path: str | os.PathLike[str] | None = None,
         persist_every: int | None = 1000,
@@ -164,30 +119,53 @@ class BinarySemanticCache:
                 f"code_bits={code_bits!r} does not match the encoder's code_bits={encoder.code_bits}; "
                 "set code_bits on the BinaryEncoder"
             )
-        if storage_mode != "memory":
-            raise ValueError(f"storage_mode must be 'memory', got {storage_mode!r}")
-        threshold = _check_threshold(similarity_threshold)
-        ttl = _check_ttl(default_ttl)
+        if storage_mode is not None:
+            _storage_mode_arg(storage_mode)
+        threshold = check_threshold(similarity_threshold)
+        ttl = check_ttl(default_ttl)
         path = None if persist_path is None else Path(os.fspath(persist_path))
         meta: dict[str, Any] = {}
         if path is not None and path.exists():
             # Raises EncoderMismatchError when the file holds another encoder's codes.
-            store = CacheStore.load(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
-            meta = _read_meta(path, store.meta)
+            store = engines.open_file(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
+            meta = read_meta(path, store.meta)
             logger.info("bsc: loaded %d entries from %s", len(store), path)
-            _remove_stale_temp_files(path)
+            remove_stale_temp_files(path)
         else:
-            store = CacheStore(
-                code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
-            )
+            store = engines.create(encoder.code_bits, int(max_entries), encoder.fingerprint())
         self._setup(encoder, store, threshold, ttl, meta)
         if path is not None:
-            self._persister = _Persister(self, path, persist_every, persist_interval)
+            self._persister = Persister(self, path, persist_every, persist_interval)
+
+    @classmethod
+    def from_engine(
+        cls,
+        engine: Engine,
+        encoder: BinaryEncoder,
+        *,
+        similarity_threshold: float = 0.80,
+        default_ttl: float | None = None,
+    ) -> BinarySemanticCache:
+        """A cache over an existing :class:`bsc.engine.Engine` (its entries are kept): another
+        implementation of the engine, such as a store shared by several processes, or one opened
+        with :func:`bsc.engine.open_file`. ``encoder`` must make the engine's codes (same
+        ``code_bits``; ``EncoderMismatchError`` when the engine names another fingerprint)."""
+        if not isinstance(encoder, BinaryEncoder):
+            raise TypeError(f"encoder must be a bsc.BinaryEncoder, got {type(encoder).__name__}")
+        if engine.code_bits != encoder.code_bits:
+            raise ValueError(f"the engine holds {engine.code_bits}-bit codes, the encoder makes {encoder.code_bits}")
+        if engine.fingerprint and engine.fingerprint != encoder.fingerprint():
+            raise EncoderMismatchError(
+                f"the engine's codes were made by encoder {engine.fingerprint!r}, not {encoder.fingerprint()!r}"
+            )
+        cache = cls.__new__(cls)
+        cache._setup(encoder, engine, check_threshold(similarity_threshold), check_ttl(default_ttl), {})
+        return cache
 
     def _setup(
         self,
         encoder: BinaryEncoder,
-        store: CacheStore,
+        store: Engine,
         threshold: float,
         default_ttl: float | None,
         file_meta: dict[str, Any],
@@ -222,23 +200,54 @@ class BinarySemanticCache:
         return self._encoder.code_bits
 
     @property
-    def storage_mode(self) -> str:
-        return "memory"
-
-    @property
     def similarity_threshold(self) -> float:
         """Minimum estimated cosine similarity for a hit."""
         return self._rule[0]
 
     @similarity_threshold.setter
     def similarity_threshold(self, value: float) -> None:
-        threshold = _check_threshold(value)
+        threshold = check_threshold(value)
         self._rule = (threshold, hamming_radius(threshold, self._encoder.code_bits))
 
     @property
     def max_distance(self) -> int:
         """The Hamming radius equivalent to ``similarity_threshold``."""
         return self._rule[1]
+
+    # -- for caches layered on this one (SemanticCache) ---------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The engine holding the entries (:class:`bsc.engine.Engine`). A layered cache stores
+        its own records through it; what it stores there is this cache's, too (saved with it)."""
+        return self._store
+
+    @property
+    def match_rule(self) -> tuple[float, int]:
+        """``(similarity_threshold, max_distance)``, read together (a concurrent change of the
+        threshold replaces both at once)."""
+        return self._rule
+
+    @property
+    def file_meta(self) -> dict[str, Any]:
+        """The settings saved in the file this cache was loaded from (``{}`` for a new cache)."""
+        return dict(self._file_meta)
+
+    def set_meta_provider(self, provider: Callable[[], dict[str, Any]] | None) -> None:
+        """Have every save add ``provider()``'s keys to the file's settings (one provider at a
+        time: a layered cache's own settings and counters)."""
+        self._meta_extra = provider
+
+    def notify_changed(self, *, put: bool = False) -> None:
+        """Tell the background saver (with ``persist_path``) that entries changed through
+        :attr:`engine` (``put``: one more entry stored, counted towards ``persist_every``)."""
+        if self._persister is not None:
+            self._persister.changed(put=put)
+
+    @property
+    def save_errors(self) -> int:
+        """Failed background and final saves of ``persist_path`` in this process."""
+        return 0 if self._persister is None else self._persister.save_errors
 
     def __len__(self) -> int:
         return len(self._store)
@@ -252,7 +261,9 @@ class BinarySemanticCache:
             f"similarity_threshold={self.similarity_threshold}, len={len(self)})"
         )
 
-    def _code(self, embedding: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    def encode(self, embedding: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+        """The binary code of one embedding (shape ``(embedding_dim,)``), as ``get`` and ``put``
+        compute it."""
         if not isinstance(embedding, (np.ndarray, list, tuple)):
             raise TypeError(f"embedding must be a numpy.ndarray of float32 or float64, got {type(embedding).__name__}")
         try:
@@ -270,8 +281,8 @@ class BinarySemanticCache:
         is checked inside the native scan, so a nearer entry of another namespace neither
         answers nor hides one of this namespace — and an expired entry is never returned."""
         if isinstance(namespace, str):
-            _check_no_surrogate(namespace, "namespace")
-        code = self._code(embedding)
+            check_no_surrogate(namespace, "namespace")
+        code = self.encode(embedding)
         _, radius = self._rule
         found = self._store.lookup(code, max_distance=radius, namespace=namespace)
         if self._persister is not None:
@@ -304,11 +315,11 @@ class BinarySemanticCache:
         entry; ``ttl`` (seconds, default ``default_ttl``) makes it expire. Expired entries are
         removed first, then the least recently used one when the cache is full. Bad input
         changes nothing. ``ttl`` above :data:`MAX_TTL` raises ``ValueError``."""
-        ttl = self._default_ttl if ttl is None else _check_ttl(ttl, "ttl")
+        ttl = self._default_ttl if ttl is None else check_ttl(ttl, "ttl")
         if isinstance(namespace, str):
-            _check_no_surrogate(namespace, "namespace")
+            check_no_surrogate(namespace, "namespace")
         payload = encode_response(response)
-        code = self._code(embedding)
+        code = self.encode(embedding)
         entry_id = self._store.put(code, payload, namespace=namespace, ttl=ttl)
         if self._persister is not None:
             self._persister.changed(put=True)
@@ -394,7 +405,7 @@ class BinarySemanticCache:
             path = self._persister.path
         file = Path(os.fspath(path))
         with self._save_lock:
-            _remove_stale_temp_files(file)
+            remove_stale_temp_files(file)
             self._store.save(file, self._meta())
         logger.info("bsc: saved %d entries to %s", len(self._store), file)
 
@@ -424,16 +435,16 @@ class BinarySemanticCache:
             raise TypeError(f"encoder must be a bsc.BinaryEncoder or None, got {type(encoder).__name__}")
         file = Path(os.fspath(path))
         fingerprint = None if encoder is None else encoder.fingerprint()
-        store = CacheStore.load(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
-        meta = _read_meta(file, store.meta)
+        store = engines.open_file(file, fingerprint=fingerprint, max_entries=max_entries, verify=verify)
+        meta = read_meta(file, store.meta)
         logger.info("bsc: loaded %d entries from %s", len(store), file)
-        _remove_stale_temp_files(file)
+        remove_stale_temp_files(file)
         if encoder is None:
-            encoder = _encoder_from_meta(file, meta, store.fingerprint)
+            encoder = encoder_from_meta(file, meta, store.fingerprint)
         if similarity_threshold is None:
             similarity_threshold = meta.get("similarity_threshold", 0.80)
         cache = cls.__new__(cls)
-        cache._setup(encoder, store, _check_threshold(similarity_threshold), meta.get("default_ttl"), meta)
+        cache._setup(encoder, store, check_threshold(similarity_threshold), meta.get("default_ttl"), meta)
         return cache
 
     def close(self) -> None:
@@ -466,177 +477,19 @@ class BinarySemanticCache:
             response_bytes=raw["response_bytes"],
             expirations=raw["expirations"],
             namespaces=raw["namespaces"],
-            save_errors=0 if self._persister is None else self._persister.save_errors,
+            save_errors=self.save_errors,
         )
 
 
-def _remove_stale_temp_files(file: Path) -> None:
-    """Removes the temporary files ``.<name>.<random>.tmp`` that killed saves of ``file`` left
-    in its directory (the engine's random part is alphanumeric, so the temporary files of
-    ``<name>.bak``, say, are not taken for those of ``<name>``)."""
-    directory = file.parent
-    prefix = f".{file.name}."
-    try:
-        names = glob.glob(f"{glob.escape(prefix)}*.tmp", root_dir=directory)
-    except OSError:
-        return
-    for name in names:
-        middle = name[len(prefix) : -len(".tmp")]
-        if not (middle.isascii() and middle.isalnum()):
-            continue
-        stale = directory / name
-        try:
-            stale.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            logger.warning("bsc: could not remove %s, left by an interrupted save: %s", stale, err)
-            continue
-        logger.info("bsc: removed %s, left by an interrupted save of %s", stale, file)
-
-
-def _read_meta(file: Path, raw: bytes) -> dict[str, Any]:
-    """The settings ``save`` wrote; a file without them (a bare ``CacheStore.save``) has none."""
-    if not raw:
-        return {}
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"{file}: its settings are not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise CorruptFileError(f"{file}: its settings are not a JSON object")
-    threshold = meta.get("similarity_threshold", 0.80)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
-        raise CorruptFileError(f"{file}: its similarity_threshold {threshold!r} is not a number in [-1, 1]")
-    ttl = meta.get("default_ttl")
-    if not isinstance(ttl, bool) and isinstance(ttl, (int, float)) and MAX_TTL < ttl < math.inf:
-        # Saved before MAX_TTL existed (the engine cut such TTLs at about 13.6 years anyway).
-        logger.warning("bsc: %s: its default_ttl %r is above MAX_TTL; using %d", file, ttl, MAX_TTL)
-        meta["default_ttl"] = ttl = MAX_TTL
-    try:
-        meta["default_ttl"] = _check_ttl(ttl)
-    except (TypeError, ValueError) as err:
-        raise CorruptFileError(f"{file}: its {err}") from None
-    return meta
-
-
-def _encoder_from_meta(file: Path, meta: dict[str, Any], fingerprint: str) -> BinaryEncoder:
-    """Rebuild the encoder named by the file, and check it against the file's fingerprint."""
-    spec = meta.get("encoder")
-    if not isinstance(spec, dict):
-        raise CorruptFileError(f"{file}: it does not say which encoder made its codes; pass encoder=")
-    version = spec.get("algorithm_version")
-    if version != ALGORITHM_VERSION:
-        raise UnsupportedVersionError(
-            f"{file}: its codes were made by encoder algorithm version {version!r}; this bsc-encoder has "
-            f"version {ALGORITHM_VERSION}: upgrade bsc-encoder"
-        )
-    try:
-        encoder = BinaryEncoder(spec["embedding_dim"], spec["code_bits"], spec["seed"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise CorruptFileError(f"{file}: its encoder settings {spec!r} are invalid: {err}") from None
-    if encoder.fingerprint() != fingerprint:
-        raise CorruptFileError(
-            f"{file}: its encoder settings give fingerprint {encoder.fingerprint()!r}, but its codes are "
-            f"marked {fingerprint!r}"
-        )
-    return encoder
-
-
-class _Persister:
-    """Saves a cache in a background thread after ``every`` puts or ``interval`` seconds with
-    changes, whichever comes first, and once more when stopped. Failed saves are counted
-    (``save_errors``, ``last_save_error``) and logged at ERROR."""
-
-    def __init__(self, cache: BinarySemanticCache, path: Path, every: int | None, interval: float | None) -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
-            raise ValueError(f"persist_every must be a positive int or None, got {every!r}")
-        if interval is not None and (
-            isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0
-        ):
-            raise ValueError(f"persist_interval must be a positive number of seconds or None, got {interval!r}")
-        self.path = path
-        self._cache = cache
-        self._every = every
-        self._interval = interval
-        self._wake = threading.Condition()
-        self._puts = 0
-        self._changes = 0
-        self._stopping = False
-        self.save_errors = 0
-        #: ``"<path>: <reason>"`` of the latest failed save (``None`` before any).
-        self.last_save_error: str | None = None
-        self._thread: threading.Thread | None = None
-        if every is not None or interval is not None:
-            self._thread = threading.Thread(target=self._run, name=f"bsc-persist:{path.name}", daemon=True)
-            self._thread.start()
-        # A program that ends without close() still saves its last changes (not on a crash or
-        # os._exit: the background saves cover those).
-        atexit.register(self._at_exit)
-
-    def _at_exit(self) -> None:
-        with contextlib.suppress(Exception):  # counted and logged by _save
-            self.stop()
-
-    def _save(self) -> None:
-        """Saves the cache; a failure is counted and logged (path and reason in one ERROR line,
-        the traceback at DEBUG), then raised."""
-        try:
-            self._cache.save(self.path)
-        except Exception as err:
-            reason = f"{type(err).__name__}: {err}"
-            with self._wake:
-                self.save_errors += 1
-                self.last_save_error = f"{self.path}: {reason}"
-            logger.error("bsc: saving the cache to %s failed: %s", self.path, reason)
-            logger.debug("bsc: the failed save of %s", self.path, exc_info=True)
-            raise
-
-    def changed(self, put: bool = False) -> None:
-        with self._wake:
-            self._changes += 1
-            if put:
-                self._puts += 1
-                if self._every is not None and self._puts >= self._every:
-                    self._wake.notify()
-
-    def _due(self) -> bool:
-        return self._stopping or (self._every is not None and self._puts >= self._every)
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                deadline = None if self._interval is None else time.monotonic() + self._interval
-                while not self._due():
-                    timeout = None if deadline is None else deadline - time.monotonic()
-                    if timeout is not None and timeout <= 0:
-                        break
-                    self._wake.wait(timeout)
-                if self._stopping:
-                    return
-            self._save_if_changed()
-
-    def _save_if_changed(self) -> None:
-        with self._wake:
-            changes, self._changes, self._puts = self._changes, 0, 0
-        if not changes:
-            return
-        try:
-            self._save()
-        except Exception:
-            # Keep the count so the next round tries again; the file on disk is the last
-            # complete save.
-            with self._wake:
-                self._changes += changes
-
-    def stop(self) -> None:
-        atexit.unregister(self._at_exit)
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
-        with self._wake:
-            changes, self._changes = self._changes, 0
-        if changes:
-            self._save()
+def _storage_mode_arg(storage_mode: Any) -> None:
+    """The original system's ``storage_mode`` argument, accepted so that its code runs unchanged:
+    ``"memory"`` is what every cache is (with disk persistence through ``persist_path``), so the
+    argument does nothing and says so; any other value is refused."""
+    if storage_mode != "memory":
+        raise ValueError(f"storage_mode must be 'memory', got {storage_mode!r}")
+    warnings.warn(
+        "storage_mode has no effect (every cache is held in memory; use persist_path to keep it on disk) "
+        "and will be removed in bsc 1.0",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -182,7 +182,7 @@ class _Completions:
         request = _Request(owner, kwargs)
         prepared = request.prepared
         if prepared is not None:
-            hit = owner._cache._lookup_prepared(prepared.key)
+            hit = owner.cache.lookup_prepared(prepared.key)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _ReplayStream(reply) if request.stream else reply
@@ -246,7 +246,7 @@ class _AsyncCompletions:
         request = _Request(owner, kwargs)
         prepared = request.prepared
         if prepared is not None:
-            hit = await owner._cache._alookup_prepared(prepared.key)
+            hit = await owner.cache.alookup_prepared(prepared.key)
             if hit is not None:
                 reply = request.reply(hit.response)
                 return _AsyncReplayStream(reply) if request.stream else reply

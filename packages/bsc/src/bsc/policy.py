@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from bsc import _responses
 from bsc._chat import chunks_from_completion, completion_from_chunks, fresh, split_request, usable_usage
-from bsc.semantic import SemanticCache, chat_scope
+from bsc.semantic import PromptKey, SemanticCache, chat_scope
 
 __all__ = [
     "API",
@@ -71,7 +71,7 @@ class Prepared:
     """A request the cache checked and will look up: ``key`` is the cache's own prepared form,
     ``prompt`` and ``scope`` are what a store of its answer takes."""
 
-    key: tuple[str, str, str]
+    key: PromptKey
     prompt: str
     scope: dict[str, Any]
     namespace: str
@@ -109,7 +109,7 @@ def prepare(cache: SemanticCache, request: CacheRequest, namespace: str) -> Prep
         return request.bypass
     assert request.prompt is not None and request.scope is not None
     try:
-        key = cache._prepare(request.prompt, namespace, request.scope)
+        key = cache.prepare(request.prompt, namespace=namespace, scope=request.scope)
     except (TypeError, ValueError) as err:
         return str(err)
     if key is None:

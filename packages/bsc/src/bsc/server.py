@@ -64,7 +64,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from bsc import policy
 from bsc.cache import MAX_TTL
-from bsc.semantic import NAMESPACE_PATTERN, TAG_PATTERN, SemanticCache, _canonical, _check_namespace
+from bsc.semantic import NAMESPACE_PATTERN, TAG_PATTERN, SemanticCache
+from bsc.semantic.keys import canonical, check_namespace
 
 logger = logging.getLogger("bsc")
 
@@ -395,7 +396,7 @@ def _namespace(request: Request, settings: ProxySettings) -> str:
         )
     name = _SHARED_PREFIX + given if settings.shared(given) else f"{keyspace}:{given}"
     try:
-        return _check_namespace(name)
+        return check_namespace(name)
     except ValueError:
         room = 128 - len(name) + len(given)
         raise _Refusal(
@@ -620,7 +621,7 @@ async def _cached_route(request: Request, api: policy.API) -> Response:
     except _Refusal as err:
         return _refused(request, err)
     if call.prepared is not None and not call.control.no_cache:
-        hit = await state.cache._alookup_prepared(
+        hit = await state.cache.alookup_prepared(
             call.prepared.key, threshold=call.threshold, max_age=call.control.max_age
         )
         if hit is not None:
@@ -769,7 +770,7 @@ async def embeddings(request: Request) -> Response:
         # Same namespace, model, input and parameters (``user`` is attribution only).
         request_key = {k: v for k, v in payload.items() if k != "user"}
         try:
-            key = hashlib.sha256(f"{namespace}\x00{_canonical(request_key, 'embeddings request')}".encode()).digest()
+            key = hashlib.sha256(f"{namespace}\x00{canonical(request_key, 'embeddings request')}".encode()).digest()
         except (TypeError, ValueError):
             key = None
     if key is not None and not control.no_cache and state.embeddings is not None:

@@ -1,0 +1,94 @@
+"""One error root: everything bsc raises on purpose is a :class:`BscError`.
+
+The engine's errors (``bsc_native``) already are. Embedding failures come from
+``bsc_backends``, a leaf package that knows nothing of bsc, as ``bsc_backends.EmbeddingError``
+subclasses; when a cache embeds a prompt and the backend fails, the cache raises the matching
+class of this module instead, which is both a :class:`BscError` and the backend's class (with the
+original error as ``__cause__``). So ``except bsc.BscError``, ``except EmbeddingError`` and
+``except RateLimitError`` (from ``bsc.embeddings``) all catch it. Bad arguments raise the built-in
+``TypeError``/``ValueError``, as everywhere in Python.
+"""
+
+from __future__ import annotations
+
+import bsc_backends
+from bsc_native import (
+    BscError,
+    CacheFileError,
+    CorruptFileError,
+    EmptyFileError,
+    EncoderMismatchError,
+    IndexFullError,
+    NotACacheFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "BackendUnavailableError",
+    "BscError",
+    "CacheFileError",
+    "CorruptFileError",
+    "EmbeddingFailedError",
+    "EmptyFileError",
+    "EncoderMismatchError",
+    "IndexFullError",
+    "InvalidEmbeddingError",
+    "ModelCannotEmbedError",
+    "ModelNotFoundError",
+    "NotACacheFileError",
+    "RateLimitError",
+    "TruncatedFileError",
+    "UnsupportedVersionError",
+    "embedding_failed",
+]
+
+
+class EmbeddingFailedError(BscError, bsc_backends.EmbeddingError):
+    """A cache could not embed a prompt (the backend's error is the ``__cause__``). Nothing was
+    cached or answered."""
+
+
+class BackendUnavailableError(EmbeddingFailedError, bsc_backends.BackendUnavailableError):
+    """The embedding server could not be reached, or did not answer in time."""
+
+
+class ModelNotFoundError(EmbeddingFailedError, bsc_backends.ModelNotFoundError):
+    """The embedding server does not have the requested model."""
+
+
+class ModelCannotEmbedError(EmbeddingFailedError, bsc_backends.ModelCannotEmbedError):
+    """The requested model exists but does not produce embeddings."""
+
+
+class InvalidEmbeddingError(EmbeddingFailedError, bsc_backends.InvalidEmbeddingError):
+    """The embedding server answered with something that is not a usable embedding."""
+
+
+class RateLimitError(EmbeddingFailedError, bsc_backends.RateLimitError):
+    """The embedding server kept refusing with HTTP 429 after every retry."""
+
+
+_MIRRORS: tuple[tuple[type[bsc_backends.EmbeddingError], type[EmbeddingFailedError]], ...] = (
+    (bsc_backends.BackendUnavailableError, BackendUnavailableError),
+    (bsc_backends.ModelNotFoundError, ModelNotFoundError),
+    (bsc_backends.ModelCannotEmbedError, ModelCannotEmbedError),
+    (bsc_backends.InvalidEmbeddingError, InvalidEmbeddingError),
+    (bsc_backends.RateLimitError, RateLimitError),
+)
+
+
+def embedding_failed(err: bsc_backends.EmbeddingError) -> EmbeddingFailedError:
+    """The :class:`BscError` to raise (``from err``) for a backend's embedding error: the
+    mirror of its class (the nearest one, for a subclass), with the same message and
+    attributes. An error that already is a :class:`BscError` is returned as it is."""
+    if isinstance(err, EmbeddingFailedError):
+        return err
+    mirror: type[EmbeddingFailedError] = EmbeddingFailedError
+    for source, target in _MIRRORS:
+        if isinstance(err, source):
+            mirror = target
+            break
+    out = mirror(*err.args)
+    out.__dict__.update(getattr(err, "__dict__", {}))
+    return out
