@@ -86,22 +86,24 @@ impl<T> Shared<T> {
         Ok(f(&mut guard))
     }
 
-    /// Saves crash-safely to `path`: `prepare` runs under the write lock (to settle state that
-    /// belongs in the file), then `write` writes the data into a temporary file beside `path`
-    /// under the read lock, with the writer gate held so that writers wait at the gate, not on
-    /// the lock, and lookups carry on; the fsyncs and the rename run after both are released.
+    /// Saves crash-safely to `path`: `prepare`, if any, runs under the write lock (to settle
+    /// state that belongs in the file), then `write` writes the data into a temporary file
+    /// beside `path` under the read lock, with the writer gate held so that writers wait at the
+    /// gate, not on the lock, and lookups carry on; the fsyncs and the rename run after both are
+    /// released.
     pub fn save_with(
         &self,
         path: &Path,
-        prepare: impl FnOnce(&mut T),
+        prepare: Option<impl FnOnce(&mut T)>,
         write: impl FnOnce(&PendingSave, &T) -> Result<()>,
     ) -> Result<()> {
         let _one = turn(&self.saving);
         let pending = PendingSave::begin(path)?;
         {
-            let (gate, mut guard) = self.write_guard()?;
-            prepare(&mut guard);
-            drop(guard);
+            let gate = turn(&self.writers);
+            if let Some(prepare) = prepare {
+                prepare(&mut *self.lock.write().map_err(|_| Error::Poisoned)?);
+            }
             // Still holding the gate: no writer can come in between, and none waits on the lock.
             let guard = self.read_guard()?;
             write(&pending, &guard)?;
@@ -212,11 +214,10 @@ impl SharedIndex {
     /// changes wait until the data is written.
     pub fn save(&self, path: &Path, meta: Vec<u8>) -> Result<()> {
         let extras = self.label.extras(meta, Counters::default());
-        self.index.save_with(
-            path,
-            |_| {},
-            |pending, index| format::write_index(pending.path(), pending.file(), index, &extras),
-        )
+        self.index
+            .save_with(path, None::<fn(&mut CodeIndex)>, |pending, index| {
+                format::write_index(pending.path(), pending.file(), index, &extras)
+            })
     }
 }
 
@@ -505,7 +506,7 @@ impl SharedCache {
     pub fn save(&self, path: &Path, meta: Vec<u8>) -> Result<()> {
         self.core.save_with(
             path,
-            |core| self.touches.apply(core),
+            Some(|core: &mut CacheCore| self.touches.apply(core)),
             |pending, core| {
                 // Counters read under the lock, with the entries they describe.
                 let extras = self.label.extras(meta, self.counters());
@@ -704,17 +705,13 @@ mod tests {
             s.spawn(|| {
                 cache
                     .core
-                    .save_with(
-                        &path,
-                        |_| {},
-                        |_, _| {
-                            in_save.wait();
-                            while !release.load(Ordering::Acquire) {
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                            Ok(())
-                        },
-                    )
+                    .save_with(&path, None::<fn(&mut CacheCore)>, |_, _| {
+                        in_save.wait();
+                        while !release.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Ok(())
+                    })
                     .unwrap();
             });
             in_save.wait();
