@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import write_results
+from run import parse_size
 
 from bsc_native import CacheStore
 
@@ -52,15 +53,12 @@ HERE = Path(__file__).resolve().parent
 WORDS = 4  # 256-bit codes
 
 
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
-    return int(float(text.rstrip("km")) * scale)
-
-
 def percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
-    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000  # noqa: E731
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
     return {
         "count": len(ordered),
         "p50_us": round(at(0.50), 1),
