@@ -525,8 +525,8 @@ impl CacheCore {
         Ok(Some(view))
     }
 
-    /// Records uses that could not be recorded when they happened (see the binding's
-    /// lookup); ids deleted since are skipped.
+    /// Records uses that could not be recorded when they happened, in order (the queue of
+    /// [`crate::touch`]); ids deleted since are skipped.
     pub fn touch_many(&mut self, uses: &[(Id, f64)]) {
         for &(id, now) in uses {
             let Some(handle) = self.index.handle_of(id) else {

@@ -44,6 +44,8 @@ pub enum Error {
         expected: String,
         found: String,
     },
+    /// A lock poisoned by a panic while it was held: the object's state may be half changed.
+    Poisoned,
 }
 
 impl Error {
@@ -106,6 +108,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{file}: its codes were made by encoder {found:?}, not {expected:?}; load it with that encoder (or none, to rebuild it from the file)"
+            ),
+            Error::Poisoned => write!(
+                f,
+                "internal error: an earlier panic left this index unusable; create a new one"
             ),
             Error::InvalidMaxEntries(n) => {
                 write!(

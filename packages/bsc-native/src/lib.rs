@@ -1,8 +1,10 @@
 //! bsc-native: a binary-code index with Hamming search, the engine of bsc.
 //!
-//! The modules `scan`, `index` and `cache` are plain Rust with no Python in them and are tested
-//! with `cargo test`. The `python` feature adds the thin PyO3 layer that maturin builds into
-//! the `bsc_native._core` extension module.
+//! Everything but `py` is plain Rust with no Python in it, tested with `cargo test`: the scan
+//! (`scan`), the index (`index`), the cache (`cache`, with `lru`, `arena`, `partition`), the file
+//! format (`format`, `mapped`) and the thread-safe objects the binding wraps (`store`, with the
+//! LRU-touch queue in `touch`). The `python` feature adds the thin PyO3 layer (`py`) that maturin
+//! builds into the `bsc_native._core` extension module.
 
 pub mod arena;
 pub mod cache;
@@ -13,10 +15,13 @@ pub mod lru;
 pub mod mapped;
 pub mod partition;
 pub mod scan;
+pub mod store;
+pub mod touch;
 
 #[cfg(feature = "python")]
-mod python;
+mod py;
 
 pub use cache::{CacheCore, EntryView};
 pub use error::{Error, Result};
 pub use index::{CodeIndex, Hit, Id};
+pub use store::{SharedCache, SharedIndex, Stats};

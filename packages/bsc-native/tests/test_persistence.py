@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,47 @@ def test_store_round_trip_keeps_every_entry_timestamp_counter_and_the_lru_order(
     ] * 2
     # verify=True reads every response now; the file is unchanged by the writes above.
     assert snapshot(CacheStore.load(path, verify=True))[0] == snapshot(CacheStore.load(path))[0]
+
+
+def test_lookups_and_puts_during_saves_every_save_loads(tmp_path: Path) -> None:
+    store = CacheStore(code_bits=256, max_entries=5000)
+    codes = random_codes(2000, seed=11)
+    for i, c in enumerate(codes):
+        store.put(c, b"r%d" % i, key=i + 1)
+    path = tmp_path / "cache.bsc"
+    stop = threading.Event()
+    served = [0, 0]
+
+    def lookups(n: int) -> None:
+        i = n
+        while not stop.is_set():
+            served[n] += store.lookup_key(i % 2000 + 1) is not None
+            i += 7
+
+    def puts() -> None:
+        extra = random_codes(400, seed=12)
+        for c in extra:
+            if stop.is_set():
+                break
+            store.put(c, b"p")
+
+    threads = [threading.Thread(target=lookups, args=(n,)) for n in range(2)] + [threading.Thread(target=puts)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(5):
+            store.save(path)
+            loaded = CacheStore.load(path, verify=True)
+            assert len(loaded.lru_ids()) == len(loaded) >= 2000
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    stats = store.stats()
+    assert stats["hits"] == sum(served)
+    # Every hit's use was applied or counted as dropped; none is dropped at this size.
+    assert stats["lru_touches_dropped"] == 0
+    assert CacheStore.load(path).stats()["lru_touches_dropped"] == 0
 
 
 def test_load_with_a_smaller_max_entries_evicts_the_least_recently_used(tmp_path: Path) -> None:

@@ -255,4 +255,7 @@ class CacheStore:
     def stats(self) -> dict[str, int]:
         """``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``, ``expirations``, ``namespaces`` (with
         entries), ``memory_bytes`` (everything held on the heap, responses included), ``response_bytes`` (the
-        live responses alone) and ``mapped_bytes`` (a loaded file read in place)."""
+        live responses alone), ``mapped_bytes`` (a loaded file read in place) and ``lru_touches_dropped``
+        (hits whose use was left out of the LRU order: a hit that finds the engine's lock taken, by a save
+        or a writer, queues its use; beyond 65,536 queued uses the oldest is dropped and counted here. Kept
+        in this process only: a loaded store starts at 0)."""

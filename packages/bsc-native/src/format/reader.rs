@@ -1,0 +1,320 @@
+//! Reading a file: [`open`] maps it and checks its header and section table (see
+//! [`super::verify`]); [`Opened`] decodes the sections into an index or a cache.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::layout::*;
+use super::verify::parse;
+use crate::arena::Arena;
+use crate::cache::{CacheCore, NEVER};
+use crate::error::{Error, Result};
+use crate::index::{CodeIndex, FREE};
+use crate::lru::LruQueue;
+use crate::mapped::{Column, MappedBytes};
+use crate::partition::{self, Partitions};
+
+/// The partition and expiry columns and the partition names, as read.
+pub type SavedPlacement = (Column<u32>, Column<u32>, Vec<Option<Box<[u8]>>>);
+
+/// A validated file: its header fields and the byte ranges of its sections, not yet decoded.
+pub struct Opened {
+    pub(super) file: Arc<str>,
+    pub(super) handle: File,
+    pub(super) map: MappedBytes,
+    pub kind: Kind,
+    pub code_bits: usize,
+    pub(super) slots: usize,
+    pub(super) live: usize,
+    pub(super) max_entries: usize,
+    pub(super) counters: Counters,
+    pub(super) expirations: u64,
+    pub(super) response_bytes: u64,
+    pub(super) sections: HashMap<Tag, (usize, usize, u64)>,
+}
+
+impl Opened {
+    pub(super) fn err(&self, make: fn(String, String) -> Error, problem: impl Into<String>) -> Error {
+        make(self.file.to_string(), problem.into())
+    }
+
+    pub(super) fn corrupt(&self, problem: impl Into<String>) -> Error {
+        self.err(|file, problem| Error::Corrupt { file, problem }, problem)
+    }
+
+    pub(super) fn bytes(&self, tag: Tag) -> &[u8] {
+        let (offset, len, _) = self.sections[&tag];
+        &self.map.bytes()[offset..offset + len]
+    }
+    /// The fingerprint, metadata and counters.
+    pub fn extras(&self) -> Result<Extras> {
+        let fingerprint = std::str::from_utf8(self.checked(FPRT)?)
+            .map_err(|_| self.corrupt("the encoder fingerprint is not UTF-8"))?
+            .to_owned();
+        Ok(Extras {
+            fingerprint,
+            meta: self.checked(META)?.to_vec(),
+            counters: self.counters,
+        })
+    }
+
+    /// Number of live entries the header declares.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// Fails with [`Error::NotACacheFile`] unless the file holds `kind`.
+    pub fn expect(&self, kind: Kind) -> Result<()> {
+        if self.kind != kind {
+            return Err(Error::NotACacheFile {
+                file: self.file.to_string(),
+                problem: format!("the file holds {}, not {}", self.kind.name(), kind.name()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails with [`Error::EncoderMismatch`] if the file's fingerprint is not `expected`.
+    pub fn expect_fingerprint(&self, expected: &str) -> Result<()> {
+        let found = self.extras()?.fingerprint;
+        if found != expected {
+            return Err(Error::EncoderMismatch {
+                file: self.file.to_string(),
+                expected: expected.to_owned(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// The partition and expiry columns, the partition names and the expiration count: from
+    /// the file, or defaults for a file written before they existed.
+    pub(super) fn placement_columns(&self) -> Result<SavedPlacement> {
+        let slots = self.slots;
+        let partition = if self.sections.contains_key(&PART) {
+            self.column(PART, |w| le_u32(w, 0))?
+        } else {
+            Column::from(vec![partition::DEFAULT; slots])
+        };
+        let expires = if self.sections.contains_key(&EXPR) {
+            self.column(EXPR, |w| le_u32(w, 0))?
+        } else {
+            Column::from(vec![NEVER; slots])
+        };
+        let mut names = Vec::new();
+        if self.sections.contains_key(&PKEY) {
+            let mut rest = self.checked(PKEY)?;
+            while !rest.is_empty() {
+                let len = rest.get(..4).map(|w| le_u32(w, 0));
+                match len {
+                    Some(u32::MAX) => {
+                        names.push(None);
+                        rest = &rest[4..];
+                    }
+                    Some(len) if (len as usize) <= partition::MAX_NAME && rest.len() >= 4 + len as usize => {
+                        names.push(Some(Box::from(&rest[4..4 + len as usize])));
+                        rest = &rest[4 + len as usize..];
+                    }
+                    _ => return Err(self.corrupt("the partition names are malformed")),
+                }
+            }
+        } else {
+            names.push(Some(Box::from(&b""[..])));
+        }
+        Ok((partition, expires, names))
+    }
+
+    /// Checks the partition names against the entries' partition ids.
+    pub(super) fn placement(
+        &self,
+        index: &CodeIndex,
+        (partition, expires, names): SavedPlacement,
+    ) -> Result<(Column<u32>, Column<u32>, Partitions, u64)> {
+        let slots = self.slots;
+        let generation: &[u32] = &index.generation;
+        let ids: &[u32] = &partition;
+        let live_partitions = generation[..slots]
+            .iter()
+            .zip(ids)
+            .filter(|(g, _)| *g & FREE == 0)
+            .map(|(_, &id)| id);
+        let partitions =
+            Partitions::from_saved(names, live_partitions).map_err(|problem| self.corrupt(problem))?;
+        Ok((partition, expires, partitions, self.expirations))
+    }
+
+    /// Decodes the code and slot sections into an index.
+    pub fn index(&self) -> Result<CodeIndex> {
+        self.index_with(|| Ok(()), || Ok(())).map(|(index, (), ())| index)
+    }
+
+    /// Decodes the index while `also` runs: the code array (the largest section) is
+    /// checksummed on a second thread meanwhile.
+    pub(super) fn index_with<R, H: Send>(
+        &self,
+        also: impl FnOnce() -> Result<R>,
+        helper_also: impl FnOnce() -> Result<H> + Send,
+    ) -> Result<(CodeIndex, R, H)> {
+        let codes = self.column_unchecked(CODE, |w| le_u64(w, 0))?;
+        let helper_job = std::sync::Mutex::new(Some(helper_also));
+        // Captures only references, so it is Copy: run on a thread, or here if none starts.
+        let work = || -> Result<H> {
+            self.check_sum(CODE, &codes)?;
+            let job = helper_job
+                .lock()
+                .map_err(|_| self.corrupt("checksum thread failed"))?
+                .take();
+            job.expect("run once")()
+        };
+        let (helped, rest) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, work).ok();
+            let rest = self.index_rest().and_then(|index| Ok((index, also()?)));
+            let helped = match helper {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err(self.corrupt("checksum thread failed"))),
+                None => work(),
+            };
+            (helped, rest)
+        });
+        let helped = helped?;
+        let (mut index, extra) = rest?;
+        index.codes = codes;
+        Ok((index, extra, helped))
+    }
+
+    /// The index without its codes.
+    pub(super) fn index_rest(&self) -> Result<CodeIndex> {
+        let generation = self.column(GENS, |w| le_u32(w, 0))?;
+        let free_slots = u32s(self.checked(FREE_SLOTS)?);
+        if generation[self.slots..].iter().any(|g| g & FREE == 0) {
+            return Err(self.corrupt("a slot beyond the code array is marked live"));
+        }
+        let live = generation.iter().filter(|g| *g & FREE == 0).count();
+        if live != self.live {
+            return Err(self.corrupt(format!(
+                "the header says {} entries but {live} slots are live",
+                self.live
+            )));
+        }
+        let mut listed = vec![false; self.slots];
+        for &slot in &free_slots {
+            let s = slot as usize;
+            if s >= self.slots || generation[s] & FREE == 0 || std::mem::replace(&mut listed[s], true) {
+                return Err(self.corrupt(format!(
+                    "the free-slot list names slot {slot}, which is not a free slot or is listed twice"
+                )));
+            }
+        }
+        let mut index = CodeIndex::new(self.code_bits)?;
+        index.generation = generation;
+        index.free_slots = free_slots;
+        index.len = live;
+        Ok(index)
+    }
+
+    /// Decodes a cache. Responses stay in the mapped file and are verified block by block
+    /// when first read (all of them now when `verify_all`).
+    pub fn cache(&self, verify_all: bool) -> Result<CacheCore> {
+        self.expect(Kind::Cache)?;
+        // Two threads: this one maps and checksums the slot columns while the other checksums
+        // the codes and the partition columns; then this one validates the columns while the
+        // other checks the LRU order and turns it into a queue.
+        let (index, (created, last_accessed, access_count, payload_at, order), placement) = self.index_with(
+            || {
+                Ok((
+                    self.column(CRTD, |w| f64::from_bits(le_u64(w, 0)))?,
+                    self.column(LAST, |w| le_u32(w, 0))?,
+                    self.column(CNTS, |w| le_u32(w, 0))?,
+                    self.column(PAYL, |w| le_u32(w, 0))?,
+                    u32s(self.checked(LRUO)?),
+                ))
+            },
+            || self.placement_columns(),
+        )?;
+        let slots = self.slots;
+        let generation: &[u32] = &index.generation[..slots];
+        let live = index.len();
+        let order = std::sync::Mutex::new(Some(order));
+        let restore = || {
+            let order = order
+                .lock()
+                .map_err(|_| "the LRU thread failed".to_string())?
+                .take();
+            LruQueue::restore(order.expect("run once"), generation, live)
+        };
+        let (lru, checked) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
+            let checked = self.check_slots(&index, &created, &payload_at, placement);
+            let lru = match helper {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err("the LRU thread failed".into())),
+                None => restore(),
+            };
+            (lru, checked)
+        });
+        let (placement, records, resp_len) = checked?;
+        let lru = lru.map_err(|problem| self.corrupt(problem))?;
+        if verify_all {
+            records.verify_all()?;
+        }
+        let arena = Arena::from_mapped(records, resp_len);
+        let keys = match self.sections.get(&XKEY) {
+            Some(&(_, len, _)) if len > 0 => self.column(XKEY, |w| le_u64(w, 0))?,
+            _ => Column::default(),
+        };
+        // A free slot has no key: a stale one would be inherited by the slot's next entry.
+        if keys
+            .iter()
+            .zip(&index.generation[..slots])
+            .any(|(&key, &generation)| key != 0 && generation & FREE != 0)
+        {
+            return Err(self.corrupt("an exact-match key (XKEY) belongs to a free slot"));
+        }
+        let mut core = CacheCore::from_parts(
+            index,
+            self.max_entries,
+            created,
+            last_accessed,
+            access_count,
+            payload_at,
+            placement,
+            arena,
+            self.response_bytes as usize,
+            keys,
+        );
+        core.set_lru(lru);
+        Ok(core)
+    }
+}
+
+/// Reads `path`'s header and section table and checks them; decodes nothing else.
+pub fn open(path: &Path) -> Result<Opened> {
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| Error::io(path, &e);
+    let file = File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_dir() {
+        return Err(Error::Io {
+            file: name,
+            kind: std::io::ErrorKind::IsADirectory,
+            message: "is a directory".into(),
+        });
+    }
+    if meta.len() == 0 {
+        return Err(Error::EmptyFile { file: name });
+    }
+    let map = MappedBytes::map_file(&file).map_err(io)?;
+    parse(file, map, name)
+}
