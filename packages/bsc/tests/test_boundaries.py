@@ -173,3 +173,14 @@ def test_prepare_and_lookup_prepared_are_lookup_in_two_steps() -> None:
         cache.prepare("x", scope={"ttl": 3})
     hit = asyncio.run(cache.alookup_prepared(exact))
     assert hit is not None and hit.exact
+
+
+def test_the_engines_dropped_lru_touches_are_in_both_stats_but_not_in_a_saved_files_report(tmp_path: Any) -> None:
+    cache = SemanticCache(WordEmbedder())
+    cache.store("a question", "an answer")
+    assert cache.lookup("a question") is not None
+    assert cache.stats().lru_touches_dropped == 0 and cache.binary.stats().lru_touches_dropped == 0
+    assert "lru_touches_dropped" in cache.binary.engine.stats()
+    cache.save(tmp_path / "c.bsc")
+    report = bsc.semantic.describe_file(tmp_path / "c.bsc")
+    assert "lru_touches_dropped" not in report and "save_errors" not in report and report["hits"] == 1

@@ -55,7 +55,9 @@ class CacheStats:
     any lookup); ``memory_bytes`` counts everything held (codes, metadata, stored responses and
     spare capacity), ``response_bytes`` the stored responses alone; ``expirations`` counts
     entries removed because their TTL ran out, ``namespaces`` the namespaces holding entries;
-    ``save_errors`` counts failed background and final saves of ``persist_path`` (kept in this
+    ``lru_touches_dropped`` counts hits left out of the LRU order because the engine's queue of
+    them was full (docs/ARCHITECTURE.md); ``save_errors`` counts failed background and final
+    saves of ``persist_path`` (both kept in this
     process only: a loaded file starts at 0)."""
 
     size: int
@@ -68,6 +70,7 @@ class CacheStats:
     response_bytes: int
     expirations: int = 0
     namespaces: int = 0
+    lru_touches_dropped: int = 0
     save_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -477,6 +480,7 @@ class BinarySemanticCache:
             response_bytes=raw["response_bytes"],
             expirations=raw["expirations"],
             namespaces=raw["namespaces"],
+            lru_touches_dropped=raw.get("lru_touches_dropped", 0),
             save_errors=self.save_errors,
         )
 

@@ -121,7 +121,8 @@ class Engine(Protocol):
 
     def stats(self) -> dict[str, int]:
         """At least ``size``, ``max_entries``, ``hits``, ``misses``, ``evictions``,
-        ``expirations``, ``namespaces``, ``memory_bytes`` and ``response_bytes``."""
+        ``expirations``, ``namespaces``, ``memory_bytes`` and ``response_bytes``; the native
+        engine adds ``mapped_bytes`` and ``lru_touches_dropped``."""
 
     def save(self, path: str | os.PathLike[str], meta: bytes | None = None) -> None:
         """A crash-safe snapshot of every entry, the LRU order, the counters and ``meta`` at

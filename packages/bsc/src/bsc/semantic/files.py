@@ -39,7 +39,8 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         except ValueError as err:
             raise CorruptFileError(f"{file}: its SemanticCache metrics are malformed: {err}") from None
         stats = build_stats(raw, metrics, namespace_count(store.namespaces())).as_dict()
-        del stats["save_errors"]  # a count of the process that saved, not kept in the file
+        # Counts of the process that saved, not kept in the file.
+        del stats["save_errors"], stats["lru_touches_dropped"]
         report.update(
             kind="SemanticCache",
             embedder=semantic.get("embedder"),

@@ -23,8 +23,10 @@ class SemanticStats:
     ``gate_vetoes`` counts candidates the content gate vetoed (a lookup may veto several).
     ``similarity_histogram`` counts the best candidate's similarity on the semantic path in bins
     of 0.05, keyed by each bin's lower edge (``"0.80"`` is [0.80, 0.85)). ``tokens_saved`` and
-    ``cost_saved`` add up the usage stored with each entry that answered. ``save_errors`` counts
-    failed background and final saves of ``persist_path`` (this process only; not saved)."""
+    ``cost_saved`` add up the usage stored with each entry that answered.
+    ``lru_touches_dropped`` counts hits left out of the LRU order because the engine's queue of
+    them was full, ``save_errors`` failed background and final saves of ``persist_path`` (both
+    this process only; not saved)."""
 
     size: int
     max_size: int
@@ -46,6 +48,7 @@ class SemanticStats:
     memory_bytes: int
     response_bytes: int
     similarity_histogram: dict[str, int] = field(default_factory=dict)
+    lru_touches_dropped: int = 0
     save_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,5 +136,6 @@ def build_stats(
         memory_bytes=raw["memory_bytes"],
         response_bytes=raw["response_bytes"],
         similarity_histogram=histogram,
+        lru_touches_dropped=raw.get("lru_touches_dropped", 0),
         save_errors=save_errors,
     )
