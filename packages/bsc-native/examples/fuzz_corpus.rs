@@ -11,21 +11,12 @@ fn main() {
     let extras = Extras {
         fingerprint: "bsc-srp1:dim=8:bits=64:seed=1".into(),
         meta: b"{}".to_vec(),
-        counters: Counters {
-            hits: 3,
-            misses: 2,
-            evictions: 1,
-        },
+        counters: Counters { hits: 3, misses: 2, evictions: 1 },
     };
     for n in [0u64, 1, 5, 40] {
         let mut core = CacheCore::new(64, 32).unwrap();
         for i in 0..n {
-            core.put(
-                &[i * 0x9E37_79B9],
-                &vec![i as u8; (i as usize * 13) % 90],
-                i as f64,
-            )
-            .unwrap();
+            core.put(&[i * 0x9E37_79B9], &vec![i as u8; (i as usize * 13) % 90], i as f64).unwrap();
         }
         let ids = core.lru_order();
         if let Some(&id) = ids.get(1) {

@@ -4,10 +4,7 @@ use bsc_native::scan::{top_k_with, Kernel};
 use std::time::Instant;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
         state ^= state << 13;
@@ -27,11 +24,6 @@ fn main() {
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        println!(
-            "{:>18} n={n}: median {:8.1} us, {:.3} ns/code",
-            kernel.name(),
-            median * 1e6,
-            median * 1e9 / n as f64
-        );
+        println!("{:>18} n={n}: median {:8.1} us, {:.3} ns/code", kernel.name(), median * 1e6, median * 1e9 / n as f64);
     }
 }

@@ -53,19 +53,11 @@ impl MappedRecords {
     pub fn new(bytes: MappedBytes, sums: Vec<u64>, source: Arc<str>) -> Self {
         debug_assert_eq!(sums.len(), bytes.len().div_ceil(BLOCK));
         let verified = (0..sums.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            bytes,
-            sums,
-            verified,
-            source,
-        }
+        Self { bytes, sums, verified, source }
     }
 
     fn corrupt(&self, problem: String) -> Error {
-        Error::Corrupt {
-            file: self.source.to_string(),
-            problem,
-        }
+        Error::Corrupt { file: self.source.to_string(), problem }
     }
 
     /// Checks the blocks that hold `start..end` (within the bytes).
@@ -106,9 +98,7 @@ impl MappedRecords {
 
     fn get(&self, start: usize) -> Result<&[u8]> {
         let Some((body, end)) = self.span(start) else {
-            return Err(self.corrupt(format!(
-                "the response record at byte {start} runs past the responses section"
-            )));
+            return Err(self.corrupt(format!("the response record at byte {start} runs past the responses section")));
         };
         self.verify(start, end)?;
         Ok(&self.bytes.bytes()[body..end])
@@ -134,12 +124,7 @@ pub struct Arena {
 impl Arena {
     /// An arena whose records are those of a loaded file; `live` is their total size.
     pub fn from_mapped(base: MappedRecords, live: usize) -> Self {
-        Self {
-            base: Some(base),
-            buf: Vec::new(),
-            live,
-            compaction_failed: false,
-        }
+        Self { base: Some(base), buf: Vec::new(), live, compaction_failed: false }
     }
 
     /// Bytes of records, live or garbage, in the mapped base and the buffer.
@@ -176,10 +161,7 @@ impl Arena {
         }
         let at = self.base_len() + self.buf.len();
         let need = record_len(data.len());
-        assert!(
-            at + need <= MAX_BYTES,
-            "arena overflow: check_room and compact first"
-        );
+        assert!(at + need <= MAX_BYTES, "arena overflow: check_room and compact first");
         self.buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(data);
         self.buf.resize(self.buf.len() + need - 4 - data.len(), 0);
@@ -198,8 +180,7 @@ impl Arena {
             Some(base) if start < base.len() => base.get(start),
             _ => {
                 let start = start - self.base_len();
-                let len =
-                    u32::from_le_bytes(self.buf[start..start + 4].try_into().expect("4 bytes")) as usize;
+                let len = u32::from_le_bytes(self.buf[start..start + 4].try_into().expect("4 bytes")) as usize;
                 Ok(&self.buf[start + 4..start + 4 + len])
             }
         }
@@ -249,10 +230,7 @@ impl Arena {
     /// A fresh arena holding the records at `offsets` (updated in place to their new offsets
     /// only if every record could be read).
     pub fn compacted<'a>(&self, offsets: impl Iterator<Item = &'a mut u32>) -> Result<Arena> {
-        let mut fresh = Arena {
-            buf: Vec::with_capacity(self.live),
-            ..Arena::default()
-        };
+        let mut fresh = Arena { buf: Vec::with_capacity(self.live), ..Arena::default() };
         let mut moved = Vec::new();
         // Records never overlap in a healthy arena, so the copy is no larger than the buffer; a
         // crafted file whose entries share or overlap records would make it larger (and could
@@ -281,11 +259,7 @@ impl Arena {
 
     /// Bytes held on the heap (capacity): a loaded file's records are mapped, not held.
     pub fn memory_bytes(&self) -> usize {
-        self.buf.capacity()
-            + self
-                .base
-                .as_ref()
-                .map_or(0, |b| b.sums.capacity() * 8 + b.verified.len() * 8)
+        self.buf.capacity() + self.base.as_ref().map_or(0, |b| b.sums.capacity() * 8 + b.verified.len() * 8)
     }
 
     /// Bytes of a loaded file read in place.
@@ -305,10 +279,7 @@ mod tests {
         assert_eq!(arena.get(EMPTY).unwrap(), b"");
         let a = arena.push(b"hello");
         let b = arena.push(&[7u8; 13]);
-        assert_eq!(
-            (arena.get(a).unwrap(), arena.get(b).unwrap()),
-            (&b"hello"[..], &[7u8; 13][..])
-        );
+        assert_eq!((arena.get(a).unwrap(), arena.get(b).unwrap()), (&b"hello"[..], &[7u8; 13][..]));
         assert_eq!(arena.live, 16 + 24);
         arena.free(a);
         assert_eq!(arena.live, 24);
@@ -336,9 +307,7 @@ mod tests {
         let arena = Arena::default();
         assert_eq!(
             arena.check_room(u32::MAX as usize + 1, 0),
-            Err(Error::ResponseTooLarge {
-                len: u32::MAX as usize + 1
-            })
+            Err(Error::ResponseTooLarge { len: u32::MAX as usize + 1 })
         );
         assert!(arena.check_room(1 << 20, 0).is_ok());
     }

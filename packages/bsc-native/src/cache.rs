@@ -124,16 +124,10 @@ impl CacheCore {
     /// must follow to restore the LRU order.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
-        index: CodeIndex,
-        max_entries: usize,
-        created_at: Column<f64>,
-        last_accessed: Column<u32>,
-        access_count: Column<u32>,
-        payload_at: Column<u32>,
-        (partition, expires, partitions, expirations): (Column<u32>, Column<u32>, Partitions, u64),
-        arena: Arena,
-        payload_bytes: usize,
-        keys: Column<u64>,
+        index: CodeIndex, max_entries: usize, created_at: Column<f64>, last_accessed: Column<u32>,
+        access_count: Column<u32>, payload_at: Column<u32>,
+        (partition, expires, partitions, expirations): (Column<u32>, Column<u32>, Partitions, u64), arena: Arena,
+        payload_bytes: usize, keys: Column<u64>,
     ) -> Self {
         Self {
             index,
@@ -232,26 +226,13 @@ impl CacheCore {
     /// live entry of partition `name` with the same key, if any (that one is deleted, not
     /// counted as evicted, and no other entry is evicted for the new one).
     pub fn put_in(
-        &mut self,
-        code: &[u64],
-        payload: &[u8],
-        now: f64,
-        name: &[u8],
-        expires: u32,
-        key: u64,
+        &mut self, code: &[u64], payload: &[u8], now: f64, name: &[u8], expires: u32, key: u64,
     ) -> Result<(Id, Vec<Id>)> {
         if code.len() != self.words() {
-            return Err(Error::BadCodeLength {
-                expected_words: self.words(),
-                got_words: code.len(),
-            });
+            return Err(Error::BadCodeLength { expected_words: self.words(), got_words: code.len() });
         }
         if name.len() > partition::MAX_NAME {
-            return Err(Error::TooLong {
-                what: "a namespace",
-                len: name.len(),
-                limit: partition::MAX_NAME,
-            });
+            return Err(Error::TooLong { what: "a namespace", len: name.len(), limit: partition::MAX_NAME });
         }
         if payload.len() > u32::MAX as usize {
             return Err(Error::ResponseTooLarge { len: payload.len() });
@@ -259,19 +240,11 @@ impl CacheCore {
         // Removing expired entries changes nothing a lookup can see, so it may precede a put
         // that fails for want of room below.
         self.purge_expired(now);
-        let replaced = self
-            .find_key(key, name, f64::NEG_INFINITY)
-            .and_then(|id| self.index.handle_of(id));
+        let replaced = self.find_key(key, name, f64::NEG_INFINITY).and_then(|id| self.index.handle_of(id));
         // Room for the response counts the one the eviction below frees (the cache never
         // holds more than max_entries, so a put evicts at most one entry).
-        let victim = if replaced.is_none() && self.len() >= self.max_entries {
-            self.lru_victim()
-        } else {
-            None
-        };
-        let freed = victim
-            .or(replaced)
-            .map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
+        let victim = if replaced.is_none() && self.len() >= self.max_entries { self.lru_victim() } else { None };
+        let freed = victim.or(replaced).map_or(0, |h| self.arena.record_bytes(self.payload_at[h as usize]));
         self.arena.check_room(payload.len(), freed)?;
         // Compact before evicting, so that if compaction fails (a corrupt response of a loaded
         // file) nothing has changed.
@@ -306,8 +279,7 @@ impl CacheCore {
         self.expires[h] = expires;
         if expires != NEVER {
             let generation = (id >> 32) as u32;
-            self.expiry_heap()
-                .push(Reverse((deadline(now, expires), handle, generation)));
+            self.expiry_heap().push(Reverse((deadline(now, expires), handle, generation)));
         }
         self.payload_bytes = self.payload_bytes.saturating_add(payload.len());
         if key != 0 {
@@ -334,11 +306,7 @@ impl CacheCore {
                 // keeps the first.
                 if key != 0
                     && self.index.is_live_handle(h as u32)
-                    && table
-                        .find(key, |&s| {
-                            keys[s as usize] == key && partition[s as usize] == partition[h]
-                        })
-                        .is_none()
+                    && table.find(key, |&s| keys[s as usize] == key && partition[s as usize] == partition[h]).is_none()
                 {
                     table.insert_unique(key, h as u32, |&s| keys[s as usize]);
                 }
@@ -356,9 +324,7 @@ impl CacheCore {
         }
         let wanted = self.partitions.find(name)?;
         let (keys, partition): (&[u64], &[u32]) = (&self.keys, &self.partition);
-        let h = *self.key_table().find(key, |&s| {
-            keys[s as usize] == key && partition[s as usize] == wanted
-        })? as usize;
+        let h = *self.key_table().find(key, |&s| keys[s as usize] == key && partition[s as usize] == wanted)? as usize;
         (!self.expired(h, now)).then(|| self.index.id_of_handle(h as u32))
     }
 
@@ -394,11 +360,7 @@ impl CacheCore {
             .filter(|&h| self.expires[h] != NEVER && self.index.is_live_handle(h as u32))
             .map(|h| {
                 let generation = (self.index.id_of_handle(h as u32) >> 32) as u32;
-                Reverse((
-                    deadline(self.created_at[h], self.expires[h]),
-                    h as u32,
-                    generation,
-                ))
+                Reverse((deadline(self.created_at[h], self.expires[h]), h as u32, generation))
             })
             .collect();
         self.expiry = Some(heap);
@@ -438,22 +400,14 @@ impl CacheCore {
 
     /// The nearest live, unexpired entry of partition `name` within `max_distance`.
     pub fn nearest_in(&self, query: &[u64], max_distance: u32, name: &[u8], now: f64) -> Result<Option<Hit>> {
-        Ok(self
-            .search_in(query, 1, max_distance, Some(name), now)?
-            .into_iter()
-            .next())
+        Ok(self.search_in(query, 1, max_distance, Some(name), now)?.into_iter().next())
     }
 
     /// The `k` nearest live, unexpired entries within `max_distance`, of partition `name` (of
     /// every partition when `None`), without touching them. The partition and expiry are checked
     /// inside the scan, so entries of other partitions never take a place in the result.
     pub fn search_in(
-        &self,
-        query: &[u64],
-        k: usize,
-        max_distance: u32,
-        name: Option<&[u8]>,
-        now: f64,
+        &self, query: &[u64], k: usize, max_distance: u32, name: Option<&[u8]>, now: f64,
     ) -> Result<Vec<Hit>> {
         let wanted = match name {
             Some(name) => match self.partitions.find(name) {
@@ -557,9 +511,7 @@ impl CacheCore {
             return false;
         };
         let h = handle as usize;
-        self.payload_bytes = self
-            .payload_bytes
-            .saturating_sub(self.arena.len_of(self.payload_at[h]));
+        self.payload_bytes = self.payload_bytes.saturating_sub(self.arena.len_of(self.payload_at[h]));
         self.arena.free(self.payload_at[h]);
         self.payload_at[h] = arena::EMPTY;
         if let Some(&key) = self.keys.get(h).filter(|&&k| k != 0) {
@@ -610,10 +562,7 @@ impl CacheCore {
 
     /// Live ids from most to least recently used.
     pub fn lru_order(&self) -> Vec<Id> {
-        self.lru_handles()
-            .into_iter()
-            .map(|h| self.index.id_of_handle(h))
-            .collect()
+        self.lru_handles().into_iter().map(|h| self.index.id_of_handle(h)).collect()
     }
 
     /// Bytes of the live entries' responses.
@@ -671,10 +620,7 @@ mod tests {
         let (b, _) = cache.put(&[2], b"b", 2.0).unwrap();
         // Using `a` makes `b` the least recently used.
         let seen = cache.touch(a, 3.0).unwrap().unwrap();
-        assert_eq!(
-            (seen.payload.as_slice(), seen.access_count, seen.last_accessed),
-            (&b"a"[..], 1, 3.0)
-        );
+        assert_eq!((seen.payload.as_slice(), seen.access_count, seen.last_accessed), (&b"a"[..], 1, 3.0));
         let (c, evicted) = cache.put(&[3], b"c", 4.0).unwrap();
         assert_eq!(evicted, vec![b]);
         assert_eq!(cache.lru_order(), vec![c, a]);
@@ -688,16 +634,9 @@ mod tests {
         let (a, _) = cache.put(&[1], b"", 1_700_000_000.25).unwrap();
         let seen = cache.touch(a, 1_700_000_003.99).unwrap().unwrap();
         assert_eq!(seen.created_at, 1_700_000_000.25);
-        assert!(
-            (seen.last_accessed - 1_700_000_003.95).abs() < 1e-6,
-            "{}",
-            seen.last_accessed
-        );
+        assert!((seen.last_accessed - 1_700_000_003.95).abs() < 1e-6, "{}", seen.last_accessed);
         // A clock that went backwards gives the creation time, never an earlier one.
-        assert_eq!(
-            cache.touch(a, 1.0).unwrap().unwrap().last_accessed,
-            1_700_000_000.25
-        );
+        assert_eq!(cache.touch(a, 1.0).unwrap().unwrap().last_accessed, 1_700_000_000.25);
         assert_eq!(tenths_since(0.0, 1e12), u32::MAX);
         assert_eq!(tenths_since(0.0, f64::NAN), 0);
     }
@@ -718,11 +657,7 @@ mod tests {
             assert!(cache.delete(*id));
         }
         // 30 of 40 responses freed: the arena was compacted, the survivors are intact.
-        assert!(
-            cache.memory_bytes() < before / 2,
-            "{} vs {before}",
-            cache.memory_bytes()
-        );
+        assert!(cache.memory_bytes() < before / 2, "{} vs {before}", cache.memory_bytes());
         for (i, id) in ids.iter().enumerate().skip(30) {
             let payload = cache.peek(*id).unwrap().unwrap().payload;
             assert_eq!((payload.len(), payload[0], payload[1]), (big.len(), i as u8, 9));
@@ -736,12 +671,8 @@ mod tests {
         let mut cache = CacheCore::new(64, 10).unwrap();
         let (a, _) = cache.put_in(&[0b1111], b"a", 1.0, b"tenant-a", NEVER, 0).unwrap();
         let (b, _) = cache.put_in(&[0b1111], b"b", 1.0, b"tenant-b", NEVER, 0).unwrap();
-        let (b_near, _) = cache
-            .put_in(&[0b0111], b"b2", 1.0, b"tenant-b", NEVER, 0)
-            .unwrap();
-        let hit = |cache: &CacheCore, q: u64, name: &[u8]| {
-            cache.nearest_in(&[q], 64, name, 2.0).unwrap().map(|h| h.id)
-        };
+        let (b_near, _) = cache.put_in(&[0b0111], b"b2", 1.0, b"tenant-b", NEVER, 0).unwrap();
+        let hit = |cache: &CacheCore, q: u64, name: &[u8]| cache.nearest_in(&[q], 64, name, 2.0).unwrap().map(|h| h.id);
         assert_eq!(hit(&cache, 0b1111, b"tenant-a"), Some(a));
         assert_eq!(hit(&cache, 0b1111, b"tenant-b"), Some(b));
         // Two entries of tenant-b are nearer to this query than tenant-a's only entry.
@@ -777,16 +708,12 @@ mod tests {
         assert_eq!(cache.len(), 1);
         // LRU and max_entries still hold with TTLs set.
         for i in 0..5 {
-            cache
-                .put_in(&[10 + i], b"x", 107.0, b"", ttl_tenths(60.0), 0)
-                .unwrap();
+            cache.put_in(&[10 + i], b"x", 107.0, b"", ttl_tenths(60.0), 0).unwrap();
         }
         assert_eq!(cache.len(), 3);
         // Items of entries evicted before their TTL do not pile up.
         for i in 0..5000 {
-            cache
-                .put_in(&[100 + i], b"x", 108.0, b"", ttl_tenths(3600.0), 0)
-                .unwrap();
+            cache.put_in(&[100 + i], b"x", 108.0, b"", ttl_tenths(3600.0), 0).unwrap();
         }
         assert!(cache.expiry.as_ref().unwrap().len() <= 2 * 3 + 1024 + 1);
     }

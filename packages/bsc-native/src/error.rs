@@ -17,17 +17,9 @@ pub enum Error {
     /// The responses of all entries would exceed the bytes the store can address.
     StorageFull { limit: usize },
     /// A fingerprint or metadata blob too long to save.
-    TooLong {
-        what: &'static str,
-        len: usize,
-        limit: usize,
-    },
+    TooLong { what: &'static str, len: usize, limit: usize },
     /// An operating-system error on `file`.
-    Io {
-        file: String,
-        kind: std::io::ErrorKind,
-        message: String,
-    },
+    Io { file: String, kind: std::io::ErrorKind, message: String },
     /// A zero-length file.
     EmptyFile { file: String },
     /// A file that does not start with the bsc magic bytes, or holds another kind of object.
@@ -39,22 +31,14 @@ pub enum Error {
     /// A checksum that does not match, or contents that contradict each other.
     Corrupt { file: String, problem: String },
     /// A file whose codes were made by another encoder than the caller's.
-    EncoderMismatch {
-        file: String,
-        expected: String,
-        found: String,
-    },
+    EncoderMismatch { file: String, expected: String, found: String },
     /// A lock poisoned by a panic while it was held: the object's state may be half changed.
     Poisoned,
 }
 
 impl Error {
     pub fn io(file: &std::path::Path, err: &std::io::Error) -> Self {
-        Error::Io {
-            file: file.display().to_string(),
-            kind: err.kind(),
-            message: err.to_string(),
-        }
+        Error::Io { file: file.display().to_string(), kind: err.kind(), message: err.to_string() }
     }
 }
 

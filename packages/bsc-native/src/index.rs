@@ -118,9 +118,7 @@ impl CodeIndex {
     /// Whether slot `handle` exists and holds an entry.
     #[inline]
     pub(crate) fn is_live_handle(&self, handle: u32) -> bool {
-        self.generation
-            .get(handle as usize)
-            .is_some_and(|g| g & FREE == 0)
+        self.generation.get(handle as usize).is_some_and(|g| g & FREE == 0)
     }
 
     /// The id of the entry in slot `row`, or `None` when the slot is free.
@@ -156,18 +154,11 @@ impl CodeIndex {
     /// Checks that `codes` is a whole number of codes and that they fit; returns how many.
     pub fn check_batch(&self, codes: &[u64]) -> Result<usize> {
         if codes.is_empty() || !codes.len().is_multiple_of(self.words) {
-            return Err(Error::BadCodeLength {
-                expected_words: self.words,
-                got_words: codes.len(),
-            });
+            return Err(Error::BadCodeLength { expected_words: self.words, got_words: codes.len() });
         }
         let n = codes.len() / self.words;
         if self.len() + n > MAX_ENTRIES {
-            return Err(Error::Full {
-                len: self.len(),
-                adding: n,
-                limit: MAX_ENTRIES,
-            });
+            return Err(Error::Full { len: self.len(), adding: n, limit: MAX_ENTRIES });
         }
         Ok(n)
     }
@@ -175,9 +166,7 @@ impl CodeIndex {
     /// Adds codes (a whole number of rows) and returns their ids, in order.
     pub fn add(&mut self, codes: &[u64]) -> Result<Vec<Id>> {
         let n = self.check_batch(codes)?;
-        self.codes
-            .to_mut()
-            .reserve(codes.len().saturating_sub(self.free_slots.len() * self.words));
+        self.codes.to_mut().reserve(codes.len().saturating_sub(self.free_slots.len() * self.words));
         let mut ids = Vec::with_capacity(n);
         for code in codes.chunks_exact(self.words) {
             ids.push(self.push_row(code));
@@ -247,10 +236,7 @@ impl CodeIndex {
     /// Fails unless `query` has this index's code length.
     pub fn check_query(&self, query: &[u64]) -> Result<()> {
         if query.len() != self.words {
-            return Err(Error::BadCodeLength {
-                expected_words: self.words,
-                got_words: query.len(),
-            });
+            return Err(Error::BadCodeLength { expected_words: self.words, got_words: query.len() });
         }
         Ok(())
     }
@@ -259,11 +245,7 @@ impl CodeIndex {
     /// inside the scan, only for rows that would enter the result, so the result is the `k`
     /// nearest kept entries however many nearer entries are not kept.
     pub fn search_where(
-        &self,
-        query: &[u64],
-        k: usize,
-        max_distance: u32,
-        keep: impl Fn(usize) -> bool,
+        &self, query: &[u64], k: usize, max_distance: u32, keep: impl Fn(usize) -> bool,
     ) -> Result<Vec<Hit>> {
         self.check_query(query)?;
         let found = scan::top_k(
@@ -276,21 +258,12 @@ impl CodeIndex {
         );
         Ok(found
             .into_iter()
-            .map(|Neighbor { distance, row }| Hit {
-                id: self.id_of_handle(row as u32),
-                distance,
-            })
+            .map(|Neighbor { distance, row }| Hit { id: self.id_of_handle(row as u32), distance })
             .collect())
     }
 
     /// [`CodeIndex::search`] for `queries.len() / words` queries, on up to `threads` threads.
-    pub fn search_batch(
-        &self,
-        queries: &[u64],
-        k: usize,
-        max_distance: u32,
-        threads: usize,
-    ) -> Result<Vec<Vec<Hit>>> {
+    pub fn search_batch(&self, queries: &[u64], k: usize, max_distance: u32, threads: usize) -> Result<Vec<Vec<Hit>>> {
         if queries.is_empty() || !queries.len().is_multiple_of(self.words) {
             return Err(Error::BadCodeLength {
                 expected_words: self.words,
@@ -311,10 +284,7 @@ impl CodeIndex {
             .into_iter()
             .map(|hits| {
                 hits.into_iter()
-                    .map(|Neighbor { distance, row }| Hit {
-                        id: self.id_of_handle(row as u32),
-                        distance,
-                    })
+                    .map(|Neighbor { distance, row }| Hit { id: self.id_of_handle(row as u32), distance })
                     .collect()
             })
             .collect())
@@ -353,19 +323,7 @@ mod tests {
         let ids = index.add(&[0, 0, 1, 0, 3, 0]).unwrap();
         assert_eq!(index.len(), 3);
         let hits = index.search(&[1, 0], 2, u32::MAX).unwrap();
-        assert_eq!(
-            hits,
-            vec![
-                Hit {
-                    id: ids[1],
-                    distance: 0
-                },
-                Hit {
-                    id: ids[0],
-                    distance: 1
-                }
-            ]
-        );
+        assert_eq!(hits, vec![Hit { id: ids[1], distance: 0 }, Hit { id: ids[0], distance: 1 }]);
         assert_eq!(index.remove(ids[1]), Some(1));
         assert_eq!(index.remove(ids[1]), None);
         assert!(!index.contains(ids[1]));
@@ -393,10 +351,7 @@ mod tests {
         index.remove(ids[0]).unwrap();
         // The freed slot still holds 7, the exact query, but only live slots come back.
         let hits = index.search(&[7], 3, u32::MAX).unwrap();
-        assert_eq!(
-            hits.iter().map(|h| h.id).collect::<Vec<_>>(),
-            vec![ids[1], ids[2]]
-        );
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![ids[1], ids[2]]);
         assert_eq!(index.len(), 2);
         assert_eq!(index.ids(), vec![ids[1], ids[2]]);
         let batch = index.search_batch(&[7, 7], 1, u32::MAX, 2).unwrap();
@@ -422,10 +377,7 @@ mod tests {
         assert!(matches!(index.add(&[1, 2, 3]), Err(Error::BadCodeLength { .. })));
         assert!(matches!(index.add(&[]), Err(Error::BadCodeLength { .. })));
         assert!(index.is_empty());
-        assert!(matches!(
-            index.search(&[1], 1, 0),
-            Err(Error::BadCodeLength { .. })
-        ));
+        assert!(matches!(index.search(&[1], 1, 0), Err(Error::BadCodeLength { .. })));
     }
 
     #[test]

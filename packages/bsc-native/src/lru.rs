@@ -35,10 +35,7 @@ impl LruQueue {
     pub fn from_order(mut order: Vec<u32>, generation: &[u32]) -> Self {
         let count = generation.iter().map(|g| Count::from(g & FREE == 0)).collect();
         order.reverse();
-        Self {
-            queue: VecDeque::from(order),
-            count,
-        }
+        Self { queue: VecDeque::from(order), count }
     }
 
     /// A queue from a saved order (most recently used first), checked against the slots'
@@ -55,9 +52,7 @@ impl LruQueue {
         for &handle in &order {
             let h = handle as usize;
             if h >= slots {
-                return Err(format!(
-                    "the LRU order names slot {handle}, beyond the {slots} slots"
-                ));
+                return Err(format!("the LRU order names slot {handle}, beyond the {slots} slots"));
             }
             listed[h / 64] |= 1 << (h % 64);
         }

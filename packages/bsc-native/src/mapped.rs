@@ -25,21 +25,13 @@ impl MappedBytes {
         // checked against its length.
         let map = unsafe { Mmap::map(file)? };
         let len = map.len();
-        Ok(Self {
-            map: Arc::new(map),
-            start: 0,
-            len,
-        })
+        Ok(Self { map: Arc::new(map), start: 0, len })
     }
 
     /// The sub-range `start..start + len` (the caller checked it lies within this range).
     pub fn slice(&self, start: usize, len: usize) -> Self {
         assert!(start.checked_add(len).is_some_and(|end| end <= self.len));
-        Self {
-            map: Arc::clone(&self.map),
-            start: self.start + start,
-            len,
-        }
+        Self { map: Arc::clone(&self.map), start: self.start + start, len }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -88,10 +80,7 @@ impl<T: Pod> Column<T> {
     pub fn from_file(file: &File, offset: u64, len: usize, decode: fn(&[u8]) -> T) -> std::io::Result<Self> {
         let size = std::mem::size_of::<T>();
         debug_assert_eq!(len % size, 0);
-        if len > 0
-            && cfg!(target_endian = "little")
-            && offset.is_multiple_of(std::mem::align_of::<T>() as u64)
-        {
+        if len > 0 && cfg!(target_endian = "little") && offset.is_multiple_of(std::mem::align_of::<T>() as u64) {
             // SAFETY: a private mapping: writes through it never reach the file, and bsc never
             // changes a saved file in place (saves write a new file and rename it). Another
             // process truncating the file under the mapping could raise SIGBUS, as with any

@@ -28,12 +28,7 @@ impl Default for Partitions {
     fn default() -> Self {
         let mut ids = HashMap::new();
         ids.insert(Box::<[u8]>::from(&b""[..]), DEFAULT);
-        Self {
-            ids,
-            names: vec![Some(Box::from(&b""[..]))],
-            live: vec![0],
-            free: Vec::new(),
-        }
+        Self { ids, names: vec![Some(Box::from(&b""[..]))], live: vec![0], free: Vec::new() }
     }
 }
 
@@ -81,10 +76,7 @@ impl Partitions {
     }
 
     pub fn name(&self, id: u32) -> &[u8] {
-        self.names
-            .get(id as usize)
-            .and_then(|n| n.as_deref())
-            .unwrap_or(&[])
+        self.names.get(id as usize).and_then(|n| n.as_deref()).unwrap_or(&[])
     }
 
     /// Partitions holding at least one entry.
@@ -113,8 +105,7 @@ impl Partitions {
     /// Partitions from saved names and the partition ids of the live entries. Fails, naming the
     /// problem, if an entry names a freed or missing id, or a name is listed twice.
     pub fn from_saved(
-        names: Vec<Option<Box<[u8]>>>,
-        entries: impl Iterator<Item = u32>,
+        names: Vec<Option<Box<[u8]>>>, entries: impl Iterator<Item = u32>,
     ) -> std::result::Result<Self, String> {
         if names.first().is_none_or(|n| n.as_deref() != Some(&b""[..])) {
             return Err("partition 0 is not the default (empty) partition".into());
@@ -125,10 +116,7 @@ impl Partitions {
             match name {
                 Some(name) => {
                     if ids.insert(name.clone(), id as u32).is_some() {
-                        return Err(format!(
-                            "partition name {:?} is listed twice",
-                            String::from_utf8_lossy(name)
-                        ));
+                        return Err(format!("partition name {:?} is listed twice", String::from_utf8_lossy(name)));
                     }
                 }
                 None => free.push(id as u32),
@@ -142,12 +130,7 @@ impl Partitions {
             }
         }
         // A named partition without entries is dropped, as `remove` would have.
-        let mut parts = Self {
-            ids,
-            names,
-            live,
-            free,
-        };
+        let mut parts = Self { ids, names, live, free };
         for id in 1..parts.names.len() as u32 {
             if parts.live[id as usize] == 0 && parts.names[id as usize].is_some() {
                 parts.live[id as usize] = 1;
@@ -183,10 +166,7 @@ mod tests {
         let b = parts.add(b"tenant-b");
         assert_eq!(parts.add(b"tenant-a"), a);
         assert_ne!(a, b);
-        assert_eq!(
-            (parts.find(b"tenant-a"), parts.name(b)),
-            (Some(a), &b"tenant-b"[..])
-        );
+        assert_eq!((parts.find(b"tenant-a"), parts.name(b)), (Some(a), &b"tenant-b"[..]));
         parts.remove(b);
         assert_eq!(parts.find(b"tenant-b"), None);
         assert_eq!(parts.add(b"tenant-c"), b); // reused

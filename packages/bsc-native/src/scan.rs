@@ -46,13 +46,7 @@ struct TopK<F: Fn(usize) -> Option<u64>> {
 
 impl<F: Fn(usize) -> Option<u64>> TopK<F> {
     fn new(k: usize, max_distance: u32, tie_key: F, keys_follow_rows: bool) -> Self {
-        Self {
-            k,
-            bound: max_distance,
-            tie_key,
-            keys_follow_rows,
-            heap: BinaryHeap::with_capacity(k.min(64)),
-        }
+        Self { k, bound: max_distance, tie_key, keys_follow_rows, heap: BinaryHeap::with_capacity(k.min(64)) }
     }
 
     #[inline(always)]
@@ -80,11 +74,7 @@ impl<F: Fn(usize) -> Option<u64>> TopK<F> {
     }
 
     fn finish(self) -> Vec<Neighbor> {
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|(distance, _, row)| Neighbor { distance, row })
-            .collect()
+        self.heap.into_sorted_vec().into_iter().map(|(distance, _, row)| Neighbor { distance, row }).collect()
     }
 }
 
@@ -317,8 +307,7 @@ mod x86 {
             // The sums come out as rows 0, 2, 1, 3, 4, 6, 5, 7; put them back in row order so that
             // rows are offered in ascending order (a tie must go to the lower row, and once the
             // top-k is full `bound()` admits only rows strictly better than the worst held).
-            let sums =
-                _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 6, 4, 3, 1, 2, 0), _mm512_add_epi64(x, y));
+            let sums = _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 6, 4, 3, 1, 2, 0), _mm512_add_epi64(x, y));
             let dist = _mm512_cvtepi64_epi32(sums);
             let mask = _mm256_cmple_epu32_mask(dist, limit);
             if mask != 0 {
@@ -401,11 +390,7 @@ mod x86 {
 
 /// Runs `kernel` over `codes`, reporting rows (numbered from `first_row`) to `top`.
 fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
-    assert!(
-        kernel.supported(),
-        "kernel {} is not supported by this CPU",
-        kernel.name()
-    );
+    assert!(kernel.supported(), "kernel {} is not supported by this CPU", kernel.name());
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `supported()` checked the CPU features the kernel is compiled for.
@@ -416,9 +401,7 @@ fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: u
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `supported()` checked popcnt for each of these kernels; for code lengths other
         // than 256 bits the SIMD kernels run this loop.
-        Kernel::Avx512 | Kernel::Avx2 | Kernel::Popcnt => unsafe {
-            x86::scan_popcnt(codes, query, first_row, top)
-        },
+        Kernel::Avx512 | Kernel::Avx2 | Kernel::Popcnt => unsafe { x86::scan_popcnt(codes, query, first_row, top) },
         _ => scan_portable(codes, query, first_row, top),
     }
 }
@@ -432,40 +415,17 @@ fn scan_with<S: Sink>(kernel: Kernel, codes: &[u64], query: &[u64], first_row: u
 /// If `query` is empty or `codes.len()` is not a multiple of `query.len()`: callers validate
 /// shapes before they get here.
 pub fn top_k<F: Fn(usize) -> Option<u64>>(
-    codes: &[u64],
-    query: &[u64],
-    k: usize,
-    max_distance: u32,
-    tie_key: F,
-    keys_follow_rows: bool,
+    codes: &[u64], query: &[u64], k: usize, max_distance: u32, tie_key: F, keys_follow_rows: bool,
 ) -> Vec<Neighbor> {
-    top_k_with(
-        active_kernel(),
-        codes,
-        query,
-        k,
-        max_distance,
-        tie_key,
-        keys_follow_rows,
-    )
+    top_k_with(active_kernel(), codes, query, k, max_distance, tie_key, keys_follow_rows)
 }
 
 /// [`top_k`] with a chosen kernel (which must be supported by this CPU).
 pub fn top_k_with<F: Fn(usize) -> Option<u64>>(
-    kernel: Kernel,
-    codes: &[u64],
-    query: &[u64],
-    k: usize,
-    max_distance: u32,
-    tie_key: F,
-    keys_follow_rows: bool,
+    kernel: Kernel, codes: &[u64], query: &[u64], k: usize, max_distance: u32, tie_key: F, keys_follow_rows: bool,
 ) -> Vec<Neighbor> {
     assert!(!query.is_empty(), "query must hold at least one word");
-    assert_eq!(
-        codes.len() % query.len(),
-        0,
-        "codes length is a multiple of the code length"
-    );
+    assert_eq!(codes.len() % query.len(), 0, "codes length is a multiple of the code length");
     // A lying `k` must not size an allocation: there are never more results than rows.
     let k = k.min(codes.len() / query.len());
     if k == 0 {
@@ -496,13 +456,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 25;
 // into a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
-    codes: &[u64],
-    queries: &[u64],
-    words: usize,
-    k: usize,
-    max_distance: u32,
-    threads: usize,
-    tie_key: F,
+    codes: &[u64], queries: &[u64], words: usize, k: usize, max_distance: u32, threads: usize, tie_key: F,
     keys_follow_rows: bool,
 ) -> Vec<Vec<Neighbor>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -518,9 +472,7 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     let blocks = rows.div_ceil(BATCH_BLOCK_ROWS);
     let next_block = AtomicUsize::new(0);
     let work = || {
-        let mut tops: Vec<TopK<&F>> = (0..m)
-            .map(|_| TopK::new(k, max_distance, &tie_key, keys_follow_rows))
-            .collect();
+        let mut tops: Vec<TopK<&F>> = (0..m).map(|_| TopK::new(k, max_distance, &tie_key, keys_follow_rows)).collect();
         // Blocks are handed out in ascending order, so each worker still sees its rows in
         // ascending order and may stop a query early (see `TopK::done`).
         loop {
@@ -545,15 +497,10 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
     }
     let per_worker: Vec<Vec<TopK<&F>>> = std::thread::scope(|scope| {
         // A helper that cannot be started (a limit on threads) leaves its blocks to the others.
-        let helpers: Vec<_> = (1..threads)
-            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
-            .collect();
+        let helpers: Vec<_> =
+            (1..threads).filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok()).collect();
         let mut all = vec![work()];
-        all.extend(
-            helpers
-                .into_iter()
-                .map(|h| h.join().expect("a batch scan worker panicked")),
-        );
+        all.extend(helpers.into_iter().map(|h| h.join().expect("a batch scan worker panicked")));
         all
     });
     // Merge: per query, the k best (distance, tie key, row) over every worker's list.
@@ -568,10 +515,7 @@ pub fn top_k_batch<F: Fn(usize) -> Option<u64> + Sync>(
         .map(|mut items| {
             items.sort_unstable();
             items.truncate(k);
-            items
-                .into_iter()
-                .map(|(distance, _, row)| Neighbor { distance, row })
-                .collect()
+            items.into_iter().map(|(distance, _, row)| Neighbor { distance, row }).collect()
         })
         .collect()
 }
@@ -590,9 +534,7 @@ mod tests {
             .collect();
         all.sort();
         all.truncate(k);
-        all.into_iter()
-            .map(|(distance, row)| Neighbor { distance, row })
-            .collect()
+        all.into_iter().map(|(distance, row)| Neighbor { distance, row }).collect()
     }
 
     #[test]
@@ -627,17 +569,8 @@ mod tests {
         for kernel in Kernel::available() {
             let got = top_k_with(kernel, &codes, &query, 257, u32::MAX, |r| Some(r as u64), true);
             let distances: Vec<u32> = got.iter().map(|n| n.distance).collect();
-            assert_eq!(
-                distances,
-                (0..=256).collect::<Vec<u32>>(),
-                "kernel {}",
-                kernel.name()
-            );
-            assert!(
-                got.iter().all(|n| n.row == 256 - n.distance as usize),
-                "kernel {}",
-                kernel.name()
-            );
+            assert_eq!(distances, (0..=256).collect::<Vec<u32>>(), "kernel {}", kernel.name());
+            assert!(got.iter().all(|n| n.row == 256 - n.distance as usize), "kernel {}", kernel.name());
         }
     }
 
@@ -655,33 +588,12 @@ mod tests {
                 Some(r as u64)
             };
             let got = top_k_with(kernel, &codes, &[0; 4], 1, u32::MAX, key, true);
-            assert_eq!(
-                got,
-                vec![Neighbor {
-                    distance: 0,
-                    row: 100
-                }],
-                "kernel {}",
-                kernel.name()
-            );
-            assert!(
-                asked.get() < 200,
-                "kernel {} read on to row {}",
-                kernel.name(),
-                asked.get()
-            );
+            assert_eq!(got, vec![Neighbor { distance: 0, row: 100 }], "kernel {}", kernel.name());
+            assert!(asked.get() < 200, "kernel {} read on to row {}", kernel.name(), asked.get());
             let two = top_k_with(kernel, &codes, &[0; 4], 2, u32::MAX, |r| Some(r as u64), true);
             assert_eq!(two.iter().map(|n| n.row).collect::<Vec<_>>(), vec![100, 5000]);
             // Reversed keys: the later match wins the tie, so no early stop is allowed.
-            let got = top_k_with(
-                kernel,
-                &codes,
-                &[0; 4],
-                1,
-                u32::MAX,
-                |r| Some(u64::MAX - r as u64),
-                false,
-            );
+            let got = top_k_with(kernel, &codes, &[0; 4], 1, u32::MAX, |r| Some(u64::MAX - r as u64), false);
             assert_eq!(got[0].row, 5000, "kernel {}", kernel.name());
         }
     }
@@ -690,12 +602,7 @@ mod tests {
     fn ties_above_zero_go_to_the_lower_row_in_every_kernel() {
         // Rows 1 and 2 tie at distance 3; the AVX-512 reduction computes row 2's lane before
         // row 1's, and with a full top-k only strictly better rows are admitted: row 1 must win.
-        for (pair, groups) in [
-            ((1usize, 2usize), 1usize),
-            ((5, 6), 1),
-            ((9, 10), 2),
-            ((13, 14), 3),
-        ] {
+        for (pair, groups) in [((1usize, 2usize), 1usize), ((5, 6), 1), ((9, 10), 2), ((13, 14), 3)] {
             let rows = 8 * groups;
             let mut codes = vec![u64::MAX; rows * 4];
             for r in [pair.0, pair.1] {
@@ -704,20 +611,9 @@ mod tests {
             for kernel in Kernel::available() {
                 for radius in [u32::MAX, 3] {
                     let got = top_k_with(kernel, &codes, &[0; 4], 1, radius, |r| Some(r as u64), true);
-                    assert_eq!(
-                        got,
-                        vec![Neighbor {
-                            distance: 3,
-                            row: pair.0
-                        }],
-                        "kernel {}",
-                        kernel.name()
-                    );
+                    assert_eq!(got, vec![Neighbor { distance: 3, row: pair.0 }], "kernel {}", kernel.name());
                     let two = top_k_with(kernel, &codes, &[0; 4], 2, radius, |r| Some(r as u64), true);
-                    assert_eq!(
-                        two.iter().map(|n| n.row).collect::<Vec<_>>(),
-                        vec![pair.0, pair.1]
-                    );
+                    assert_eq!(two.iter().map(|n| n.row).collect::<Vec<_>>(), vec![pair.0, pair.1]);
                 }
             }
         }

@@ -31,10 +31,7 @@ use crate::touch::TouchQueue;
 
 /// Seconds since the Unix epoch, as the cache stores times (0 if the clock is before it).
 pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A value behind a reader-writer lock, with the writer gate and the save lock described in the
@@ -57,11 +54,7 @@ fn turn(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
 
 impl<T> Shared<T> {
     pub fn new(value: T) -> Self {
-        Self {
-            lock: RwLock::new(value),
-            writers: Mutex::new(()),
-            saving: Mutex::new(()),
-        }
+        Self { lock: RwLock::new(value), writers: Mutex::new(()), saving: Mutex::new(()) }
     }
 
     fn read_guard(&self) -> Result<RwLockReadGuard<'_, T>> {
@@ -92,10 +85,7 @@ impl<T> Shared<T> {
     /// gate, not on the lock, and lookups carry on; the fsyncs and the rename run after both are
     /// released.
     pub fn save_with(
-        &self,
-        path: &Path,
-        prepare: Option<impl FnOnce(&mut T)>,
-        write: impl FnOnce(&PendingSave, &T) -> Result<()>,
+        &self, path: &Path, prepare: Option<impl FnOnce(&mut T)>, write: impl FnOnce(&PendingSave, &T) -> Result<()>,
     ) -> Result<()> {
         let _one = turn(&self.saving);
         let pending = PendingSave::begin(path)?;
@@ -137,11 +127,7 @@ impl Label {
     /// The extras a save writes: this fingerprint, the caller's `meta` and `counters`.
     fn extras(&self, meta: Vec<u8>, counters: Counters) -> Extras {
         let fingerprint = self.fingerprint.clone();
-        Extras {
-            fingerprint,
-            meta,
-            counters,
-        }
+        Extras { fingerprint, meta, counters }
     }
 }
 
@@ -155,15 +141,8 @@ pub struct SharedIndex {
 
 impl SharedIndex {
     pub fn new(index: CodeIndex, fingerprint: String) -> Self {
-        let label = Label {
-            fingerprint,
-            meta: Vec::new(),
-        };
-        Self {
-            code_bits: index.code_bits(),
-            index: Shared::new(index),
-            label,
-        }
+        let label = Label { fingerprint, meta: Vec::new() };
+        Self { code_bits: index.code_bits(), index: Shared::new(index), label }
     }
 
     /// Loads an index saved by [`SharedIndex::save`], checking its fingerprint if one is given.
@@ -191,11 +170,7 @@ impl SharedIndex {
     /// [`CodeIndex::search_batch`] as one `(m, width)` table of ids and one of distances, row
     /// major, where `width` is the longest result list (at least 1), padded with -1.
     pub fn search_batch_padded(
-        &self,
-        queries: &[u64],
-        k: usize,
-        max_distance: u32,
-        threads: usize,
+        &self, queries: &[u64], k: usize, max_distance: u32, threads: usize,
     ) -> Result<(usize, Vec<i64>, Vec<i32>)> {
         let found = self.read(|index| index.search_batch(queries, k, max_distance, threads))??;
         let width = found.iter().map(Vec::len).max().unwrap_or(0).max(k.min(1));
@@ -214,10 +189,9 @@ impl SharedIndex {
     /// changes wait until the data is written.
     pub fn save(&self, path: &Path, meta: Vec<u8>) -> Result<()> {
         let extras = self.label.extras(meta, Counters::default());
-        self.index
-            .save_with(path, None::<fn(&mut CodeIndex)>, |pending, index| {
-                format::write_index(pending.path(), pending.file(), index, &extras)
-            })
+        self.index.save_with(path, None::<fn(&mut CodeIndex)>, |pending, index| {
+            format::write_index(pending.path(), pending.file(), index, &extras)
+        })
     }
 }
 
@@ -300,27 +274,16 @@ impl SharedCache {
     /// Loads a cache saved by [`SharedCache::save`], checking its fingerprint if one is given;
     /// with `max_entries`, the least recently used entries beyond it are evicted (and counted).
     /// With `verify_all`, every response block is checked now rather than on first read.
-    pub fn load(
-        path: &Path,
-        fingerprint: Option<&str>,
-        max_entries: Option<usize>,
-        verify_all: bool,
-    ) -> Result<Self> {
+    pub fn load(path: &Path, fingerprint: Option<&str>, max_entries: Option<usize>, verify_all: bool) -> Result<Self> {
         let (opened, extras) = open_file(path, Kind::Cache, fingerprint)?;
         let mut core = opened.cache(verify_all)?;
         let evicted = match max_entries {
             Some(max) => core.set_max_entries(max)?.len() as u64,
             None => 0,
         };
-        let counters = Counters {
-            evictions: extras.counters.evictions.saturating_add(evicted),
-            ..extras.counters
-        };
+        let counters = Counters { evictions: extras.counters.evictions.saturating_add(evicted), ..extras.counters };
         let mut cache = Self::new(core, counters);
-        cache.label = Label {
-            fingerprint: extras.fingerprint,
-            meta: extras.meta,
-        };
+        cache.label = Label { fingerprint: extras.fingerprint, meta: extras.meta };
         Ok(cache)
     }
 
@@ -357,24 +320,14 @@ impl SharedCache {
     /// partition's nearest entry: with `nearest` at any distance (the scan admits every
     /// distance), otherwise only within `max_distance`.
     pub fn lookup(
-        &self,
-        query: &[u64],
-        max_distance: u32,
-        name: &[u8],
-        nearest: bool,
+        &self, query: &[u64], max_distance: u32, name: &[u8], nearest: bool,
     ) -> Result<(Option<Served>, Option<u32>)> {
-        let scan_radius = if nearest {
-            self.code_bits as u32
-        } else {
-            max_distance
-        };
+        let scan_radius = if nearest { self.code_bits as u32 } else { max_distance };
         let best = AtomicU32::new(u32::MAX);
         let found = self.serve(&|core: &CacheCore| {
             let hit = core.nearest_in(query, scan_radius, name, now())?;
             best.store(hit.map_or(u32::MAX, |h| h.distance), Ordering::Relaxed);
-            Ok(hit
-                .filter(|h| h.distance <= max_distance)
-                .map(|h| (h.id, h.distance)))
+            Ok(hit.filter(|h| h.distance <= max_distance).map(|h| (h.id, h.distance)))
         })?;
         let best = best.load(Ordering::Relaxed);
         Ok((self.count(found, true), (best != u32::MAX).then_some(best)))
@@ -399,11 +352,7 @@ impl SharedCache {
     /// the distance of the partition's nearest entry at any distance. An entry whose response
     /// fails its checksum is removed and its error returned, as by a lookup.
     pub fn candidates(
-        &self,
-        query: &[u64],
-        k: usize,
-        max_distance: u32,
-        name: &[u8],
+        &self, query: &[u64], k: usize, max_distance: u32, name: &[u8],
     ) -> Result<(Vec<Served>, Option<u32>)> {
         let mut unreadable: Option<(Id, Error)> = None;
         let (found, nearest) = self.core.read(|core| -> Result<_> {
@@ -504,15 +453,11 @@ impl SharedCache {
     /// they go into the file. Lookups proceed while it runs (their LRU uses are queued); writers
     /// wait until the data is written (the fsync runs after).
     pub fn save(&self, path: &Path, meta: Vec<u8>) -> Result<()> {
-        self.core.save_with(
-            path,
-            Some(|core: &mut CacheCore| self.touches.apply(core)),
-            |pending, core| {
-                // Counters read under the lock, with the entries they describe.
-                let extras = self.label.extras(meta, self.counters());
-                format::write_cache(pending.path(), pending.file(), core, &extras)
-            },
-        )
+        self.core.save_with(path, Some(|core: &mut CacheCore| self.touches.apply(core)), |pending, core| {
+            // Counters read under the lock, with the entries they describe.
+            let extras = self.label.extras(meta, self.counters());
+            format::write_cache(pending.path(), pending.file(), core, &extras)
+        })
     }
 
     /// Hits, misses and evictions so far.
@@ -556,8 +501,7 @@ mod tests {
     fn filled(n: u64, max: usize) -> SharedCache {
         let mut core = CacheCore::new(64, max).unwrap();
         for i in 0..n {
-            core.put_in(&[i], format!("r{i}").as_bytes(), now(), b"", NEVER, i + 1)
-                .unwrap();
+            core.put_in(&[i], format!("r{i}").as_bytes(), now(), b"", NEVER, i + 1).unwrap();
         }
         SharedCache::new(core, Counters::default())
     }
@@ -567,10 +511,7 @@ mod tests {
         let cache = filled(10, 100);
         let (hit, nearest) = cache.lookup(&[3], 0, b"", false).unwrap();
         let (distance, view) = hit.unwrap();
-        assert_eq!(
-            (distance, view.payload.as_slice(), view.access_count),
-            (0, &b"r3"[..], 1)
-        );
+        assert_eq!((distance, view.payload.as_slice(), view.access_count), (0, &b"r3"[..], 1));
         assert_eq!(nearest, Some(0));
         // A miss within the radius still reports the nearest distance when asked to.
         let (miss, nearest) = cache.lookup(&[u64::MAX], 1, b"", true).unwrap();
@@ -580,10 +521,7 @@ mod tests {
         let stats = cache.stats().unwrap();
         assert_eq!((stats.hits, stats.misses, stats.size), (2, 1, 10));
         let used_last = cache.read(|core| core.find_key(5, b"", now())).unwrap();
-        assert_eq!(
-            cache.read(|core| core.lru_order()[0]).unwrap(),
-            used_last.unwrap()
-        );
+        assert_eq!(cache.read(|core| core.lru_order()[0]).unwrap(), used_last.unwrap());
     }
 
     #[test]
@@ -636,11 +574,7 @@ mod tests {
         // The four newest uses survive, applied in order: the last one is the most recent.
         cache.write(|_| ()).unwrap();
         let order = cache.read(|core| core.lru_order()).unwrap();
-        let key_of = |id: Id| {
-            cache
-                .read(|core| core.peek(id).unwrap().unwrap().payload)
-                .unwrap()
-        };
+        let key_of = |id: Id| cache.read(|core| core.peek(id).unwrap().unwrap().payload).unwrap();
         assert_eq!(key_of(order[0]), b"r7");
         assert_eq!(key_of(order[3]), b"r4");
     }
@@ -662,14 +596,8 @@ mod tests {
         let loaded = SharedCache::load(&path, Some("fp"), None, true).unwrap();
         assert_eq!(loaded.label.meta, b"meta");
         assert_eq!(loaded.counters().hits, 1);
-        assert_eq!(
-            loaded.read(|core| core.lru_order()).unwrap(),
-            cache.read(|core| core.lru_order()).unwrap()
-        );
-        assert!(matches!(
-            SharedCache::load(&path, Some("other"), None, false),
-            Err(Error::EncoderMismatch { .. })
-        ));
+        assert_eq!(loaded.read(|core| core.lru_order()).unwrap(), cache.read(|core| core.lru_order()).unwrap());
+        assert!(matches!(SharedCache::load(&path, Some("other"), None, false), Err(Error::EncoderMismatch { .. })));
         // Loading with a smaller limit evicts and counts the evictions.
         let smaller = SharedCache::load(&path, None, Some(2), false).unwrap();
         assert_eq!(smaller.stats().unwrap().evictions, 4);
@@ -678,17 +606,8 @@ mod tests {
         index.write(|i| i.add(&[1, 2, 3])).unwrap().unwrap();
         let ipath = dir.path().join("i.bsc");
         index.save(&ipath, Vec::new()).unwrap();
-        assert!(matches!(
-            SharedCache::load(&ipath, None, None, false),
-            Err(Error::NotACacheFile { .. })
-        ));
-        assert_eq!(
-            SharedIndex::load(&ipath, None)
-                .unwrap()
-                .read(|i| i.len())
-                .unwrap(),
-            3
-        );
+        assert!(matches!(SharedCache::load(&ipath, None, None, false), Err(Error::NotACacheFile { .. })));
+        assert_eq!(SharedIndex::load(&ipath, None).unwrap().read(|i| i.len()).unwrap(), 3);
     }
 
     /// A writer that arrives during a save waits at the gate, not on the lock, so readers keep
@@ -830,9 +749,6 @@ mod tests {
         cache.save(&final_save, Vec::new()).unwrap();
         let loaded = SharedCache::load(&final_save, None, None, true).unwrap();
         assert_eq!(loaded.counters(), cache.counters());
-        assert_eq!(
-            loaded.read(|core| core.lru_order()).unwrap(),
-            cache.read(|core| core.lru_order()).unwrap()
-        );
+        assert_eq!(loaded.read(|core| core.lru_order()).unwrap(), cache.read(|core| core.lru_order()).unwrap());
     }
 }

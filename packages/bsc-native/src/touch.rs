@@ -40,11 +40,7 @@ impl Default for TouchQueue {
 impl TouchQueue {
     /// A queue of at most `capacity` uses (at least 1).
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            uses: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
-            dropped: AtomicU64::new(0),
-        }
+        Self { uses: Mutex::new(VecDeque::new()), capacity: capacity.max(1), dropped: AtomicU64::new(0) }
     }
 
     /// Queues a use of `id` at `at`; when full, drops the oldest queued use and counts it.
@@ -92,9 +88,7 @@ mod tests {
 
     fn cache(n: u64) -> (CacheCore, Vec<Id>) {
         let mut core = CacheCore::new(64, 100).unwrap();
-        let ids = (0..n)
-            .map(|i| core.put(&[i], b"r", 1.0 + i as f64).unwrap().0)
-            .collect();
+        let ids = (0..n).map(|i| core.put(&[i], b"r", 1.0 + i as f64).unwrap().0).collect();
         (core, ids)
     }
 
@@ -126,10 +120,7 @@ mod tests {
         assert_eq!((queue.len(), queue.dropped()), (3, 2));
         queue.apply(&mut core);
         assert_eq!(core.lru_order(), vec![ids[0], ids[1], ids[2], ids[4], ids[3]]);
-        let counts: Vec<u32> = ids
-            .iter()
-            .map(|&id| core.peek(id).unwrap().unwrap().access_count)
-            .collect();
+        let counts: Vec<u32> = ids.iter().map(|&id| core.peek(id).unwrap().unwrap().access_count).collect();
         assert_eq!(counts, [1, 1, 1, 0, 0]);
         // The count is kept across applies; an emptied queue has room again.
         queue.push(ids[0], 20.0);

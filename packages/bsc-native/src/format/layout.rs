@@ -52,9 +52,8 @@ pub const EXPR: Tag = *b"EXPR";
 pub const PKEY: Tag = *b"PKEY";
 pub const XKEY: Tag = *b"XKEY";
 pub const INDEX_SECTIONS: [Tag; 5] = [META, FPRT, CODE, GENS, FREE_SLOTS];
-pub const CACHE_SECTIONS: [Tag; 16] = [
-    META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY, XKEY,
-];
+pub const CACHE_SECTIONS: [Tag; 16] =
+    [META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY, XKEY];
 /// Cache sections a file written before they existed lacks: defaults apply (every entry in the
 /// default partition, none with a TTL, none with an exact-match key).
 pub const OPTIONAL: [Tag; 4] = [PART, EXPR, PKEY, XKEY];
@@ -91,15 +90,10 @@ pub fn le_u64(b: &[u8], at: usize) -> u64 {
 pub fn u32s(b: &[u8]) -> Vec<u32> {
     match bytemuck::try_cast_slice::<u8, u32>(b) {
         Ok(words) if cfg!(target_endian = "little") => words.to_vec(),
-        _ => b
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
-            .collect(),
+        _ => b.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes"))).collect(),
     }
 }
 
 pub fn tag_str(tag: &Tag) -> String {
-    tag.iter()
-        .map(|&c| if c.is_ascii_graphic() { c as char } else { '?' })
-        .collect()
+    tag.iter().map(|&c| if c.is_ascii_graphic() { c as char } else { '?' }).collect()
 }

@@ -53,11 +53,7 @@ impl Opened {
         let fingerprint = std::str::from_utf8(self.checked(FPRT)?)
             .map_err(|_| self.corrupt("the encoder fingerprint is not UTF-8"))?
             .to_owned();
-        Ok(Extras {
-            fingerprint,
-            meta: self.checked(META)?.to_vec(),
-            counters: self.counters,
-        })
+        Ok(Extras { fingerprint, meta: self.checked(META)?.to_vec(), counters: self.counters })
     }
 
     /// Number of live entries the header declares.
@@ -88,11 +84,7 @@ impl Opened {
     pub fn expect_fingerprint(&self, expected: &str) -> Result<()> {
         let found = self.extras()?.fingerprint;
         if found != expected {
-            return Err(Error::EncoderMismatch {
-                file: self.file.to_string(),
-                expected: expected.to_owned(),
-                found,
-            });
+            return Err(Error::EncoderMismatch { file: self.file.to_string(), expected: expected.to_owned(), found });
         }
         Ok(())
     }
@@ -136,20 +128,13 @@ impl Opened {
 
     /// Checks the partition names against the entries' partition ids.
     pub(super) fn placement(
-        &self,
-        index: &CodeIndex,
-        (partition, expires, names): SavedPlacement,
+        &self, index: &CodeIndex, (partition, expires, names): SavedPlacement,
     ) -> Result<(Column<u32>, Column<u32>, Partitions, u64)> {
         let slots = self.slots;
         let generation: &[u32] = &index.generation;
         let ids: &[u32] = &partition;
-        let live_partitions = generation[..slots]
-            .iter()
-            .zip(ids)
-            .filter(|(g, _)| *g & FREE == 0)
-            .map(|(_, &id)| id);
-        let partitions =
-            Partitions::from_saved(names, live_partitions).map_err(|problem| self.corrupt(problem))?;
+        let live_partitions = generation[..slots].iter().zip(ids).filter(|(g, _)| *g & FREE == 0).map(|(_, &id)| id);
+        let partitions = Partitions::from_saved(names, live_partitions).map_err(|problem| self.corrupt(problem))?;
         Ok((partition, expires, partitions, self.expirations))
     }
 
@@ -161,28 +146,21 @@ impl Opened {
     /// Decodes the index while `also` runs: the code array (the largest section) is
     /// checksummed on a second thread meanwhile.
     pub(super) fn index_with<R, H: Send>(
-        &self,
-        also: impl FnOnce() -> Result<R>,
-        helper_also: impl FnOnce() -> Result<H> + Send,
+        &self, also: impl FnOnce() -> Result<R>, helper_also: impl FnOnce() -> Result<H> + Send,
     ) -> Result<(CodeIndex, R, H)> {
         let codes = self.column_unchecked(CODE, |w| le_u64(w, 0))?;
         let helper_job = std::sync::Mutex::new(Some(helper_also));
         // Captures only references, so it is Copy: run on a thread, or here if none starts.
         let work = || -> Result<H> {
             self.check_sum(CODE, &codes)?;
-            let job = helper_job
-                .lock()
-                .map_err(|_| self.corrupt("checksum thread failed"))?
-                .take();
+            let job = helper_job.lock().map_err(|_| self.corrupt("checksum thread failed"))?.take();
             job.expect("run once")()
         };
         let (helped, rest) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, work).ok();
             let rest = self.index_rest().and_then(|index| Ok((index, also()?)));
             let helped = match helper {
-                Some(thread) => thread
-                    .join()
-                    .unwrap_or_else(|_| Err(self.corrupt("checksum thread failed"))),
+                Some(thread) => thread.join().unwrap_or_else(|_| Err(self.corrupt("checksum thread failed"))),
                 None => work(),
             };
             (helped, rest)
@@ -202,10 +180,7 @@ impl Opened {
         }
         let live = generation.iter().filter(|g| *g & FREE == 0).count();
         if live != self.live {
-            return Err(self.corrupt(format!(
-                "the header says {} entries but {live} slots are live",
-                self.live
-            )));
+            return Err(self.corrupt(format!("the header says {} entries but {live} slots are live", self.live)));
         }
         let mut listed = vec![false; self.slots];
         for &slot in &free_slots {
@@ -247,19 +222,14 @@ impl Opened {
         let live = index.len();
         let order = std::sync::Mutex::new(Some(order));
         let restore = || {
-            let order = order
-                .lock()
-                .map_err(|_| "the LRU thread failed".to_string())?
-                .take();
+            let order = order.lock().map_err(|_| "the LRU thread failed".to_string())?.take();
             LruQueue::restore(order.expect("run once"), generation, live)
         };
         let (lru, checked) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
             let checked = self.check_slots(&index, &created, &payload_at, placement);
             let lru = match helper {
-                Some(thread) => thread
-                    .join()
-                    .unwrap_or_else(|_| Err("the LRU thread failed".into())),
+                Some(thread) => thread.join().unwrap_or_else(|_| Err("the LRU thread failed".into())),
                 None => restore(),
             };
             (lru, checked)
@@ -275,11 +245,7 @@ impl Opened {
             _ => Column::default(),
         };
         // A free slot has no key: a stale one would be inherited by the slot's next entry.
-        if keys
-            .iter()
-            .zip(&index.generation[..slots])
-            .any(|(&key, &generation)| key != 0 && generation & FREE != 0)
-        {
+        if keys.iter().zip(&index.generation[..slots]).any(|(&key, &generation)| key != 0 && generation & FREE != 0) {
             return Err(self.corrupt("an exact-match key (XKEY) belongs to a free slot"));
         }
         let mut core = CacheCore::from_parts(
@@ -306,11 +272,7 @@ pub fn open(path: &Path) -> Result<Opened> {
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if meta.is_dir() {
-        return Err(Error::Io {
-            file: name,
-            kind: std::io::ErrorKind::IsADirectory,
-            message: "is a directory".into(),
-        });
+        return Err(Error::Io { file: name, kind: std::io::ErrorKind::IsADirectory, message: "is a directory".into() });
     }
     if meta.len() == 0 {
         return Err(Error::EmptyFile { file: name });

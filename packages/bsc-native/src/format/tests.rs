@@ -36,11 +36,7 @@ fn cache_round_trip() {
     let extras = Extras {
         fingerprint: "fp".into(),
         meta: b"{}".to_vec(),
-        counters: Counters {
-            hits: 1,
-            misses: 2,
-            evictions: 3,
-        },
+        counters: Counters { hits: 1, misses: 2, evictions: 3 },
     };
     save_cache(&core, &path, &extras);
     let opened = open(&path).unwrap();
@@ -65,14 +61,8 @@ fn bad_files_give_specific_errors() {
         open(&path).and_then(|o| o.cache(true).map(|_| ()))
     };
     assert!(matches!(check(&[]), Err(Error::EmptyFile { .. })));
-    assert!(matches!(
-        check(b"hello world, not a cache"),
-        Err(Error::NotACacheFile { .. })
-    ));
-    assert!(matches!(
-        check(&good[..good.len() - 1]),
-        Err(Error::Truncated { .. })
-    ));
+    assert!(matches!(check(b"hello world, not a cache"), Err(Error::NotACacheFile { .. })));
+    assert!(matches!(check(&good[..good.len() - 1]), Err(Error::Truncated { .. })));
     assert!(matches!(check(&good[..100]), Err(Error::Truncated { .. })));
     assert!(matches!(check(&good[..5]), Err(Error::Truncated { .. })));
     let mut future = good.clone();
@@ -96,18 +86,12 @@ fn index_round_trip_searches_the_mapped_codes() {
     write_index(&path, pending.file(), &index, &Extras::default()).unwrap();
     pending.commit().unwrap();
     let opened = open(&path).unwrap();
-    assert!(matches!(
-        opened.expect(Kind::Cache),
-        Err(Error::NotACacheFile { .. })
-    ));
+    assert!(matches!(opened.expect(Kind::Cache), Err(Error::NotACacheFile { .. })));
     let mut loaded = opened.index().unwrap();
     assert!(loaded.mapped_bytes() > 0 || cfg!(target_endian = "big"));
     assert_eq!(loaded.ids(), index.ids());
     let q = [4u64, 5, 6, 7];
-    assert_eq!(
-        loaded.search(&q, 5, u32::MAX).unwrap(),
-        index.search(&q, 5, u32::MAX).unwrap()
-    );
+    assert_eq!(loaded.search(&q, 5, u32::MAX).unwrap(), index.search(&q, 5, u32::MAX).unwrap());
     // A change in place writes a private copy of one page; growing copies the columns out
     // of the mapping. Ids match the original's either way.
     let two = [1, 2, 3, 4, 5, 6, 7, 8];
@@ -115,10 +99,7 @@ fn index_round_trip_searches_the_mapped_codes() {
     assert!(loaded.mapped_bytes() > 0 || cfg!(target_endian = "big"));
     assert_eq!(loaded.add(&two[4..]).unwrap(), index.add(&two[4..]).unwrap());
     assert_eq!(loaded.mapped_bytes(), 0);
-    assert_eq!(
-        loaded.search(&q, 5, u32::MAX).unwrap(),
-        index.search(&q, 5, u32::MAX).unwrap()
-    );
+    assert_eq!(loaded.search(&q, 5, u32::MAX).unwrap(), index.search(&q, 5, u32::MAX).unwrap());
     // The writes through the private mapping never reached the file.
     let again = open(&path).unwrap().index().unwrap();
     assert_eq!(again.ids().len(), 99);
@@ -165,9 +146,7 @@ fn crafted_files_with_valid_checksums_are_refused() {
     // An exact-match key on a free slot (slot 1, deleted), which its next entry would inherit.
     let mut keyed = CacheCore::new(64, 10).unwrap();
     for i in 0..3u64 {
-        keyed
-            .put_in(&[i], b"r", 1.0, b"", crate::cache::NEVER, i + 1)
-            .unwrap();
+        keyed.put_in(&[i], b"r", 1.0, b"", crate::cache::NEVER, i + 1).unwrap();
     }
     assert!(keyed.delete(1)); // slot 1, generation 0
     save_cache(&keyed, &path, &Extras::default());
@@ -199,10 +178,7 @@ fn mutated_files_never_panic() {
     core.delete(ids[5]);
     save_cache(&core, &path, &Extras::default());
     let good = std::fs::read(&path).unwrap();
-    let cases: u64 = std::env::var("BSC_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let cases: u64 = std::env::var("BSC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;

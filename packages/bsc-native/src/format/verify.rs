@@ -44,14 +44,9 @@ impl Opened {
         Ok(column)
     }
 
-    pub(super) fn column_unchecked<T: bytemuck::Pod>(
-        &self,
-        tag: Tag,
-        decode: fn(&[u8]) -> T,
-    ) -> Result<Column<T>> {
+    pub(super) fn column_unchecked<T: bytemuck::Pod>(&self, tag: Tag, decode: fn(&[u8]) -> T) -> Result<Column<T>> {
         let (offset, len, _) = self.sections[&tag];
-        Column::from_file(&self.handle, offset as u64, len, decode)
-            .map_err(|e| Error::io(Path::new(&*self.file), &e))
+        Column::from_file(&self.handle, offset as u64, len, decode).map_err(|e| Error::io(Path::new(&*self.file), &e))
     }
 
     /// Checks a column loaded by [`Opened::column_unchecked`] against its section checksum.
@@ -70,18 +65,10 @@ impl Opened {
     /// checked placement and the (still unread) responses.
     #[allow(clippy::type_complexity)]
     pub(super) fn check_slots(
-        &self,
-        index: &CodeIndex,
-        created: &[f64],
-        payload_at: &[u32],
-        placement: SavedPlacement,
+        &self, index: &CodeIndex, created: &[f64], payload_at: &[u32], placement: SavedPlacement,
     ) -> Result<((Column<u32>, Column<u32>, Partitions, u64), MappedRecords, usize)> {
         let slots = self.slots;
-        let sums: Vec<u64> = self
-            .checked(RSUM)?
-            .chunks_exact(8)
-            .map(|w| le_u64(w, 0))
-            .collect();
+        let sums: Vec<u64> = self.checked(RSUM)?.chunks_exact(8).map(|w| le_u64(w, 0)).collect();
         let (resp_offset, resp_len, resp_sum) = self.sections[&RESP];
         // Every live slot has a finite creation time; every response offset belongs to a live
         // slot and lies in the responses section. One branch-free pass, then a search for the
@@ -105,12 +92,7 @@ impl Opened {
                     | (has & (!live | !order_ok | ((at as u64) * arena::UNIT as u64 + 4 > resp_len as u64)))
             }
         };
-        let rows = || {
-            gens.iter()
-                .zip(created)
-                .zip(payload_at)
-                .map(|((g, t), a)| (g, t, a))
-        };
+        let rows = || gens.iter().zip(created).zip(payload_at).map(|((g, t), a)| (g, t, a));
         let mut bad = checker();
         if rows().fold(false, |any, row| any | bad(row)) {
             let slot = rows().position(checker()).expect("a bad slot");
@@ -132,24 +114,14 @@ impl Opened {
         }
         let placement = self.placement(index, placement)?;
         let bytes = self.map.slice(resp_offset, resp_len);
-        Ok((
-            placement,
-            MappedRecords::new(bytes, sums, Arc::clone(&self.file)),
-            resp_len,
-        ))
+        Ok((placement, MappedRecords::new(bytes, sums, Arc::clone(&self.file)), resp_len))
     }
 }
 
 pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
     let b = map.bytes();
-    let truncated = |problem: String| Error::Truncated {
-        file: name.clone(),
-        problem,
-    };
-    let corrupt = |problem: String| Error::Corrupt {
-        file: name.clone(),
-        problem,
-    };
+    let truncated = |problem: String| Error::Truncated { file: name.clone(), problem };
+    let corrupt = |problem: String| Error::Corrupt { file: name.clone(), problem };
     if b.is_empty() {
         return Err(Error::EmptyFile { file: name });
     }
@@ -161,10 +133,7 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         });
     }
     if b.len() < 12 {
-        return Err(truncated(format!(
-            "the file is {} bytes, shorter than a bsc header ({HEADER_LEN})",
-            b.len()
-        )));
+        return Err(truncated(format!("the file is {} bytes, shorter than a bsc header ({HEADER_LEN})", b.len())));
     }
     let version = le_u32(b, 8);
     if version > VERSION {
@@ -177,33 +146,22 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         return Err(corrupt("format version 0 does not exist".into()));
     }
     if b.len() < HEADER_LEN {
-        return Err(truncated(format!(
-            "the file is {} bytes, shorter than a bsc header ({HEADER_LEN})",
-            b.len()
-        )));
+        return Err(truncated(format!("the file is {} bytes, shorter than a bsc header ({HEADER_LEN})", b.len())));
     }
     let section_count = le_u32(b, 20) as usize;
     if section_count > MAX_SECTIONS {
-        return Err(corrupt(format!(
-            "the header lists {section_count} sections (at most {MAX_SECTIONS})"
-        )));
+        return Err(corrupt(format!("the header lists {section_count} sections (at most {MAX_SECTIONS})")));
     }
     let head_end = HEADER_LEN + section_count * ENTRY_LEN;
     if b.len() < head_end {
-        return Err(truncated(format!(
-            "the file is {} bytes, shorter than its section table ({head_end})",
-            b.len()
-        )));
+        return Err(truncated(format!("the file is {} bytes, shorter than its section table ({head_end})", b.len())));
     }
     if header_checksum(&b[..head_end]) != le_u64(b, 120) {
         return Err(corrupt("the header fails its checksum".into()));
     }
     let file_len = le_u64(b, 80);
     if (b.len() as u64) < file_len {
-        return Err(truncated(format!(
-            "the file is {} bytes but was written as {file_len}",
-            b.len()
-        )));
+        return Err(truncated(format!("the file is {} bytes but was written as {file_len}", b.len())));
     }
     if (b.len() as u64) > file_len {
         return Err(corrupt(format!(
@@ -224,31 +182,20 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
     let code_bits = le_u32(b, 16) as usize;
     // A cleared index keeps the generations of slots it no longer has (`handles` of them), so
     // their old ids stay dead.
-    let words =
-        words_for_bits(code_bits).map_err(|_| corrupt(format!("code_bits {code_bits} is not supported")))?;
+    let words = words_for_bits(code_bits).map_err(|_| corrupt(format!("code_bits {code_bits} is not supported")))?;
     let (slots, live, max_entries) = (le_u64(b, 24), le_u64(b, 32), le_u64(b, 40));
     if slots > MAX_ENTRIES as u64 || live > slots {
         return Err(corrupt(format!("{live} entries in {slots} slots is impossible")));
     }
     let handles = le_u64(b, 88);
     if handles < slots || handles > MAX_ENTRIES as u64 {
-        return Err(corrupt(format!(
-            "{handles} generations for {slots} slots is impossible"
-        )));
+        return Err(corrupt(format!("{handles} generations for {slots} slots is impossible")));
     }
     let (slots, live, handles) = (slots as usize, live as usize, handles as usize);
-    if kind == Kind::Cache
-        && (max_entries == 0 || max_entries > MAX_ENTRIES as u64 || live as u64 > max_entries)
-    {
-        return Err(corrupt(format!(
-            "{live} entries with max_entries {max_entries} is impossible"
-        )));
+    if kind == Kind::Cache && (max_entries == 0 || max_entries > MAX_ENTRIES as u64 || live as u64 > max_entries) {
+        return Err(corrupt(format!("{live} entries with max_entries {max_entries} is impossible")));
     }
-    let counters = Counters {
-        hits: le_u64(b, 48),
-        misses: le_u64(b, 56),
-        evictions: le_u64(b, 64),
-    };
+    let counters = Counters { hits: le_u64(b, 48), misses: le_u64(b, 56), evictions: le_u64(b, 64) };
     let response_bytes = le_u64(b, 72);
     let expirations = le_u64(b, EXPIRATIONS_AT);
     let mut sections = HashMap::new();
@@ -256,20 +203,10 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
     for i in 0..section_count {
         let at = HEADER_LEN + i * ENTRY_LEN;
         let tag: Tag = b[at..at + 4].try_into().expect("4 bytes");
-        let (flags, offset, len, checksum) = (
-            le_u32(b, at + 4),
-            le_u64(b, at + 8),
-            le_u64(b, at + 16),
-            le_u64(b, at + 24),
-        );
-        if offset % ALIGN != 0
-            || offset < head_end as u64
-            || offset.checked_add(len).is_none_or(|end| end > file_len)
-        {
-            return Err(corrupt(format!(
-                "section {} lies outside the file",
-                tag_str(&tag)
-            )));
+        let (flags, offset, len, checksum) =
+            (le_u32(b, at + 4), le_u64(b, at + 8), le_u64(b, at + 16), le_u64(b, at + 24));
+        if offset % ALIGN != 0 || offset < head_end as u64 || offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(corrupt(format!("section {} lies outside the file", tag_str(&tag))));
         }
         ranges.push((offset, offset + len));
         let known = match kind {
@@ -288,10 +225,7 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
             }
             continue;
         }
-        if sections
-            .insert(tag, (offset as usize, len as usize, checksum))
-            .is_some()
-        {
+        if sections.insert(tag, (offset as usize, len as usize, checksum)).is_some() {
             return Err(corrupt(format!("section {} appears twice", tag_str(&tag))));
         }
     }
@@ -305,9 +239,7 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
     for &(start, end) in ranges.iter().chain([(file_len, file_len)].iter()) {
         let gap = &b[gap_start as usize..start as usize];
         if gap.len() as u64 >= ALIGN || gap.iter().any(|&x| x != 0) {
-            return Err(corrupt(format!(
-                "unexpected bytes between sections at offset {gap_start}"
-            )));
+            return Err(corrupt(format!("unexpected bytes between sections at offset {gap_start}")));
         }
         gap_start = end;
     }
@@ -349,9 +281,7 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         }
     }
     if sections.get(&RESP).is_some_and(|r| r.1 >= arena::MAX_BYTES) {
-        return Err(corrupt(
-            "the responses section is larger than a store can address".into(),
-        ));
+        return Err(corrupt("the responses section is larger than a store can address".into()));
     }
     Ok(Opened {
         file: Arc::from(name),

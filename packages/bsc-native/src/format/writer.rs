@@ -41,8 +41,7 @@ impl<'a> Out<'a> {
         let first = ((HEADER_LEN + section_count * ENTRY_LEN) as u64).div_ceil(ALIGN) * ALIGN;
         // The header and table are written last, once the checksums are known; zeros hold
         // their place (so even a file of empty sections is as long as its header says).
-        w.write_all(&vec![0u8; first as usize])
-            .map_err(|e| Error::io(file_path, &e))?;
+        w.write_all(&vec![0u8; first as usize]).map_err(|e| Error::io(file_path, &e))?;
         Ok(Self {
             file: file_path,
             w,
@@ -61,9 +60,7 @@ impl<'a> Out<'a> {
     fn begin(&mut self) -> Result<()> {
         let padded = self.pos.div_ceil(ALIGN) * ALIGN;
         let zeros = [0u8; ALIGN as usize];
-        self.w
-            .write_all(&zeros[..(padded - self.pos) as usize])
-            .map_err(|e| Error::io(self.file, &e))?;
+        self.w.write_all(&zeros[..(padded - self.pos) as usize]).map_err(|e| Error::io(self.file, &e))?;
         self.pos = padded;
         self.start = padded;
         self.hasher.reset();
@@ -121,12 +118,7 @@ impl<'a> Out<'a> {
 
     /// Writes the header and table at the start and flushes.
     fn finish(
-        mut self,
-        kind: Kind,
-        index: &CodeIndex,
-        max_entries: u64,
-        extras: &Extras,
-        response_bytes: u64,
+        mut self, kind: Kind, index: &CodeIndex, max_entries: u64, extras: &Extras, response_bytes: u64,
     ) -> Result<()> {
         let code_bits = index.code_bits();
         let counts = [index.slots() as u64, index.len() as u64, max_entries];
@@ -179,11 +171,7 @@ fn check_extras(extras: &Extras) -> Result<()> {
         });
     }
     if extras.meta.len() > MAX_META {
-        return Err(Error::TooLong {
-            what: "the metadata",
-            len: extras.meta.len(),
-            limit: MAX_META,
-        });
+        return Err(Error::TooLong { what: "the metadata", len: extras.meta.len(), limit: MAX_META });
     }
     Ok(())
 }
@@ -314,18 +302,8 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     // The responses' checksum is that of their block checksums (a hash list): one pass over
     // the bytes serves both, and a check of every block against RSUM checks the section.
     let rsum = *out.sections.last().expect("RSUM");
-    out.sections
-        .iter_mut()
-        .find(|s| s.tag == RESP)
-        .expect("RESP")
-        .checksum = rsum.checksum;
-    out.finish(
-        Kind::Cache,
-        index,
-        core.max_entries() as u64,
-        extras,
-        core.response_bytes() as u64,
-    )
+    out.sections.iter_mut().find(|s| s.tag == RESP).expect("RESP").checksum = rsum.checksum;
+    out.finish(Kind::Cache, index, core.max_entries() as u64, extras, core.response_bytes() as u64)
 }
 
 impl Out<'_> {
@@ -369,14 +347,9 @@ impl PendingSave {
         // A save keeps the permissions of the file it replaces; a new file keeps the temporary
         // file's owner-only mode (a cache holds users' prompts and answers).
         if let Ok(meta) = std::fs::metadata(target) {
-            tmp.as_file()
-                .set_permissions(meta.permissions())
-                .map_err(|e| Error::io(target, &e))?;
+            tmp.as_file().set_permissions(meta.permissions()).map_err(|e| Error::io(target, &e))?;
         }
-        Ok(Self {
-            tmp,
-            target: target.to_path_buf(),
-        })
+        Ok(Self { tmp, target: target.to_path_buf() })
     }
 
     pub fn file(&self) -> &File {
@@ -392,22 +365,15 @@ impl PendingSave {
     /// file is removed and the target is untouched.
     pub fn commit(self) -> Result<()> {
         let target = self.target;
-        self.tmp
-            .as_file()
-            .sync_all()
-            .map_err(|e| Error::io(&target, &e))?;
-        self.tmp
-            .persist(&target)
-            .map_err(|e| Error::io(&target, &e.error))?;
+        self.tmp.as_file().sync_all().map_err(|e| Error::io(&target, &e))?;
+        self.tmp.persist(&target).map_err(|e| Error::io(&target, &e.error))?;
         #[cfg(unix)]
         {
             let dir = match target.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
                 _ => Path::new("."),
             };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(dir, &e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, &e))?;
         }
         Ok(())
     }

@@ -22,9 +22,7 @@ pub struct PyCacheStore(SharedCache);
 
 /// A served entry as a tuple (built after the locks are released).
 fn served<'py>(py: Python<'py>, found: Option<Served>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-    found
-        .map(|(distance, view)| entry_tuple(py, view, Some(distance)))
-        .transpose()
+    found.map(|(distance, view)| entry_tuple(py, view, Some(distance))).transpose()
 }
 
 #[pymethods]
@@ -32,9 +30,7 @@ impl PyCacheStore {
     #[new]
     #[pyo3(signature = (code_bits = None, max_entries = None, *, fingerprint = None))]
     fn new(
-        code_bits: Option<&Bound<'_, PyAny>>,
-        max_entries: Option<&Bound<'_, PyAny>>,
-        fingerprint: Option<String>,
+        code_bits: Option<&Bound<'_, PyAny>>, max_entries: Option<&Bound<'_, PyAny>>, fingerprint: Option<String>,
     ) -> PyResult<Self> {
         let code_bits = code_bits_arg(code_bits)?;
         let max_entries = max_entries_arg(max_entries)?.unwrap_or(1000);
@@ -44,41 +40,26 @@ impl PyCacheStore {
         Ok(Self(inner))
     }
 
-    /// The encoder that made the codes, as given or as loaded ("" when unknown).
     #[getter]
     fn fingerprint(&self) -> &str {
         &self.0.label.fingerprint
     }
 
-    /// The metadata bytes of the file this store was loaded from (b"" otherwise).
     #[getter]
     fn meta<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.0.label.meta)
     }
 
-    /// Saves every entry, response, timestamp, the LRU order and the counters to `path`
-    /// crash-safely (a temporary file in the same directory, fsynced, renamed over `path`,
-    /// directory fsynced), with `meta` bytes of the caller's. Lookups proceed while it runs (a
-    /// hit's LRU update is queued until the lock is free); changes wait until the data is
-    /// written (the fsync runs after).
     #[pyo3(signature = (path, meta = None))]
     fn save(&self, py: Python<'_>, path: PathBuf, meta: Option<Vec<u8>>) -> PyResult<()> {
         let meta = meta.unwrap_or_default();
         detached(py, || self.0.save(&path, meta))
     }
 
-    /// Loads a store saved by `save`. Codes stay in the memory-mapped file until the first
-    /// change; responses are read from it on demand, each 64 KiB block checked against its
-    /// checksum when first read (`verify=True` checks them all now). With `fingerprint`, a
-    /// file made by another encoder raises `EncoderMismatchError`; with `max_entries`, the
-    /// least recently used entries beyond it are evicted.
     #[staticmethod]
     #[pyo3(signature = (path, *, fingerprint = None, max_entries = None, verify = false))]
     fn load(
-        py: Python<'_>,
-        path: PathBuf,
-        fingerprint: Option<String>,
-        max_entries: Option<&Bound<'_, PyAny>>,
+        py: Python<'_>, path: PathBuf, fingerprint: Option<String>, max_entries: Option<&Bound<'_, PyAny>>,
         verify: bool,
     ) -> PyResult<Self> {
         let max_entries = max_entries_arg(max_entries)?;
@@ -101,31 +82,19 @@ impl PyCacheStore {
     }
 
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        id_arg(id)?.map_or(Ok(false), |id| {
-            detached(py, || self.0.read(|core| core.contains(id)))
-        })
+        id_arg(id)?.map_or(Ok(false), |id| detached(py, || self.0.read(|core| core.contains(id))))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let len = self.__len__(py)?;
         let (bits, max) = (self.0.code_bits(), self.0.max_entries());
-        Ok(format!(
-            "CacheStore(code_bits={bits}, max_entries={max}, len={len})"
-        ))
+        Ok(format!("CacheStore(code_bits={bits}, max_entries={max}, len={len})"))
     }
 
-    /// Stores one code with its payload in `namespace` (default: the unnamed one), expiring
-    /// after `ttl` seconds (default: never). Expired entries are removed first, then
-    /// least-recently-used ones when full. Returns the new id.
     #[pyo3(signature = (code, payload, *, namespace = None, ttl = None, key = None))]
     fn put(
-        &self,
-        py: Python<'_>,
-        code: &Bound<'_, PyAny>,
-        payload: &[u8],
-        namespace: Option<&Bound<'_, PyAny>>,
-        ttl: Option<&Bound<'_, PyAny>>,
-        key: Option<&Bound<'_, PyAny>>,
+        &self, py: Python<'_>, code: &Bound<'_, PyAny>, payload: &[u8], namespace: Option<&Bound<'_, PyAny>>,
+        ttl: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
         let code = codes_arg(code, "code", self.0.code_bits() / 64, false)?;
         let (name, expires, key) = (namespace_arg(namespace)?, ttl_arg(ttl)?, key_arg(key)?);
@@ -134,65 +103,36 @@ impl PyCacheStore {
         Ok(id as i64)
     }
 
-    /// Finds the nearest entry within `max_distance`, marks it used and returns
-    /// `(id, distance, payload, created_at, last_accessed, access_count)`, or `None` on a miss.
-    /// Counts a hit or a miss.
     #[pyo3(signature = (code, max_distance = None, *, namespace = None))]
     fn lookup<'py>(
-        &self,
-        py: Python<'py>,
-        code: &Bound<'py, PyAny>,
-        max_distance: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, code: &Bound<'py, PyAny>, max_distance: Option<&Bound<'py, PyAny>>,
         namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let query = codes_arg(code, "code", self.0.code_bits() / 64, false)?;
-        let (max_distance, name) = (
-            radius_arg(max_distance, self.0.code_bits())?,
-            namespace_arg(namespace)?,
-        );
-        served(
-            py,
-            detached(py, || self.0.lookup(&query, max_distance, &name, false))?.0,
-        )
+        let (max_distance, name) = (radius_arg(max_distance, self.0.code_bits())?, namespace_arg(namespace)?);
+        served(py, detached(py, || self.0.lookup(&query, max_distance, &name, false))?.0)
     }
 
-    /// Like `lookup`, and also returns the distance of the nearest entry of `namespace` even
-    /// when it lies beyond `max_distance` (`None` when the namespace has no live entry):
-    /// `(entry or None, nearest distance or None)`. The same single scan.
     #[pyo3(signature = (code, max_distance = None, *, namespace = None))]
     fn lookup_nearest<'py>(
-        &self,
-        py: Python<'py>,
-        code: &Bound<'py, PyAny>,
-        max_distance: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, code: &Bound<'py, PyAny>, max_distance: Option<&Bound<'py, PyAny>>,
         namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Option<Bound<'py, PyTuple>>, Option<u32>)> {
         let query = codes_arg(code, "code", self.0.code_bits() / 64, false)?;
-        let (max_distance, name) = (
-            radius_arg(max_distance, self.0.code_bits())?,
-            namespace_arg(namespace)?,
-        );
+        let (max_distance, name) = (radius_arg(max_distance, self.0.code_bits())?, namespace_arg(namespace)?);
         // The scan admits every distance, so that the nearest one is known even on a miss.
         let (found, nearest) = detached(py, || self.0.lookup(&query, max_distance, &name, true))?;
         Ok((served(py, found)?, nearest))
     }
 
-    /// The live, unexpired entry of `namespace` stored with exact-match `key` (see `put`),
-    /// marked used and returned like `lookup`'s (distance 0), or `None`. O(1). Counts a hit
-    /// when found and nothing otherwise (a caller falls back to `lookup`, which counts).
     #[pyo3(signature = (key, *, namespace = None))]
     fn lookup_key<'py>(
-        &self,
-        py: Python<'py>,
-        key: &Bound<'py, PyAny>,
-        namespace: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, key: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let (key, name) = (key_arg(Some(key))?, namespace_arg(namespace)?);
         served(py, detached(py, || self.0.lookup_key(key, &name))?)
     }
 
-    /// Every namespace holding entries, with how many (expired entries not yet removed
-    /// count): `{name: count}`, names as bytes.
     fn namespaces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let sizes = detached(py, || {
             self.0.read(|core| {
@@ -207,42 +147,25 @@ impl PyCacheStore {
         Ok(out)
     }
 
-    /// The `k` nearest entries within `max_distance` as `(ids, distances)` arrays, without
-    /// marking them used or counting hits.
     #[pyo3(signature = (code, k = None, max_distance = None, *, namespace = None))]
     fn search<'py>(
-        &self,
-        py: Python<'py>,
-        code: &Bound<'py, PyAny>,
-        k: Option<&Bound<'py, PyAny>>,
-        max_distance: Option<&Bound<'py, PyAny>>,
-        namespace: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, code: &Bound<'py, PyAny>, k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>, namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let k = k_arg(k)?;
         let query = codes_arg(code, "code", self.0.code_bits() / 64, false)?;
         let max_distance = radius_arg(max_distance, self.0.code_bits())?;
         let name = namespace.map(|n| namespace_arg(Some(n))).transpose()?;
-        let hits = detached(py, || {
-            self.0
-                .read(|core| core.search_in(&query, k, max_distance, name.as_deref(), now()))?
-        })?;
+        let hits =
+            detached(py, || self.0.read(|core| core.search_in(&query, k, max_distance, name.as_deref(), now()))?)?;
         hits_tuple(py, &hits)
     }
 
-    /// The `k` nearest unexpired entries of `namespace` within `max_distance`, nearest first,
-    /// each as `lookup` returns one, read under one read lock, without marking them used or
-    /// counting anything, and the distance of the namespace's nearest entry even when it lies
-    /// beyond `max_distance` (`None` when the namespace has no live entry): `(entries, nearest)`.
-    /// A caller that re-scores them serves its pick with `lookup_id`.
     #[pyo3(signature = (code, k = None, max_distance = None, *, namespace = None))]
     #[allow(clippy::type_complexity)]
     fn candidates<'py>(
-        &self,
-        py: Python<'py>,
-        code: &Bound<'py, PyAny>,
-        k: Option<&Bound<'py, PyAny>>,
-        max_distance: Option<&Bound<'py, PyAny>>,
-        namespace: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, code: &Bound<'py, PyAny>, k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>, namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Vec<Bound<'py, PyTuple>>, Option<u32>)> {
         let k = k_arg(k)?;
         let query = codes_arg(code, "code", self.0.code_bits() / 64, false)?;
@@ -253,81 +176,54 @@ impl PyCacheStore {
         Ok((entries.collect::<PyResult<Vec<_>>>()?, nearest))
     }
 
-    /// The entry `id` if it is live, unexpired and in `namespace`, marked used and returned
-    /// like `lookup_key`'s (distance 0), or `None`; counts a hit when found and nothing
-    /// otherwise. How a caller serves the candidate it picked from `candidates`: an entry
-    /// deleted or replaced since is never touched.
     #[pyo3(signature = (id, *, namespace = None))]
     fn lookup_id<'py>(
-        &self,
-        py: Python<'py>,
-        id: &Bound<'py, PyAny>,
-        namespace: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, id: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
         let name = namespace_arg(namespace)?;
         served(py, detached(py, || self.0.lookup_id(id, &name))?)
     }
 
-    /// Removes every entry of `namespace`; returns how many.
     fn delete_namespace(&self, py: Python<'_>, namespace: &Bound<'_, PyAny>) -> PyResult<usize> {
         let name = namespace_arg(Some(namespace))?;
         detached(py, || self.0.write(|core| core.delete_partition(&name).len()))
     }
 
-    /// Removes every entry whose TTL has run out; returns how many (lookups never return
-    /// them either way; puts remove them too).
     fn purge_expired(&self, py: Python<'_>) -> PyResult<usize> {
         detached(py, || self.0.write(|core| core.purge_expired(now())))
     }
 
-    /// An entry's `(namespace, expires_at)`: its namespace's bytes and its expiry time in
-    /// seconds since the Unix epoch (`None` without a TTL); `None` for an unknown id.
     #[allow(clippy::type_complexity)]
     fn placement<'py>(
-        &self,
-        py: Python<'py>,
-        id: &Bound<'py, PyAny>,
+        &self, py: Python<'py>, id: &Bound<'py, PyAny>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, Option<f64>)>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
-        let found = detached(py, || {
-            self.0
-                .read(|core| core.placement(id).map(|(name, expires)| (name.to_vec(), expires)))
-        })?;
+        let found =
+            detached(py, || self.0.read(|core| core.placement(id).map(|(name, expires)| (name.to_vec(), expires))))?;
         Ok(found.map(|(name, expires)| (PyBytes::new(py, &name), expires)))
     }
 
-    /// An entry as `(id, None, payload, created_at, last_accessed, access_count)` without
-    /// marking it used, or `None`.
     fn peek<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
         let view = detached(py, || self.0.read(|core| core.peek(id))?)?;
         view.map(|v| entry_tuple(py, v, None)).transpose()
     }
 
-    /// The stored code of an entry.
-    fn get_code<'py>(
-        &self,
-        py: Python<'py>,
-        id: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+    fn get_code<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
         let code = detached(py, || self.0.read(|core| core.code(id).map(<[u64]>::to_vec)))?;
         Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
     fn delete(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        id_arg(id)?.map_or(Ok(false), |id| {
-            detached(py, || self.0.write(|core| core.delete(id)))
-        })
+        id_arg(id)?.map_or(Ok(false), |id| detached(py, || self.0.write(|core| core.delete(id))))
     }
 
-    /// Removes every entry. Counters are kept; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.0.write(|core| core.clear()))
     }
 
-    /// Live ids from most to least recently used.
     fn lru_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let order = detached(py, || self.0.write(|core| core.lru_order()))?;
         Ok(ids_array(py, order))
@@ -337,14 +233,10 @@ impl PyCacheStore {
         detached(py, || self.0.read(|core| core.memory_bytes()))
     }
 
-    /// Bytes of a loaded file read in place (codes until the first change, and responses).
     fn mapped_bytes(&self, py: Python<'_>) -> PyResult<usize> {
         detached(py, || self.0.read(|core| core.mapped_bytes()))
     }
 
-    /// Counters and sizes: `size`, `max_entries`, `hits`, `misses`, `evictions`, `memory_bytes`,
-    /// `response_bytes`, `mapped_bytes`, `expirations`, `namespaces` and `lru_touches_dropped`
-    /// (uses of hits left out of the LRU order because the queue of them was full).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = detached(py, || self.0.stats())?;
         let out = PyDict::new(py);

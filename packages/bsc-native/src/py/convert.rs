@@ -1,9 +1,7 @@
 //! Argument checks and conversions, run while attached to the interpreter, and the conversion
 //! of results into Python objects. Every error names the argument and what was expected.
 
-use numpy::{
-    dtype, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{dtype, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple};
@@ -18,11 +16,7 @@ use crate::index::{Hit, Id};
 /// may write to the array, and Rust must not be reading it then.
 pub fn codes_arg(obj: &Bound<'_, PyAny>, name: &str, words: usize, batch: bool) -> PyResult<Vec<u64>> {
     let bits = words * 64;
-    let expected = if batch {
-        format!("(n, {words})")
-    } else {
-        format!("({words},)")
-    };
+    let expected = if batch { format!("(n, {words})") } else { format!("({words},)") };
     let Ok(array) = obj.cast::<PyUntypedArray>() else {
         return Err(PyTypeError::new_err(format!(
             "{name} must be a numpy.ndarray of dtype uint64 and shape {expected}, got {}",
@@ -42,25 +36,17 @@ pub fn codes_arg(obj: &Bound<'_, PyAny>, name: &str, words: usize, batch: bool) 
         _ => false,
     };
     if !shape_ok {
-        let what = if batch && shape.first() == Some(&0) {
-            "a non-empty batch of shape"
-        } else {
-            "shape"
-        };
+        let what = if batch && shape.first() == Some(&0) { "a non-empty batch of shape" } else { "shape" };
         return Err(PyValueError::new_err(format!(
             "{name} must have {what} {expected} for code_bits={bits}, got shape {}",
             shape_str(shape)
         )));
     }
     if !array.is_c_contiguous() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be C-contiguous; pass numpy.ascontiguousarray({name})"
-        )));
+        return Err(PyTypeError::new_err(format!("{name} must be C-contiguous; pass numpy.ascontiguousarray({name})")));
     }
     let typed = array.cast::<PyArrayDyn<u64>>()?;
-    let borrowed = typed
-        .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("{name} cannot be read: {e}")))?;
+    let borrowed = typed.try_readonly().map_err(|e| PyValueError::new_err(format!("{name} cannot be read: {e}")))?;
     Ok(borrowed.as_slice()?.to_vec())
 }
 
@@ -68,10 +54,7 @@ pub fn codes_arg(obj: &Bound<'_, PyAny>, name: &str, words: usize, batch: bool) 
 fn shape_str(shape: &[usize]) -> String {
     match shape {
         [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -83,10 +66,7 @@ fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
     match obj.extract::<i64>() {
         Ok(value) => Ok(Some(value)),
         Err(err) if err.is_instance_of::<PyOverflowError>(obj.py()) => Ok(None),
-        Err(_) => Err(PyTypeError::new_err(format!(
-            "{name} must be an int, got {}",
-            obj.get_type().name()?
-        ))),
+        Err(_) => Err(PyTypeError::new_err(format!("{name} must be an int, got {}", obj.get_type().name()?))),
     }
 }
 
@@ -94,17 +74,13 @@ fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<i64>> {
 pub fn bounded_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64, max: i64) -> PyResult<i64> {
     match int_arg(obj, name)? {
         Some(value) if (min..=max).contains(&value) => Ok(value),
-        _ => Err(PyValueError::new_err(format!(
-            "{name} must be between {min} and {max}, got {obj}"
-        ))),
+        _ => Err(PyValueError::new_err(format!("{name} must be between {min} and {max}, got {obj}"))),
     }
 }
 
 pub fn max_entries_arg(max_entries: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
     let limit = crate::index::MAX_ENTRIES as i64;
-    max_entries
-        .map(|m| bounded_arg(m, "max_entries", 1, limit).map(|m| m as usize))
-        .transpose()
+    max_entries.map(|m| bounded_arg(m, "max_entries", 1, limit).map(|m| m as usize)).transpose()
 }
 
 /// A namespace: `str` (UTF-8) or `bytes`, at most 1024 bytes; `None` is the unnamed one.
@@ -117,10 +93,7 @@ pub fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u8>> 
     } else if let Ok(bytes) = obj.cast::<PyBytes>() {
         bytes.as_bytes().to_vec()
     } else {
-        return Err(PyTypeError::new_err(format!(
-            "namespace must be str or bytes, got {}",
-            obj.get_type().name()?
-        )));
+        return Err(PyTypeError::new_err(format!("namespace must be str or bytes, got {}", obj.get_type().name()?)));
     };
     if name.len() > crate::partition::MAX_NAME {
         return Err(PyValueError::new_err(format!(
@@ -141,15 +114,10 @@ pub fn ttl_arg(ttl: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
         return Err(PyTypeError::new_err("ttl must be a number of seconds, got bool"));
     }
     let Ok(seconds) = obj.extract::<f64>() else {
-        return Err(PyTypeError::new_err(format!(
-            "ttl must be a number of seconds, got {}",
-            obj.get_type().name()?
-        )));
+        return Err(PyTypeError::new_err(format!("ttl must be a number of seconds, got {}", obj.get_type().name()?)));
     };
     if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "ttl must be a positive number of seconds, got {seconds}"
-        )));
+        return Err(PyValueError::new_err(format!("ttl must be a positive number of seconds, got {seconds}")));
     }
     Ok(crate::cache::ttl_tenths(seconds))
 }
@@ -160,13 +128,9 @@ pub fn key_arg(key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         return Ok(0);
     };
     if key.is_instance_of::<PyBool>() || !key.is_instance_of::<PyInt>() {
-        return Err(PyTypeError::new_err(format!(
-            "key must be an int, got {}",
-            key.get_type().name()?
-        )));
+        return Err(PyTypeError::new_err(format!("key must be an int, got {}", key.get_type().name()?)));
     }
-    key.extract::<u64>()
-        .map_err(|_| PyValueError::new_err(format!("key must be in [0, 2**64), got {key}")))
+    key.extract::<u64>().map_err(|_| PyValueError::new_err(format!("key must be in [0, 2**64), got {key}")))
 }
 
 pub fn k_arg(k: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
@@ -221,27 +185,12 @@ pub fn ids_array(py: Python<'_>, ids: Vec<Id>) -> Bound<'_, PyArray1<i64>> {
 pub fn hits_tuple<'py>(py: Python<'py>, hits: &[Hit]) -> PyResult<Bound<'py, PyTuple>> {
     let ids: Vec<i64> = hits.iter().map(|h| h.id as i64).collect();
     let distances: Vec<i32> = hits.iter().map(|h| h.distance as i32).collect();
-    let arrays = [
-        PyArray1::from_vec(py, ids).into_any(),
-        PyArray1::from_vec(py, distances).into_any(),
-    ];
+    let arrays = [PyArray1::from_vec(py, ids).into_any(), PyArray1::from_vec(py, distances).into_any()];
     PyTuple::new(py, arrays)
 }
 
 /// An entry as `(id, distance, payload, created_at, last_accessed, access_count)`.
-pub fn entry_tuple<'py>(
-    py: Python<'py>,
-    view: EntryView,
-    distance: Option<u32>,
-) -> PyResult<Bound<'py, PyTuple>> {
+pub fn entry_tuple<'py>(py: Python<'py>, view: EntryView, distance: Option<u32>) -> PyResult<Bound<'py, PyTuple>> {
     let payload = PyBytes::new(py, &view.payload);
-    (
-        view.id as i64,
-        distance,
-        payload,
-        view.created_at,
-        view.last_accessed,
-        view.access_count,
-    )
-        .into_pyobject(py)
+    (view.id as i64, distance, payload, view.created_at, view.last_accessed, view.access_count).into_pyobject(py)
 }

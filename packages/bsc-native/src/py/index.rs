@@ -32,29 +32,21 @@ impl PyBinaryIndex {
         self.0.code_bits()
     }
 
-    /// The encoder that made the codes, as given or as loaded ("" when unknown).
     #[getter]
     fn fingerprint(&self) -> &str {
         &self.0.label.fingerprint
     }
 
-    /// The metadata bytes of the file this index was loaded from (b"" otherwise).
     #[getter]
     fn meta<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.0.label.meta)
     }
 
-    /// Saves to `path` crash-safely (a temporary file in the same directory, fsynced, renamed
-    /// over `path`, directory fsynced), with `meta` bytes of the caller's. Searches proceed
-    /// while it runs; changes wait until the data is written (the fsync runs after).
     #[pyo3(signature = (path, meta = None))]
     fn save(&self, py: Python<'_>, path: PathBuf, meta: Option<Vec<u8>>) -> PyResult<()> {
         detached(py, || self.0.save(&path, meta.unwrap_or_default()))
     }
 
-    /// Loads an index saved by `save`. Its codes stay in the memory-mapped file (searched in
-    /// place) until the first change copies them. With `fingerprint`, a file made by another
-    /// encoder raises `EncoderMismatchError`.
     #[staticmethod]
     #[pyo3(signature = (path, *, fingerprint = None))]
     fn load(py: Python<'_>, path: PathBuf, fingerprint: Option<String>) -> PyResult<Self> {
@@ -66,87 +58,56 @@ impl PyBinaryIndex {
     }
 
     fn __contains__(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
-        id_arg(id)?.map_or(Ok(false), |id| {
-            detached(py, || self.0.read(|index| index.contains(id)))
-        })
+        id_arg(id)?.map_or(Ok(false), |id| detached(py, || self.0.read(|index| index.contains(id))))
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let len = self.__len__(py)?;
-        Ok(format!(
-            "BinaryIndex(code_bits={}, len={len})",
-            self.0.code_bits()
-        ))
+        Ok(format!("BinaryIndex(code_bits={}, len={len})", self.0.code_bits()))
     }
 
-    /// Adds codes of shape `(n, code_bits / 64)` (or one code of shape `(code_bits / 64,)`);
-    /// returns their ids as an `int64` array.
     fn add<'py>(&self, py: Python<'py>, codes: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let codes = codes_arg(codes, "codes", self.0.code_bits() / 64, true)?;
         let ids = detached(py, || self.0.write(|index| index.add(&codes))?)?;
         Ok(ids_array(py, ids))
     }
 
-    /// Removes an entry; returns whether the id was present.
     fn remove(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<bool> {
         let remove = |id| detached(py, || self.0.write(|index| index.remove(id).is_some()));
         id_arg(id)?.map_or(Ok(false), remove)
     }
 
-    /// Removes every entry; ids handed out before stay dead.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.0.write(|index| index.clear()))
     }
 
-    /// The stored code of an entry.
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        id: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
+    fn get<'py>(&self, py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyArray1<u64>>>> {
         let Some(id) = id_arg(id)? else { return Ok(None) };
         let code = detached(py, || self.0.read(|index| index.code(id).map(<[u64]>::to_vec)))?;
         Ok(code.map(|code| PyArray1::from_vec(py, code)))
     }
 
-    /// Ids of all entries, in storage order.
     fn ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids = detached(py, || self.0.read(|index| index.ids()))?;
         Ok(ids_array(py, ids))
     }
 
-    /// The `k` nearest codes to `query`, optionally only those within `max_distance`.
-    /// Returns `(ids, distances)`: `int64` and `int32` arrays, nearest first, ties to the lower slot
-    /// (the low 32 bits of the id).
     #[pyo3(signature = (query, k = None, max_distance = None))]
     fn search<'py>(
-        &self,
-        py: Python<'py>,
-        query: &Bound<'py, PyAny>,
-        k: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, query: &Bound<'py, PyAny>, k: Option<&Bound<'py, PyAny>>,
         max_distance: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let k = k_arg(k)?;
         let query = codes_arg(query, "query", self.0.code_bits() / 64, false)?;
         let max_distance = radius_arg(max_distance, self.0.code_bits())?;
-        let hits = detached(py, || {
-            self.0.read(|index| index.search(&query, k, max_distance))?
-        })?;
+        let hits = detached(py, || self.0.read(|index| index.search(&query, k, max_distance))?)?;
         hits_tuple(py, &hits)
     }
 
-    /// `search` for each row of `queries` (shape `(m, code_bits / 64)`), on up to `threads`
-    /// threads (`None`, or more than there are: every CPU this process may use). Returns
-    /// `(ids, distances)` of shape `(m, w)`, where `w` is the longest result list (at least 1),
-    /// padded with -1.
     #[pyo3(signature = (queries, k = None, max_distance = None, threads = None))]
     fn search_batch<'py>(
-        &self,
-        py: Python<'py>,
-        queries: &Bound<'py, PyAny>,
-        k: Option<&Bound<'py, PyAny>>,
-        max_distance: Option<&Bound<'py, PyAny>>,
-        threads: Option<&Bound<'py, PyAny>>,
+        &self, py: Python<'py>, queries: &Bound<'py, PyAny>, k: Option<&Bound<'py, PyAny>>,
+        max_distance: Option<&Bound<'py, PyAny>>, threads: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let k = k_arg(k)?;
         let queries = codes_arg(queries, "queries", self.0.code_bits() / 64, true)?;
@@ -157,20 +118,16 @@ impl PyBinaryIndex {
             Some(t) => bounded_arg(t, "threads", 1, 1024)? as usize,
         };
         let m = queries.len() / (self.0.code_bits() / 64);
-        let (width, ids, distances) = detached(py, || {
-            self.0.search_batch_padded(&queries, k, max_distance, threads)
-        })?;
+        let (width, ids, distances) = detached(py, || self.0.search_batch_padded(&queries, k, max_distance, threads))?;
         let ids = PyArray1::from_vec(py, ids).reshape([m, width])?;
         let distances = PyArray1::from_vec(py, distances).reshape([m, width])?;
         PyTuple::new(py, [ids.into_any(), distances.into_any()])
     }
 
-    /// Bytes held by the index's buffers on the heap.
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
         detached(py, || self.0.read(|index| index.memory_bytes()))
     }
 
-    /// Bytes of a loaded file searched in place (0 once the index has changed).
     fn mapped_bytes(&self, py: Python<'_>) -> PyResult<usize> {
         detached(py, || self.0.read(|index| index.mapped_bytes()))
     }

@@ -6,6 +6,9 @@
 //! takes a lock, and builds Python objects only after the lock is released: a thread holding
 //! the GIL never waits for a lock, and no Python code (a finalizer run by the garbage collector
 //! while building a result) can run while this thread holds one.
+//!
+//! The Python-facing documentation of every method is `python/bsc_native/_core.pyi` (as in
+//! pydantic-core): one place, which `mypy.stubtest` keeps true to these signatures.
 
 use pyo3::prelude::*;
 
