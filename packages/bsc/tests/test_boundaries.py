@@ -184,3 +184,25 @@ def test_the_engines_dropped_lru_touches_are_in_both_stats_but_not_in_a_saved_fi
     cache.save(tmp_path / "c.bsc")
     report = bsc.semantic.describe_file(tmp_path / "c.bsc")
     assert "lru_touches_dropped" not in report and "save_errors" not in report and report["hits"] == 1
+
+
+def test_store_prepared_stores_where_the_lookup_searched_whatever_the_scope_names() -> None:
+    cache = SemanticCache(WordEmbedder())
+    scope = {"model": "m", "namespace": "victim", "prompt": "x", "ttl": None}
+    with pytest.raises(TypeError, match="ttl"):
+        cache.prepare("the capital of France", namespace="mine", scope=scope)  # store() arguments stay reserved
+    del scope["ttl"]
+    key = cache.prepare("the capital of France", namespace="mine", scope=scope)
+    assert key is not None
+    entry = cache.store_prepared(key, "the capital of France", "Paris", usage=7, tags=["geo"])
+    assert cache.lookup_prepared(key) is not None
+    assert cache.lookup("the capital of France", namespace="victim", model="m") is None
+    assert cache.binary.engine.placement(entry)[0].startswith(b"mine#")  # type: ignore[index]
+    assert cache.delete_tag("geo") == 1
+    with pytest.raises(ValueError, match="not the prompt this PromptKey"):
+        cache.store_prepared(key, "another prompt", "x")
+    with pytest.raises(TypeError, match="PromptKey"):
+        cache.store_prepared(("t", "mine#", "t"), "t", "x")  # type: ignore[arg-type]
+    entry = asyncio.run(cache.astore_prepared(key, "the  capital of France ", "Paris again"))
+    hit = cache.lookup_prepared(key)
+    assert hit is not None and hit.id == entry and hit.response == "Paris again"

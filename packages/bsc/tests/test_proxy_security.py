@@ -405,3 +405,29 @@ def test_create_app_refuses_a_weak_admin_token(token: Any) -> None:
     with pytest.raises(ValueError, match="admin_token"):
         create_app(SemanticCache(WordEmbedder()), "http://127.0.0.1:1/v1", admin_token=token)
     create_app(SemanticCache(WordEmbedder()), "http://127.0.0.1:1/v1", admin_token="x" * 16)
+
+
+@pytest.mark.parametrize("field", ["namespace", "prompt", "response", "scope"])
+def test_a_request_body_cannot_choose_where_its_answer_is_stored(
+    field: str, upstream: tuple[FakeChatUpstream, str]
+) -> None:
+    """Body keys are scope values of the request, never arguments of the store: B's request with
+    ``"namespace": <A's space>`` is stored in B's own space, under B's scope, and A is never
+    answered from it (a store that took scope values as keywords let such a key pick the
+    entry's namespace)."""
+    server, cache = proxy_for(upstream, shared_namespaces=True)
+    prompt = f"Which river flows through {field} town?"
+    body = {**chat(prompt), field: SPACE_A}
+    with server, httpx.Client(base_url=server.url, timeout=30) as http:
+        seeded = http.post("/v1/chat/completions", json=body, headers=caller_headers("B", None))
+        assert seeded.status_code == 200 and seeded.headers["x-bsc-cache"] == "miss", seeded.text
+        assert stored_namespaces(cache) == {key_space("B")}  # stored, and in B's space
+        again = http.post("/v1/chat/completions", json=body, headers=caller_headers("B", None, **{"X-Probe": "1"}))
+        assert again.headers["x-bsc-cache"] == "hit"  # the same request is answered from it
+        for headers in (caller_headers("A", None), caller_headers("A", "team-a")):
+            probe = http.post("/v1/chat/completions", json=chat(prompt), headers={**headers, "X-Probe": "1"})
+            assert probe.status_code == 503 and probe.headers["x-bsc-cache"] == "miss"
+        plain = http.post(
+            "/v1/chat/completions", json=chat(prompt), headers=caller_headers("B", None, **{"X-Probe": "1"})
+        )
+        assert plain.headers["x-bsc-cache"] == "miss"  # other parameters, another scope

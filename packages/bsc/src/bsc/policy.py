@@ -159,13 +159,6 @@ def usage_of(answer: Mapping[str, Any]) -> Any:
     return usable_usage(usage)
 
 
-def _store_arguments(
-    prepared: Prepared, answer: Mapping[str, Any], ttl: float | None, tags: tuple[str, ...]
-) -> dict[str, Any]:
-    usage = usage_of(answer)
-    return {"namespace": prepared.namespace, "ttl": ttl, "tags": tags or None, "usage": usage, **prepared.scope}
-
-
 def store(
     cache: SemanticCache,
     prepared: Prepared,
@@ -174,8 +167,12 @@ def store(
     ttl: float | None = None,
     tags: tuple[str, ...] = (),
 ) -> int | None:
-    """Stores ``answer`` for the request ``prepared`` was made from (its usage counted when it can be)."""
-    return cache.store(prepared.prompt, dict(answer), **_store_arguments(prepared, answer, ttl, tags))
+    """Stores ``answer`` for the request ``prepared`` was made from (its usage counted when it
+    can be), under the key its lookup used: a request's own parameters (a body key named
+    ``namespace``, say) never choose where the answer goes."""
+    return cache.store_prepared(
+        prepared.key, prepared.prompt, dict(answer), ttl=ttl, tags=tags or None, usage=usage_of(answer)
+    )
 
 
 async def astore(
@@ -187,7 +184,9 @@ async def astore(
     tags: tuple[str, ...] = (),
 ) -> int | None:
     """Async :func:`store`."""
-    return await cache.astore(prepared.prompt, dict(answer), **_store_arguments(prepared, answer, ttl, tags))
+    return await cache.astore_prepared(
+        prepared.key, prepared.prompt, dict(answer), ttl=ttl, tags=tags or None, usage=usage_of(answer)
+    )
 
 
 def replay(api: API, stored: Mapping[str, Any], *, stream: bool, include_usage: bool = False) -> Any:

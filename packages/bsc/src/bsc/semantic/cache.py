@@ -37,7 +37,9 @@ from bsc.semantic.keys import (
     DEFAULT_NAMESPACE,
     PromptKey,
     check_namespace,
+    check_prompt,
     check_tags,
+    normalize_prompt,
     prepare,
 )
 from bsc.semantic.metrics import Metrics, SemanticStats, build_stats, namespace_count
@@ -311,6 +313,51 @@ class SemanticCache(ChatMethods):
         if item is None:
             return None
         return self._writer.put(item, self._embeddings.one(item[0].text))
+
+    def store_prepared(
+        self,
+        prepared: PromptKey,
+        prompt: str,
+        response: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+    ) -> int:
+        """:meth:`store` under the key :meth:`prepare` gave for ``prompt`` (``ValueError`` if it
+        is another prompt's): the entry goes to the very partition the lookup searched. Scope
+        values are never keywords here, so no scope name (``"namespace"``, say) can redirect it.
+        What the client wrapper and the proxy store with."""
+        item = self._prepared_item(prepared, prompt, response, ttl, tags, usage, cost)
+        return self._writer.put(item, self._embeddings.one(item[0].text))
+
+    async def astore_prepared(
+        self,
+        prepared: PromptKey,
+        prompt: str,
+        response: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] | None = None,
+        usage: Any = None,
+        cost: float | None = None,
+    ) -> int:
+        """Async :meth:`store_prepared`."""
+        item = self._prepared_item(prepared, prompt, response, ttl, tags, usage, cost)
+        embedding = await self._embeddings.aone(item[0].text)
+        return await asyncio.to_thread(self._writer.put, item, embedding)
+
+    def _prepared_item(
+        self, prepared: Any, prompt: Any, response: Any, ttl: Any, tags: Any, usage: Any, cost: Any
+    ) -> Item:
+        if not isinstance(prepared, PromptKey):
+            raise TypeError(f"prepared must be a PromptKey from prepare(), got {type(prepared).__name__}")
+        if normalize_prompt(check_prompt(prompt, self._max_prompt_chars)) != prepared.normalized:
+            raise ValueError("prompt is not the prompt this PromptKey was prepared for")
+        item = self._writer.check(prepared, prompt, response, ttl, tags, usage, cost)
+        assert item is not None
+        return item
 
     def store_many(
         self,
