@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from bsc import BinaryEncoder
@@ -14,3 +17,26 @@ def encoder() -> BinaryEncoder:
 @pytest.fixture
 def words() -> WordEmbedder:
     return WordEmbedder()
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Closes every ``openai.OpenAI`` a test made when it ends. A client left open keeps its
+    pooled sockets until the garbage collector finds it, at a random point of a later test,
+    where the ResourceWarning (an error under this suite's filterwarnings) fails that test."""
+    try:
+        import openai
+    except ImportError:  # the facade's tests without the openai extra
+        yield
+        return
+    made: list[Any] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in made:
+        client.close()
