@@ -79,6 +79,21 @@ impl<T> Shared<T> {
         Ok(f(&mut guard))
     }
 
+    /// Runs `f` under the write lock if the writer gate is free now, `None` if it is not (a save
+    /// or another writer holds it): for a reader's clean-up, which must not wait behind a save.
+    pub fn write_if_free<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<Option<R>> {
+        let gate = match self.writers.try_lock() {
+            Ok(gate) => gate,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(None),
+        };
+        let mut guard = self.lock.write().map_err(|_| Error::Poisoned)?;
+        let out = f(&mut guard);
+        drop(guard);
+        drop(gate);
+        Ok(Some(out))
+    }
+
     /// Saves crash-safely to `path`: `prepare`, if any, runs under the write lock (to settle
     /// state that belongs in the file), then `write` writes the data into a temporary file
     /// beside `path` under the read lock, with the writer gate held so that writers wait at the
@@ -434,18 +449,22 @@ impl SharedCache {
     }
 
     /// A hit whose response fails its checksum: the entry is removed, so it is never tried
-    /// again, and the error says so.
+    /// again, and the error says so. Not while a save holds the writer gate: a lookup never
+    /// waits for a save, so the entry is then left for the next lookup that meets it.
     fn drop_unreadable(&self, id: Id, err: Error) -> Error {
-        let err = match err {
-            Error::Corrupt { file, problem } => Error::Corrupt {
-                file,
-                problem: format!("{problem}; the entry that needed it was removed from the cache"),
-            },
-            other => other,
-        };
         // A poisoned lock here is reported by the next call; this one reports the corruption.
-        let _ = self.write(|core| core.delete(id));
-        err
+        let removed = self.core.write_if_free(|core| {
+            self.touches.apply(core);
+            core.delete(id);
+        });
+        let what = match removed {
+            Ok(Some(())) => "the entry that needed it was removed from the cache",
+            _ => "the entry that needed it is removed when a lookup next meets it while no save runs",
+        };
+        match err {
+            Error::Corrupt { file, problem } => Error::Corrupt { file, problem: format!("{problem}; {what}") },
+            other => other,
+        }
     }
 
     /// Saves every entry, response, timestamp, the LRU order and the counters to `path` with
@@ -612,6 +631,18 @@ mod tests {
 
     /// A writer that arrives during a save waits at the gate, not on the lock, so readers keep
     /// getting the read lock until the save is done.
+    #[test]
+    fn a_readers_clean_up_never_waits_for_the_writer_gate() {
+        let cache = filled(4, 10);
+        let gate = turn(&cache.core.writers); // as a save holds it while it writes
+        let started = std::time::Instant::now();
+        assert_eq!(cache.core.write_if_free(|core| core.delete(1)).unwrap(), None);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(gate);
+        assert_eq!(cache.core.write_if_free(|core| core.delete(1)).unwrap(), Some(true));
+        assert_eq!(cache.read(|core| core.len()).unwrap(), 3);
+    }
+
     #[test]
     fn a_writer_waiting_for_a_save_does_not_stop_readers() {
         let cache = filled(100, 1000);

@@ -73,8 +73,11 @@ def test_a_backends_own_subclass_maps_to_the_nearest_mirror() -> None:
             self.retry_after = retry_after
 
     mapped = embedding_failed(Mine("slow down", 2.5))
-    assert type(mapped) is bsc.errors.RateLimitError and isinstance(mapped, BscError)
-    assert str(mapped) == "slow down" and mapped.retry_after == 2.5  # type: ignore[attr-defined]
+    assert isinstance(mapped, bsc.errors.RateLimitError) and isinstance(mapped, BscError)
+    assert isinstance(mapped, Mine)  # `except Mine` still catches it
+    assert str(mapped) == "slow down" and mapped.retry_after == 2.5
+    assert type(embedding_failed(Mine("again", 1.0))) is type(mapped)  # one derived class per class
+    assert type(embedding_failed(bsc_backends.RateLimitError("429"))) is bsc.errors.RateLimitError
     already = EmbeddingFailedError("x")
     assert embedding_failed(already) is already
 
@@ -203,6 +206,38 @@ def test_store_prepared_stores_where_the_lookup_searched_whatever_the_scope_name
         cache.store_prepared(key, "another prompt", "x")
     with pytest.raises(TypeError, match="PromptKey"):
         cache.store_prepared(("t", "mine#", "t"), "t", "x")  # type: ignore[arg-type]
+    for forged in (key._replace(partition="mine"), key._replace(partition="bad name#"), key._replace(text="x")):
+        with pytest.raises(ValueError, match=r"not a partition prepare|not the prompt"):
+            cache.store_prepared(forged, "the capital of France", "x")
     entry = asyncio.run(cache.astore_prepared(key, "the  capital of France ", "Paris again"))
     hit = cache.lookup_prepared(key)
     assert hit is not None and hit.id == entry and hit.response == "Paris again"
+
+
+class UnreachableDimEmbedder(WordEmbedder):
+    """A remote embedder that asks its server for its dimension, and cannot reach it."""
+
+    @property
+    def embedding_dim(self) -> int:
+        raise bsc_backends.BackendUnavailableError("cannot reach 127.0.0.1:9 to ask the dimension")
+
+
+class FailingTokenizer(WordEmbedder):
+    def __init__(self) -> None:
+        super().__init__(max_tokens=64)
+
+    def token_count(self, text: str) -> int:
+        raise bsc_backends.ModelNotFoundError("no tokenizer for this model")
+
+
+def test_a_backend_failing_outside_the_embedding_call_is_a_bsc_error_too(tmp_path: Any) -> None:
+    with pytest.raises(bsc.errors.BackendUnavailableError) as caught:
+        SemanticCache(UnreachableDimEmbedder())
+    assert isinstance(caught.value, BscError) and isinstance(caught.value, bsc_backends.BackendUnavailableError)
+    SemanticCache(WordEmbedder()).save(tmp_path / "c.bsc")
+    with pytest.raises(BscError):
+        SemanticCache.load(tmp_path / "c.bsc", UnreachableDimEmbedder())
+    cache = SemanticCache(FailingTokenizer())
+    for call in (lambda: cache.lookup("a question"), lambda: asyncio.run(cache.alookup("a question"))):
+        with pytest.raises(bsc.errors.ModelNotFoundError):
+            call()

@@ -309,10 +309,13 @@ def test_load_and_the_background_saver_remove_them_too(tmp_path: Path, encoder: 
 # -- 4. failed saves are counted ---------------------------------------------------------------
 
 
-def test_the_stats_have_a_save_errors_field_appended_last() -> None:
-    for cls in (CacheStats, SemanticStats):
-        last = dataclasses.fields(cls)[-1]
-        assert (last.name, last.default) == ("save_errors", 0)
+def test_the_stats_fields_are_only_ever_appended() -> None:
+    """Positional users keep working: save_errors was appended after the original fields, and
+    lru_touches_dropped after it."""
+    for cls, before in ((CacheStats, "namespaces"), (SemanticStats, "similarity_histogram")):
+        fields = dataclasses.fields(cls)
+        assert [f.name for f in fields[-3:]] == [before, "save_errors", "lru_touches_dropped"]
+        assert [f.default for f in fields[-2:]] == [0, 0]
 
 
 def test_a_failed_final_save_is_counted_logged_and_raised(

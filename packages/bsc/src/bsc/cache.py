@@ -70,8 +70,8 @@ class CacheStats:
     response_bytes: int
     expirations: int = 0
     namespaces: int = 0
-    lru_touches_dropped: int = 0
     save_errors: int = 0
+    lru_touches_dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +87,8 @@ class BinarySemanticCache:
 
     All per-entry state lives in the engine (:mod:`bsc.engine`). Lookups run in parallel from
     many threads: the scan holds a shared read lock, and only the O(1) LRU update of a hit
-    takes the write lock (or is queued, if a save or a writer holds it).
+    takes the write lock if it is free at once (or is queued, if a save, a writer or another
+    lookup holds the lock).
 
     **Persistence.** ``save(path)`` writes one crash-safe file (docs/FORMAT.md) and
     ``BinarySemanticCache.load(path)`` opens it. With ``persist_path=``, the cache loads that
@@ -394,8 +395,8 @@ class BinarySemanticCache:
         """Write every entry, response, timestamp, the LRU order, the counters and the settings
         to ``path`` (default: ``persist_path``) in one file, crash-safely: a temporary file in
         the same directory, fsynced, renamed over ``path``, the directory fsynced. A crash
-        leaves the old file or the new one, never a mix. Lookups keep running meanwhile, unless
-        a put or delete is waiting for the save to finish (docs/SEMANTICS.md).
+        leaves the old file or the new one, never a mix. Lookups keep running meanwhile; a put or
+        delete waits until the save has written its data (docs/SEMANTICS.md).
 
         A save killed midway (a crash, ``kill -9``) leaves its temporary file
         ``.<name>.<random>.tmp`` behind; each save first removes those of ``path``, so at most

@@ -11,6 +11,8 @@ original error as ``__cause__``). So ``except bsc.BscError``, ``except Embedding
 
 from __future__ import annotations
 
+import threading
+
 import bsc_backends
 from bsc_native import (
     BscError,
@@ -79,16 +81,39 @@ _MIRRORS: tuple[tuple[type[bsc_backends.EmbeddingError], type[EmbeddingFailedErr
 
 
 def embedding_failed(err: bsc_backends.EmbeddingError) -> EmbeddingFailedError:
-    """The :class:`BscError` to raise (``from err``) for a backend's embedding error: the
-    mirror of its class (the nearest one, for a subclass), with the same message and
-    attributes. An error that already is a :class:`BscError` is returned as it is."""
+    """The :class:`BscError` to raise (``from err``) for a backend's embedding error: an
+    instance of the mirror of its class, with the same message and attributes. For a subclass
+    of the backend's errors that this module does not mirror (a custom backend's own), a class
+    derived from both the nearest mirror and that subclass, so an ``except`` naming the
+    subclass still catches it. An error that already is a :class:`BscError` is returned as it is."""
     if isinstance(err, EmbeddingFailedError):
         return err
-    mirror: type[EmbeddingFailedError] = EmbeddingFailedError
-    for source, target in _MIRRORS:
-        if isinstance(err, source):
-            mirror = target
-            break
-    out = mirror(*err.args)
+    cls = _mirror(type(err))
+    out = cls.__new__(cls, *err.args)  # no __init__: a subclass's own signature is not ours to call
     out.__dict__.update(getattr(err, "__dict__", {}))
     return out
+
+
+_DERIVED: dict[type[bsc_backends.EmbeddingError], type[EmbeddingFailedError]] = {}
+_DERIVED_LOCK = threading.Lock()
+
+
+def _mirror(source: type[bsc_backends.EmbeddingError]) -> type[EmbeddingFailedError]:
+    with _DERIVED_LOCK:
+        if source not in _DERIVED:
+            _DERIVED[source] = _derive(source)
+        return _DERIVED[source]
+
+
+def _derive(source: type[bsc_backends.EmbeddingError]) -> type[EmbeddingFailedError]:
+    nearest: type[EmbeddingFailedError] = EmbeddingFailedError
+    for backend, mirror in _MIRRORS:
+        if source is backend:
+            return mirror
+        if issubclass(source, backend):
+            nearest = mirror
+            break
+    if source is bsc_backends.EmbeddingError:
+        return nearest
+    namespace = {"__module__": source.__module__, "__qualname__": source.__qualname__, "__doc__": source.__doc__}
+    return type(source.__name__, (nearest, source), namespace)

@@ -37,6 +37,7 @@ from bsc.semantic.keys import (
     DEFAULT_NAMESPACE,
     PromptKey,
     check_namespace,
+    check_partition,
     check_prompt,
     check_tags,
     normalize_prompt,
@@ -353,7 +354,9 @@ class SemanticCache(ChatMethods):
     ) -> Item:
         if not isinstance(prepared, PromptKey):
             raise TypeError(f"prepared must be a PromptKey from prepare(), got {type(prepared).__name__}")
-        if normalize_prompt(check_prompt(prompt, self._max_prompt_chars)) != prepared.normalized:
+        check_partition(prepared.partition)
+        normalized = normalize_prompt(check_prompt(prompt, self._max_prompt_chars))
+        if not normalized == prepared.normalized == prepared.text:
             raise ValueError("prompt is not the prompt this PromptKey was prepared for")
         item = self._writer.check(prepared, prompt, response, ttl, tags, usage, cost)
         assert item is not None

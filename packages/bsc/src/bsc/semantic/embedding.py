@@ -36,10 +36,17 @@ def default_embedder() -> Embedder:
 
 
 def embedder_dim(embedder: Any) -> int:
-    for name in ("embedding_dim", "model_name", "embed_text", "embed_texts"):
-        if not hasattr(embedder, name):
-            raise TypeError(f"embedder must implement bsc.embeddings.Embedder; {type(embedder).__name__} has no {name}")
-    dim = embedder.embedding_dim
+    """``embedder.embedding_dim``, checked (a remote backend may ask its server for it: its
+    failure is raised as the matching :class:`~bsc.errors.EmbeddingFailedError`)."""
+    try:
+        for name in ("embedding_dim", "model_name", "embed_text", "embed_texts"):
+            if not hasattr(embedder, name):
+                raise TypeError(
+                    f"embedder must implement bsc.embeddings.Embedder; {type(embedder).__name__} has no {name}"
+                )
+        dim = embedder.embedding_dim
+    except EmbeddingError as err:
+        raise embedding_failed(err) from err
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise TypeError(f"embedder.embedding_dim must be a positive int, got {dim!r}")
     return dim
@@ -71,11 +78,14 @@ class Embeddings:
         """Whether the embedder sees the whole text. A text cut to the model's window would be
         matched by its beginning alone, so such prompts are answered by the exact path only.
         (Counted every time: one character can be several word pieces.)"""
-        limit = getattr(self._embedder, "max_tokens", None)
-        count = getattr(self._embedder, "token_count", None)
-        if not isinstance(limit, int) or count is None:
-            return True
-        return bool(count(text) < limit)
+        try:
+            limit = getattr(self._embedder, "max_tokens", None)
+            count = getattr(self._embedder, "token_count", None)
+            if not isinstance(limit, int) or count is None:
+                return True
+            return bool(count(text) < limit)
+        except EmbeddingError as err:
+            raise embedding_failed(err) from err
 
     def one(self, prompt: str) -> Any:
         if not self.fits(prompt):

@@ -32,6 +32,7 @@ __all__ = [
     "chat_scope",
     "check_entry_ttl",
     "check_namespace",
+    "check_partition",
     "check_prompt",
     "check_tags",
     "digest",
@@ -196,6 +197,18 @@ def partition_of(namespace: str, scope: Mapping[str, Any]) -> str:
     given = {name: value for name, value in scope.items() if value is not None}
     scope_hash = digest(canonical(given, "scope values"), 12).hex() if given else ""
     return f"{namespace}#{scope_hash}"
+
+
+_SCOPE_HASH = re.compile(r"(?:[0-9a-f]{24})?")
+
+
+def check_partition(partition: Any) -> str:
+    """``ValueError`` unless ``partition`` is a name :func:`partition_of` makes: a valid
+    namespace, ``#`` and an empty or 24-hex-digit scope hash."""
+    namespace, sep, scope_hash = partition.partition("#") if isinstance(partition, str) else ("", "", "")
+    if not sep or not NAMESPACE_PATTERN.fullmatch(namespace) or not _SCOPE_HASH.fullmatch(scope_hash):
+        raise ValueError(f"{partition!r} is not a partition prepare() makes")
+    return str(partition)
 
 
 def namespace_of(partition: str) -> str:

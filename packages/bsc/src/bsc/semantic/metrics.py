@@ -48,8 +48,8 @@ class SemanticStats:
     memory_bytes: int
     response_bytes: int
     similarity_histogram: dict[str, int] = field(default_factory=dict)
-    lru_touches_dropped: int = 0
     save_errors: int = 0
+    lru_touches_dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
