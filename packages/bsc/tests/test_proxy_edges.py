@@ -261,3 +261,36 @@ def test_admin_token_env_without_the_variable_is_refused_at_start() -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "BSC_ADMIN_TOKEN" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+class FlakyEmbedder(WordEmbedder):
+    """An embedding backend that goes down while ``down`` is set."""
+
+    down = False
+
+    def embed_texts(self, texts: list[str]) -> Any:
+        if self.down:
+            import bsc_backends
+
+            raise bsc_backends.BackendUnavailableError("the embedding server did not answer")
+        return super().embed_texts(texts)
+
+
+def test_an_embedder_outage_degrades_to_the_upstream_not_to_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeChatUpstream()
+    embedder = FlakyEmbedder()
+    cache = SemanticCache(embedder)
+    with (
+        ServerThread(fake.app) as up,
+        ServerThread(create_app(cache, up.url + "/v1", timeout=10.0)) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=30) as http,
+    ):
+        assert http.post("/v1/chat/completions", json=chat()).headers["x-bsc-cache"] == "miss"
+        embedder.down = True
+        paraphrase = http.post("/v1/chat/completions", json=chat(Q + " please"))
+        assert paraphrase.status_code == 200 and paraphrase.headers["x-bsc-cache"] == "miss"
+        assert "cache lookup failed, asking upstream" in caplog.text
+        exact = http.post("/v1/chat/completions", json=chat())  # the exact path needs no embedding
+        assert exact.headers["x-bsc-cache"] == "hit"
+        embedder.down = False
+        assert http.post("/v1/chat/completions", json=chat(Q + " please")).headers["x-bsc-cache"] == "hit"

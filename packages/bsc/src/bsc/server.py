@@ -64,6 +64,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from bsc import policy
 from bsc.cache import MAX_TTL
+from bsc.errors import BscError
 from bsc.semantic import NAMESPACE_PATTERN, TAG_PATTERN, SemanticCache
 from bsc.semantic.keys import canonical, check_namespace
 
@@ -621,9 +622,13 @@ async def _cached_route(request: Request, api: policy.API) -> Response:
     except _Refusal as err:
         return _refused(request, err)
     if call.prepared is not None and not call.control.no_cache:
-        hit = await state.cache.alookup_prepared(
-            call.prepared.key, threshold=call.threshold, max_age=call.control.max_age
-        )
+        try:
+            hit = await state.cache.alookup_prepared(
+                call.prepared.key, threshold=call.threshold, max_age=call.control.max_age
+            )
+        except BscError as err:  # the embedder is down, a stored answer unreadable: ask upstream
+            logger.warning("bsc proxy: cache lookup failed, asking upstream: %s", err)
+            hit = None
         if hit is not None:
             headers = {"X-Bsc-Cache": "hit", "X-Bsc-Similarity": f"{hit.similarity:.4f}", "X-Bsc-Entry": str(hit.id)}
             try:
