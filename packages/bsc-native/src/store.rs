@@ -710,8 +710,13 @@ mod tests {
         let puts = AtomicU64::new(0);
         std::thread::scope(|s| {
             for r in 0..READERS {
-                let (cache, done_lookups, hits, misses) = (&cache, &done_lookups, &hits, &misses);
+                let (cache, done_lookups, hits, misses, puts) = (&cache, &done_lookups, &hits, &misses, &puts);
                 s.spawn(move || {
+                    // Start once the writer runs, so that lookups meet writes (on a busy machine
+                    // the readers could otherwise finish before the other threads are scheduled).
+                    while puts.load(Ordering::Relaxed) == 0 {
+                        std::thread::yield_now();
+                    }
                     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ r;
                     for i in 0..LOOKUPS {
                         rng ^= rng << 13;
@@ -762,8 +767,11 @@ mod tests {
                     assert!(c.hits + c.misses <= READERS * LOOKUPS);
                 }
             });
-            // The writer and the saver run until the readers are done.
-            while done_lookups.load(Ordering::Relaxed) < READERS * LOOKUPS {
+            // The writer and the saver run until the readers are done and each has run once.
+            while done_lookups.load(Ordering::Relaxed) < READERS * LOOKUPS
+                || saves.load(Ordering::Relaxed) == 0
+                || puts.load(Ordering::Relaxed) == 0
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             done.store(true, Ordering::Relaxed);
