@@ -27,6 +27,8 @@ def test_invariants_under_concurrency(tmp_path: Path) -> None:
     vectors = np.random.default_rng(0).normal(size=(64, DIM))
     # id -> when its delete returned: a lookup that starts later must never return it.
     deleted: dict[int, float] = {}
+    # id -> the time its put returned + its ttl: it must have expired by then.
+    expiry: dict[int, float] = {}
     lock = threading.Lock()
     violations: list[str] = []
     counts = {"puts": 0, "hits": 0, "misses": 0, "saves": 0}
@@ -37,9 +39,12 @@ def test_invariants_under_concurrency(tmp_path: Path) -> None:
         response = entry.response  # type: ignore[attr-defined]
         if response["ns"] != namespace:
             violations.append(f"{namespace} lookup served an entry of {response['ns']}")
-        # `expires` was computed just before the put, so the engine's deadline is a little later.
-        if response["expires"] is not None and started_wall > response["expires"] + 0.05:
-            violations.append(f"served an entry {started_wall - response['expires']:.3f} s after it expired")
+        # The engine's deadline is the put's own time + ttl (rounded down to a tenth), so it is
+        # at most the time the put returned + ttl: an entry served after that had expired. (Not
+        # `expires`, computed before the put: a put may wait, for a save say, before it stores.)
+        latest = expiry.get(entry.id)  # type: ignore[attr-defined]
+        if latest is not None and started_wall > latest + 0.005:
+            violations.append(f"served an entry {started_wall - latest:.3f} s after it expired")
         with lock:
             gone = deleted.get(entry.id)  # type: ignore[attr-defined]
         if gone is not None and gone < started:
@@ -52,7 +57,11 @@ def test_invariants_under_concurrency(tmp_path: Path) -> None:
         if action < 0.45:
             ttl = rng.choice([None, 0.05, 0.3, 5.0])
             expires = None if ttl is None else time.time() + ttl
-            cache.put(vectors[i], {"ns": namespace, "i": i, "expires": expires}, namespace=namespace, ttl=ttl)
+            entry_id = cache.put(
+                vectors[i], {"ns": namespace, "i": i, "expires": expires}, namespace=namespace, ttl=ttl
+            )
+            if ttl is not None:
+                expiry[entry_id] = time.time() + ttl
             counts["puts"] += 1
         elif action < 0.9:
             started, started_wall = time.monotonic(), time.time()
@@ -132,6 +141,7 @@ def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
     tags = ["t0", "t1", "t2"]
     lock = threading.Lock()
     stored: dict[int, float] = {}  # id -> when its store returned
+    expiry: dict[int, float] = {}  # id -> the wall-clock time its store returned + its ttl
     deleted: dict[int, float] = {}  # id -> when its delete returned
     # (namespace or tag) -> [(when the delete started, when it returned)]
     group_deletes: dict[str, list[tuple[float, float]]] = {}
@@ -148,8 +158,9 @@ def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
         entry_id = hit.id  # type: ignore[attr-defined]
         if hit.namespace != namespace or response["ns"] != namespace or response["model"] != model:  # type: ignore[attr-defined]
             violations.append(f"{namespace}/{model} lookup served {response}")
-        if response["expires"] is not None and started_wall > response["expires"] + 0.05:
-            violations.append(f"served an entry {started_wall - response['expires']:.3f} s after it expired")
+        latest = expiry.get(entry_id)  # the time its store returned + its ttl (see the test above)
+        if latest is not None and started_wall > latest + 0.005:
+            violations.append(f"served an entry {started_wall - latest:.3f} s after it expired")
         with lock:
             gone = deleted.get(entry_id)
             if gone is not None and gone < started:
@@ -167,10 +178,12 @@ def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
         expires = None if ttl is None else time.time() + ttl
         return {"ns": namespace, "model": model, "expires": expires, "tag": tag}, ttl, tag
 
-    def after_store(entry_id: int | None) -> None:
+    def after_store(entry_id: int | None, ttl: float | None) -> None:
         if entry_id is not None:
             with lock:
                 stored[entry_id] = time.monotonic()
+                if ttl is not None:
+                    expiry[entry_id] = time.time() + ttl
                 counts["stores"] += 1
 
     def after_lookup(namespace: str, model: str, hit: object, started: float, started_wall: float) -> None:
@@ -190,7 +203,7 @@ def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
         namespace, model, prompt, action = plan(rng)
         if action < 0.4:
             response, ttl, tag = record(namespace, model, rng)
-            after_store(cache.store(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model))
+            after_store(cache.store(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model), ttl)
         elif action < 0.9:
             started, started_wall = time.monotonic(), time.time()
             hit = cache.lookup(prompt + rng.choice(["", " please", " now"]), namespace=namespace, model=model)
@@ -215,7 +228,9 @@ def test_semantic_cache_invariants_under_concurrency(tmp_path: Path) -> None:
         namespace, model, prompt, action = plan(rng)
         if action < 0.4:
             response, ttl, tag = record(namespace, model, rng)
-            after_store(await cache.astore(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model))
+            after_store(
+                await cache.astore(prompt, response, namespace=namespace, ttl=ttl, tags=[tag], model=model), ttl
+            )
         else:
             started, started_wall = time.monotonic(), time.time()
             hit = await cache.alookup(prompt, namespace=namespace, model=model)
