@@ -40,3 +40,26 @@ def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     for client in made:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One real ``redis-server`` on loopback for the whole session (tests use their own key
+    prefixes). A machine without the binary fails these tests with how to install it."""
+    from bsc.shared.testing import RedisServer
+
+    try:
+        server = RedisServer()
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_url(redis_server: Any, request: pytest.FixtureRequest) -> str:
+    """The session's Redis under a key prefix of this test's own."""
+    import hashlib
+
+    prefix = "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    return f"{redis_server.url}?prefix={prefix}"

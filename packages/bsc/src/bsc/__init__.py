@@ -19,11 +19,13 @@ from bsc.errors import (
     EncoderMismatchError,
     IndexFullError,
     NotACacheFileError,
+    SharedStoreError,
     TruncatedFileError,
     UnsupportedVersionError,
 )
 from bsc.gate import ContentGate
 from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
+from bsc.shared.config import Shared
 from bsc_encoder import BinaryEncoder
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "NotACacheFileError",
     "SemanticCache",
     "SemanticStats",
+    "Shared",
+    "SharedStoreError",
     "TruncatedFileError",
     "UnsupportedVersionError",
     "__version__",

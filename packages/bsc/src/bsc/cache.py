@@ -23,6 +23,7 @@ from bsc._version import __version__
 from bsc.engine import Engine
 from bsc.errors import EncoderMismatchError
 from bsc.persist import Persister, encoder_from_meta, read_meta, remove_stale_temp_files
+from bsc.shared.config import Shared
 from bsc_encoder import BinaryEncoder, hamming_radius, hamming_to_cosine
 from bsc_encoder.encoder import ALGORITHM_VERSION
 
@@ -111,6 +112,7 @@ class BinarySemanticCache:
         persist_every: int | None = 1000,
         persist_interval: float | None = 60.0,
         default_ttl: float | None = None,
+        shared: str | Shared | None = None,
     ) -> None:
         if not isinstance(encoder, BinaryEncoder):
             raise TypeError(f"encoder must be a bsc.BinaryEncoder, got {type(encoder).__name__}")
@@ -129,7 +131,17 @@ class BinarySemanticCache:
         ttl = check_ttl(default_ttl)
         path = None if persist_path is None else Path(os.fspath(persist_path))
         meta: dict[str, Any] = {}
-        if path is not None and path.exists():
+        store: Engine
+        if shared is not None:
+            if path is not None:
+                raise ValueError("persist_path and shared cannot be combined: a shared cache is kept by Redis")
+            config = Shared.parse(shared)
+            from bsc.shared import connect
+
+            store = connect(
+                config, code_bits=encoder.code_bits, max_entries=int(max_entries), fingerprint=encoder.fingerprint()
+            )
+        elif path is not None and path.exists():
             # Raises EncoderMismatchError when the file holds another encoder's codes.
             store = engines.open_file(path, fingerprint=encoder.fingerprint(), max_entries=int(max_entries))
             meta = read_meta(path, store.meta)
@@ -458,6 +470,9 @@ class BinarySemanticCache:
         self._closed = True
         if self._persister is not None:
             self._persister.stop()
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> BinarySemanticCache:
         return self

@@ -101,17 +101,20 @@ def _check_persist(path: str) -> Path:
     return file
 
 
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+_SERVE_ENV = "BSC_SERVE_OPTIONS"
 
-        from bsc.server import create_app
-    except ImportError:
-        print(f"bsc serve: error: {_SERVER_EXTRA}", file=sys.stderr)
-        return 2
-    from bsc.semantic import SemanticCache
 
-    persist = None if args.persist is None else _check_persist(args.persist)
+def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What each worker needs to build its cache and app (checked here, in the parent)."""
+    persist = None if args.persist is None else str(_check_persist(args.persist))
+    if args.workers > 1 and args.redis is None:
+        raise ValueError("--workers needs --redis URL: separate workers would each hold a separate cache")
+    if persist is not None and args.redis is not None:
+        raise ValueError("--persist and --redis cannot be combined: a shared cache is kept by Redis")
+    if args.redis is not None:
+        from bsc.shared import Shared
+
+        Shared.parse(args.redis)  # a bad URL fails here, once, not in every worker
     admin_token = args.admin_token
     if admin_token == "env":
         admin_token = os.environ.get("BSC_ADMIN_TOKEN", "")
@@ -124,30 +127,79 @@ def _serve(args: argparse.Namespace) -> int:
     shared: bool | list[str] = False
     if args.shared_namespaces is not None:
         shared = True if args.shared_namespaces == "*" else [n.strip() for n in args.shared_namespaces.split(",")]
-    cache = SemanticCache(
-        similarity_threshold=args.threshold,
-        max_entries=args.max_entries,
-        default_ttl=args.ttl,
-        max_temperature=args.max_temperature,
-        rescore=args.rescore,
-        content_gate=args.content_gate,
-        persist_path=persist,
-    )
-    failed = 0
+    return {
+        "cache": {
+            "similarity_threshold": args.threshold,
+            "max_entries": args.max_entries,
+            "default_ttl": args.ttl,
+            "max_temperature": args.max_temperature,
+            "rescore": args.rescore,
+            "content_gate": args.content_gate,
+            "persist_path": persist,
+            "shared": args.redis,
+        },
+        "app": {
+            "upstream": args.upstream,
+            "timeout": args.timeout,
+            "shared_namespaces": shared,
+            "admin_token": admin_token,
+            "max_body": args.max_body,
+            "body_timeout": args.body_timeout,
+            "cache_embeddings": not args.no_embeddings_cache,
+            "allow_lax_threshold": args.allow_lax_threshold,
+        },
+    }
+
+
+def _build(settings: dict[str, Any]) -> tuple[Any, Any]:
+    from bsc.semantic import SemanticCache
+    from bsc.server import create_app
+
+    cache = SemanticCache(**settings["cache"])
     try:
-        app = create_app(
-            cache,
-            args.upstream,
-            timeout=args.timeout,
-            close_cache=True,
-            shared_namespaces=shared,
-            admin_token=admin_token,
-            max_body=args.max_body,
-            body_timeout=args.body_timeout,
-            cache_embeddings=not args.no_embeddings_cache,
-            allow_lax_threshold=args.allow_lax_threshold,
+        app = create_app(cache, close_cache=True, **settings["app"])
+    except BaseException:
+        cache.close()
+        raise
+    return cache, app
+
+
+def worker_app() -> Any:
+    """The app of one ``bsc serve --workers N`` worker (a uvicorn factory): its settings come from
+    the parent in ``$BSC_SERVE_OPTIONS``."""
+    _, app = _build(json.loads(os.environ[_SERVE_ENV]))
+    return app
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        import bsc.server  # noqa: F401
+    except ImportError:
+        print(f"bsc serve: error: {_SERVER_EXTRA}", file=sys.stderr)
+        return 2
+    settings = _serve_settings(args)
+    persist = settings["cache"]["persist_path"]
+    where = f"http://{args.host}:{args.port}/v1 -> {args.upstream}"
+    if args.workers > 1:
+        from bsc.shared import redact
+
+        os.environ[_SERVE_ENV] = json.dumps(settings)
+        print(f"bsc serve: {where} ({args.workers} workers sharing {redact(args.redis)})", flush=True)
+        uvicorn.run(
+            "bsc.cli:worker_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
         )
-        print(f"bsc serve: http://{args.host}:{args.port}/v1 -> {args.upstream} ({len(cache)} entries)", flush=True)
+        return 0
+    failed = 0
+    cache, app = _build(settings)
+    try:
+        print(f"bsc serve: {where} ({len(cache)} entries)", flush=True)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level)
         _Server(config).run()
         state = app.state.proxy
@@ -468,6 +520,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="port, 1-65535 (default 8080)")
     serve.add_argument("--persist", metavar="PATH", help="cache file: loaded at start, saved in the background")
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the cache through Redis (redis:// or rediss://, ?prefix=NAME): every process and worker naming "
+        "it shares one cache (bsc[redis]; docs/SHARED.md)",
+    )
+    serve.add_argument(
+        "--workers", type=_positive, default=1, metavar="N", help="worker processes (N > 1 needs --redis; default 1)"
+    )
     serve.add_argument("--threshold", type=_threshold, default=0.80, help="similarity threshold (default 0.80)")
     serve.add_argument("--max-entries", type=_positive, default=100_000, help="entries kept (default 100000)")
     serve.add_argument("--ttl", type=_seconds, help="seconds an answer lives (default: forever; X-Bsc-TTL per request)")

@@ -40,10 +40,17 @@ __all__ = [
     "ModelNotFoundError",
     "NotACacheFileError",
     "RateLimitError",
+    "SharedStoreError",
     "TruncatedFileError",
     "UnsupportedVersionError",
     "embedding_failed",
 ]
+
+
+class SharedStoreError(BscError):
+    """The shared store (Redis) refused a cache: unreachable when the cache starts, set up with
+    other settings (shards), or a server older than Redis 6.2. (A store holding another
+    encoder's codes raises ``EncoderMismatchError``.)"""
 
 
 class EmbeddingFailedError(BscError, bsc_backends.EmbeddingError):

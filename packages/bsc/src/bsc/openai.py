@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from bsc import policy
 from bsc.semantic import DEFAULT_NAMESPACE, SemanticCache
+from bsc.shared.config import Shared
 
 logger = logging.getLogger("bsc")
 
@@ -105,9 +106,13 @@ class _Request:
 
 
 class _Base:
-    def __init__(self, client: Any, cache: SemanticCache | None, namespace: str, ttl: float | None) -> None:
+    def __init__(
+        self, client: Any, cache: SemanticCache | None, namespace: str, ttl: float | None, shared: Any = None
+    ) -> None:
+        if cache is not None and shared is not None:
+            raise ValueError("pass shared= to the SemanticCache you give as cache=, not to both")
         self._client = client
-        self._cache = cache if cache is not None else SemanticCache()
+        self._cache = cache if cache is not None else SemanticCache(shared=shared)
         self._namespace = namespace
         self._ttl = ttl
 
@@ -140,6 +145,8 @@ class CachedOpenAI(_Base):
         cache: the :class:`~bsc.SemanticCache` (default: a new one with the local embedder).
         namespace: the cache namespace of every request (e.g. one per tenant).
         ttl: seconds a stored answer lives (default: the cache's ``default_ttl``).
+        shared: with no ``cache``, a ``redis://`` URL or :class:`bsc.Shared`: the new cache is
+            shared by every process naming the same Redis (docs/SHARED.md).
     """
 
     def __new__(cls, client: Any, *args: Any, **kwargs: Any) -> Any:
@@ -154,10 +161,11 @@ class CachedOpenAI(_Base):
         *,
         namespace: str = DEFAULT_NAMESPACE,
         ttl: float | None = None,
+        shared: str | Shared | None = None,
     ) -> None:
         if not isinstance(client, openai.OpenAI):
             raise TypeError(f"client must be an openai.OpenAI or openai.AsyncOpenAI, got {type(client).__name__}")
-        super().__init__(client, cache, namespace, ttl)
+        super().__init__(client, cache, namespace, ttl, shared)
         self.chat = _Chat(self)
 
 
@@ -218,10 +226,11 @@ class AsyncCachedOpenAI(_Base):
         *,
         namespace: str = DEFAULT_NAMESPACE,
         ttl: float | None = None,
+        shared: str | Shared | None = None,
     ) -> None:
         if not isinstance(client, openai.AsyncOpenAI):
             raise TypeError(f"client must be an openai.AsyncOpenAI, got {type(client).__name__}")
-        super().__init__(client, cache, namespace, ttl)
+        super().__init__(client, cache, namespace, ttl, shared)
         self.chat = _AsyncChat(self)
 
 

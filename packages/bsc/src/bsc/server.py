@@ -148,6 +148,10 @@ class ProxySettings:
         return self.shared_namespaces
 
 
+def _shared_stat(stats: Callable[[], dict[str, int]], name: str) -> float:
+    return float(stats()[name])
+
+
 class _Metrics:
     def __init__(self, cache: SemanticCache, state: _State) -> None:
         self.registry = CollectorRegistry()
@@ -192,6 +196,19 @@ class _Metrics:
             registry=self.registry,
         )
         save_errors.set_function(lambda: cache.stats().save_errors)
+        shared_stats = getattr(cache.binary.engine, "shared_stats", None)
+        if shared_stats is not None:  # a cache shared through Redis (docs/SHARED.md)
+            for name, doc in (
+                ("connected", "1 while the shared store (Redis) answers, else 0"),
+                ("queue", "Writes waiting for the shared store to come back"),
+                ("writes_queued", "Writes queued while the shared store was unreachable"),
+                ("writes_dropped", "Writes dropped while the shared store was unreachable"),
+                ("writes_replayed", "Queued writes sent once the shared store came back"),
+                ("resyncs", "Rebuilds of this process's replica from the shared store"),
+                ("disconnects", "Times the shared store became unreachable"),
+            ):
+                gauge = Gauge(f"bsc_shared_{name}", doc, registry=self.registry)
+                gauge.set_function(functools.partial(_shared_stat, shared_stats, name))
 
     def done(self, result: str, started: float) -> None:
         self.requests.labels(result).inc()

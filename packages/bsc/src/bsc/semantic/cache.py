@@ -48,6 +48,7 @@ from bsc.semantic.ranking import Matcher, Options
 from bsc.semantic.records import Hit
 from bsc.semantic.saved import open_saved, saved_settings, settings_meta
 from bsc.semantic.storing import Item, Writer
+from bsc.shared.config import Shared
 from bsc_backends import Embedder
 from bsc_encoder import BinaryEncoder
 from bsc_native import CorruptFileError
@@ -88,6 +89,8 @@ class SemanticCache(ChatMethods):
             candidate whose numbers, dates, quantities, negation, quoted strings, opposite words or
             names differ from the prompt's is vetoed, and the next candidate is tried.
         persist_path, persist_every, persist_interval: as for :class:`BinarySemanticCache`.
+        shared: a ``redis://`` URL or :class:`bsc.Shared`: every process naming the same Redis
+            (and key prefix) shares this cache; lookups stay in memory (docs/SHARED.md).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class SemanticCache(ChatMethods):
         persist_path: str | os.PathLike[str] | None = None,
         persist_every: int | None = 1000,
         persist_interval: float | None = 60.0,
+        shared: str | Shared | None = None,
     ) -> None:
         if embedder is None:
             embedder = default_embedder()
@@ -124,6 +128,7 @@ class SemanticCache(ChatMethods):
             persist_path=persist_path,
             persist_every=persist_every,
             persist_interval=persist_interval,
+            shared=shared,
         )
         self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options)
 
@@ -167,6 +172,9 @@ class SemanticCache(ChatMethods):
         self._options = options
         self._matcher = Matcher(cache, options, self._metrics, self._near_miss_margin)
         self._tags = TagIndex(self._engine, empty=not len(cache))
+        listen = getattr(self._engine, "add_listener", None)
+        if listen is not None:  # a shared engine: entries other processes store carry tags too
+            listen(self._tags.note_record)
         self._writer = Writer(cache, options, self._tags)
         cache.set_meta_provider(self._meta)
 

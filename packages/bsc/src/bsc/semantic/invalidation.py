@@ -112,6 +112,12 @@ class TagIndex:
             # O(entries), so off the caller's thread; amortised O(1) per tag stored.
             threading.Thread(target=self.refresh, kwargs={"stale": True}, name="bsc-tag-index", daemon=True).start()
 
+    def note_record(self, entry_id: int, record: bytes) -> None:
+        """:meth:`note` for an entry stored elsewhere (another process sharing the engine)."""
+        tags = unpack(record).tags
+        if tags:
+            self.note(entry_id, tags)
+
     def delete_tag(self, tag: str, delete: Callable[[int], bool]) -> int:
         """Removes every entry stored with ``tag`` with ``delete(id)``; how many were removed."""
         # One delete_tag at a time: a second call must not return while the first still deletes
