@@ -42,16 +42,29 @@ def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Any]:
-    """One real ``redis-server`` on loopback for the whole session (tests use their own key
-    prefixes). A machine without the binary fails these tests with how to install it."""
+def _start_redis() -> Any:
+    """A real ``redis-server`` on loopback; a machine without the binary fails the test with how
+    to install it (never a silent skip)."""
     from bsc.shared.testing import RedisServer
 
     try:
-        server = RedisServer()
+        return RedisServer()
     except RuntimeError as err:
         pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One Redis for the whole session (tests use their own key prefixes)."""
+    server = _start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[Any]:
+    """A Redis of this test's own, which it may kill and restart."""
+    server = _start_redis()
     yield server
     server.stop()
 

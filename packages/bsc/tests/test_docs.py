@@ -37,7 +37,7 @@ def servers():
 
 
 @pytest.mark.parametrize("block", BLOCKS)
-def test_readme_example_runs(block, servers, monkeypatch, tmp_path):
+def test_readme_example_runs(block, servers, monkeypatch, tmp_path, request):
     # Examples that use OpenAI or Ollama reach loopback servers speaking those APIs, found the way
     # a user's program finds a non-default server.
     openai_server, ollama_server, chat_server = servers
@@ -46,6 +46,8 @@ def test_readme_example_runs(block, servers, monkeypatch, tmp_path):
     chat = "chat.completions" in block
     monkeypatch.setenv("OPENAI_BASE_URL", chat_server.url + "/v1" if chat else openai_server.url)
     monkeypatch.setenv("OLLAMA_HOST", ollama_server.url)
+    if "REDIS_URL" in block:  # the shared-cache example: the session's real Redis
+        monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_server").url)
     monkeypatch.chdir(tmp_path)  # examples that save a file write it here
     namespace: dict[str, object] = {}
     with contextlib.redirect_stdout(io.StringIO()):

@@ -151,7 +151,9 @@ def test_an_unreachable_redis_at_start_is_a_clear_error_without_the_password() -
 
 
 def test_urls_are_parsed_and_redacted() -> None:
-    config = Shared.parse("rediss://u:pw@example.test:6380/2?prefix=app1&shards=4&on_disconnect=drop&ssl_cert_reqs=none")
+    config = Shared.parse(
+        "rediss://u:pw@example.test:6380/2?prefix=app1&shards=4&on_disconnect=drop&ssl_cert_reqs=none"
+    )
     assert (config.prefix, config.shards, config.on_disconnect) == ("app1", 4, "drop")
     assert config.url == "rediss://u:pw@example.test:6380/2?ssl_cert_reqs=none"
     assert "pw" not in repr(config) and config.safe_url == "rediss://***@example.test:6380/2?ssl_cert_reqs=none"

@@ -668,6 +668,7 @@ class SharedEngine:
         """Rebuilds the shard's part of the replica from Redis: the entries, then the changes
         made while they were read (under the apply lock; lookups go on)."""
         with shard.apply_lock:
+            self._counts["resyncs"] += 1
             for _attempt in range(5):
                 q0, id0, now = self._scripts["HEAD"](
                     keys=shard.keys, args=[shard.tag, self._config.stream_maxlen], client=self._client
@@ -702,7 +703,6 @@ class SharedEngine:
                         records = self._client.xrange(shard.log, min="(" + shard.last_id, count=1000)
                 if ok:
                     break
-            self._counts["resyncs"] += 1
             logger.info("bsc: shard %d of the shared cache synced: %d entries", shard.index, len(self._local))
 
     # -- background: tailing, reconnecting, replaying, touches, expiry -----------------------

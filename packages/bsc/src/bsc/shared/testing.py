@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,19 +42,39 @@ def redis_server_binary() -> str:
     return found
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free port on 127.0.0.1; with ``cluster``, one at most 55535 whose cluster bus port
+    (+10000) is free too, as a cluster node needs."""
+    if not cluster:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisServer:
     """A ``redis-server`` on 127.0.0.1 for tests: ``url``, :meth:`kill` (SIGKILL),
     :meth:`start` again (same port, same data), :meth:`stop`."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, extra: list[str] | None = None, cluster: bool = False
+    ) -> None:
         self.binary = redis_server_binary()
-        self.port = free_port()
+        self.port = free_port(cluster=cluster)
         self._own_dir = directory is None
         self.dir = Path(tempfile.mkdtemp(prefix="bsc-redis-") if directory is None else directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -130,10 +151,18 @@ class RedisCluster:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError(INSTALL_HINT)
-        self.nodes = [
-            RedisServer(extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-            for _ in range(masters)
-        ]
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(masters):
+                self.nodes.append(
+                    RedisServer(extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"], cluster=True)
+                )
+            self._create(cli)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _create(self, cli: str) -> None:
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
             [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
