@@ -158,8 +158,15 @@ def test_urls_are_parsed_and_redacted() -> None:
     assert config.url == "rediss://u:pw@example.test:6380/2?ssl_cert_reqs=none"
     assert "pw" not in repr(config) and config.safe_url == "rediss://***@example.test:6380/2?ssl_cert_reqs=none"
     assert redact("redis://:only-pw@h/0") == "redis://***@h/0"
-    for bad in ("http://h", "redis://", "redis://h?prefix=a b", "redis://h?shards=0", "redis://h?on_disconnect=x"):
-        with pytest.raises(ValueError, match=r"redis|host|prefix|shards|on_disconnect"):
+    for bad in (
+        "http://h",
+        "redis://",
+        "redis://h?prefix=a b",
+        "redis://h?shards=0",
+        "redis://h?on_disconnect=x",
+        "redis://h?decode_responses=true",
+    ):
+        with pytest.raises(ValueError, match=r"redis|host|prefix|shards|on_disconnect|decode"):
             Shared.parse(bad)
     with pytest.raises(TypeError):
         Shared.parse(6379)  # type: ignore[arg-type]
@@ -325,3 +332,59 @@ def test_bad_writes_change_nothing_in_redis(engines: Any) -> None:
     with pytest.raises(TypeError):
         a.put(np.zeros(4, dtype=np.int64), b"x")
     assert len(a) == 0 and redis_entries(f"{a.config.url}?prefix={a.config.prefix}") == {}
+
+
+def test_a_tls_redis_with_rediss_urls() -> None:
+    with RedisServer(tls=True) as server:
+        assert server.url.startswith("rediss://")
+        a = connect(server.url + "&prefix=tls", code_bits=256, max_entries=10, fingerprint="fp")
+        b = connect(server.url + "&prefix=tls", code_bits=256, max_entries=10, fingerprint="fp")
+        try:
+            gid = a.put(code(1), b"over tls")
+            assert b.wait_synced(5) and b.lookup(code(1), 0)[:3] == (gid, 0, b"over tls")
+        finally:
+            a.close()
+            b.close()
+        # A client that does not trust the server's certificate is refused.
+        untrusted = f"rediss://127.0.0.1:{server.port}/0"
+        with pytest.raises(SharedStoreError, match="certificate"):
+            connect(Shared(untrusted, timeout=2), code_bits=256, max_entries=10, fingerprint="fp")
+
+
+def test_a_write_redis_refuses_is_a_shared_store_error(engines: Any, redis_server: Any) -> None:
+    a = engines()
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_set("maxmemory", 1)  # every write is now over the limit (noeviction)
+    try:
+        with pytest.raises(SharedStoreError, match="refused a put"):
+            a.put(code(1), b"x" * 100_000)
+    finally:
+        client.config_set("maxmemory", 0)
+        client.close()
+    assert a.put(code(1), b"fits now") > 0 and len(a) == 1
+
+
+def test_a_queued_puts_ttl_runs_from_the_put_not_from_its_replay(fresh_redis: Any) -> None:
+    engine = connect(fresh_redis.url, code_bits=256, max_entries=10, fingerprint="fp")
+    try:
+        fresh_redis.kill()
+        engine.put(code(1), b"expires in the queue", ttl=0.3)
+        engine.put(code(2), b"outlives the outage", ttl=3.0)
+        put_at = time.time()
+        time.sleep(0.8)
+        fresh_redis.start()
+        deadline = time.monotonic() + 10
+        while engine.shared_stats()["queue"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.wait_synced(5)
+        assert engine.lookup(code(1), 0) is None
+        found = engine.lookup(code(2), 0)
+        assert found is not None
+        entries_in_redis = redis_entries(f"{fresh_redis.url}?prefix=bsc")
+        assert list(entries_in_redis.values()) == [b"outlives the outage"]
+        client = redis.Redis.from_url(fresh_redis.url)
+        expiry_ms = int(client.hget(f"{{bsc:0}}:e:{found[0]}", "x"))
+        client.close()
+        assert expiry_ms / 1000 - put_at < 3.3  # not 3 s after the replay (0.8 s later)
+    finally:
+        engine.close()

@@ -29,6 +29,17 @@ def code(i: int) -> list[int]:
     return [int(w) for w in np.random.default_rng(i).integers(0, 2**63, size=4, dtype=np.uint64)]
 
 
+# Reads a shard's ids and their payloads in one atomic step (writes go on during the reads).
+READ_SHARD = """
+local out = {}
+for _, g in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  table.insert(out, g)
+  table.insert(out, redis.call('HGET', ARGV[1] .. g, 'p'))
+end
+return out
+"""
+
+
 def redis_entries(url: str, shards: int = 1, *, cluster: bool = False) -> dict[int, str]:
     """Every entry in Redis: id -> payload (from each shard's capacity set and entry hashes)."""
     config = Shared.parse(url)
@@ -36,8 +47,8 @@ def redis_entries(url: str, shards: int = 1, *, cluster: bool = False) -> dict[i
     out = {}
     for shard in range(shards):
         tag = f"{{{config.prefix}:{shard}}}"
-        for member in client.zrange(f"{tag}:ids", 0, -1):
-            payload = client.hget(f"{tag}:e:{int(member)}", "p")
+        flat = client.eval(READ_SHARD, 1, f"{tag}:ids", f"{tag}:e:")
+        for member, payload in zip(flat[::2], flat[1::2], strict=True):
             assert payload is not None, f"id {int(member)} listed without its entry"
             out[int(member)] = payload.decode("latin-1")
     client.close()

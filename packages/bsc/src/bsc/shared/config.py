@@ -115,6 +115,8 @@ class Shared:
                     raise ValueError(f"{name} must be an int, got {raw!r}") from None
             elif name == "on_disconnect":
                 fields["on_disconnect"] = raw
+            elif name in ("decode_responses", "encoding", "encoding_errors"):
+                raise ValueError(f"{name} cannot be set for a shared cache: it stores bytes")
             else:
                 rest.append((name, raw))
         url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))

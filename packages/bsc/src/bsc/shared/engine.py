@@ -258,19 +258,22 @@ class SharedEngine:
         # lookup then misses rather than wait for the apply.
         return self._gid_of.get(lid)
 
-    def _out(self, found: EntryTuple | None, *, touch: bytes | None = None) -> EntryTuple | None:
+    def _out(
+        self, found: EntryTuple | None, *, touch: Namespace | bytes = b"", used: bool = False
+    ) -> EntryTuple | None:
         if found is None:
             return None
         gid = self._gid(found[0])
         if gid is None:
             return None
-        if touch is not None:
-            self._shard_of(touch).touched[gid] = int(time.time() * 1000 + self._offset_ms)
+        if used:  # noted for the shared LRU order (sent once a second)
+            shard = self._shards[0] if len(self._shards) == 1 else self._shard_of(_namespace_bytes(touch))
+            shard.touched[gid] = int(time.time() * 1000 + self._offset_ms)
         return (gid, *found[1:])
 
     def lookup(self, code: Codes, max_distance: int | None = None, *, namespace: Namespace = None) -> EntryTuple | None:
         found = self._local.lookup(code, max_distance, namespace=namespace)
-        return self._out(found, touch=_namespace_bytes(namespace)) if found is not None else None
+        return self._out(found, touch=namespace, used=True)
 
     def lookup_nearest(
         self, code: Codes, max_distance: int | None = None, *, namespace: Namespace = None
@@ -278,18 +281,18 @@ class SharedEngine:
         found, nearest = self._local.lookup_nearest(code, max_distance, namespace=namespace)
         if found is None:
             return None, nearest
-        return self._out(found, touch=_namespace_bytes(namespace)), nearest
+        return self._out(found, touch=namespace, used=True), nearest
 
     def lookup_key(self, key: int, *, namespace: Namespace = None) -> EntryTuple | None:
         found = self._local.lookup_key(key, namespace=namespace)
-        return self._out(found, touch=_namespace_bytes(namespace)) if found is not None else None
+        return self._out(found, touch=namespace, used=True)
 
     def lookup_id(self, id: int, *, namespace: Namespace = None) -> EntryTuple | None:
         lid = self._lid_of.get(id)
         if lid is None:
             return None
         found = self._local.lookup_id(lid, namespace=namespace)
-        return self._out(found, touch=_namespace_bytes(namespace)) if found is not None else None
+        return self._out(found, touch=namespace, used=True)
 
     def candidates(
         self, code: Codes, k: int | None = None, max_distance: int | None = None, *, namespace: Namespace = None
@@ -373,11 +376,12 @@ class SharedEngine:
         ns = _namespace_bytes(namespace)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-        ttl_ms = ""
+        deadline = None
         if ttl is not None:
             if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0):
                 raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-            ttl_ms = str(max(1, int(ttl * 1000)))
+            # The entry lives until the put's own time + ttl, however long it waits in the queue.
+            deadline = time.monotonic() + ttl
         key_text = ""
         if key is not None:
             if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 1 << 64:
@@ -386,7 +390,7 @@ class SharedEngine:
         shard = self._shard_of(ns)
         with shard.write_lock:
             gid = self._next_id()
-            op = ("put", shard, gid, raw_code, ns, key_text, ttl_ms, bytes(payload))
+            op = ("put", shard, gid, raw_code, ns, key_text, deadline, bytes(payload))
             if self._send_or_queue(op):
                 return gid
             result = self._run(op)
@@ -471,12 +475,20 @@ class SharedEngine:
                 # First in the queue: every later write of this shard waits behind it.
                 self._enqueue(op)
             return None
+        except self._redis_module.RedisError as err:  # refused (out of memory, a read-only replica, ...)
+            raise SharedStoreError(f"the shared store {self._config.safe_url} refused a {op[0]}: {err}") from None
 
     def _call(self, op: tuple[Any, ...]) -> list[Any]:
         kind, shard = op[0], op[1]
         head = [shard.tag, self._config.stream_maxlen]
         if kind == "put":
-            _, _, gid, raw_code, ns, key_text, ttl_ms, payload = op
+            _, _, gid, raw_code, ns, key_text, deadline, payload = op
+            ttl_ms = ""
+            if deadline is not None:
+                left = int((deadline - time.monotonic()) * 1000)
+                if left <= 0:
+                    return [0]  # expired while it waited for Redis: nothing to store
+                ttl_ms = str(left)
             args = [
                 *head,
                 self._writer_of(gid),

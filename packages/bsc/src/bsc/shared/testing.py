@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,12 @@ class RedisServer:
     :meth:`start` again (same port, same data), :meth:`stop`."""
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, *, extra: list[str] | None = None, cluster: bool = False
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        extra: list[str] | None = None,
+        cluster: bool = False,
+        tls: bool = False,
     ) -> None:
         self.binary = redis_server_binary()
         self.port = free_port(cluster=cluster)
@@ -79,11 +85,25 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="bsc-redis-") if directory is None else directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.extra = list(extra or [])
+        self.tls = tls
+        if tls:
+            _make_certificates(self.dir)
+            self.extra += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.dir / "server.crt"),
+                "--tls-key-file", str(self.dir / "server.key"),
+                "--tls-ca-cert-file", str(self.dir / "ca.crt"),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``; with ``tls``, ``rediss://`` trusting the test CA."""
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.dir / 'ca.crt'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -92,7 +112,7 @@ class RedisServer:
         args = [
             self.binary,
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *(() if self.tls else ("--port", str(self.port))),
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes",
@@ -114,7 +134,11 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
@@ -141,6 +165,23 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _make_certificates(folder: Path) -> None:
+    """A test CA and a certificate for 127.0.0.1 signed by it (``openssl``, from the OS)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl not found on PATH: install it with `sudo apt-get install openssl`")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bsc test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
 
 
 class RedisCluster:
