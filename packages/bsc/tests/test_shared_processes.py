@@ -212,6 +212,16 @@ def test_concurrent_writers_in_three_processes_converge(server: RedisServer, wor
     assert not errors
     truth = converged(procs, url)
     assert len(truth) == 500  # 900 written, capacity 500: every replica evicted the same ones
+    # The codes too: Redis holds each entry's own code, and every replica finds the entry by it.
+    client = redis.Redis.from_url(server.url)
+    for gid, payload in truth.items():
+        n, i = (int(part) for part in payload[1:].split("-"))
+        stored = client.hget(f"{{p:0}}:e:{gid}", "c")
+        assert stored == np.array(code(n * 1000 + i), dtype="<u8").tobytes()
+        namespace = f"ns{(i // 50) % 2}"
+        for worker in procs:
+            assert worker.call("lookup", code=code(n * 1000 + i), max_distance=0, namespace=namespace)[0] == gid
+    client.close()
 
 
 def test_tenants_in_two_processes_never_see_each_others_answers(redis_server: Any) -> None:
