@@ -8,6 +8,7 @@ them. A Redis server is started once for the session (``redis_server`` in confte
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -158,6 +159,8 @@ def test_urls_are_parsed_and_redacted() -> None:
     assert config.url == "rediss://u:pw@example.test:6380/2?ssl_cert_reqs=none"
     assert "pw" not in repr(config) and config.safe_url == "rediss://***@example.test:6380/2?ssl_cert_reqs=none"
     assert redact("redis://:only-pw@h/0") == "redis://***@h/0"
+    assert "qpw" not in redact("redis://h/0?password=qpw&ssl_password=qpw")
+    assert "qpw" not in repr(Shared.parse("redis://h/0?password=qpw&prefix=x"))
     for bad in (
         "http://h",
         "redis://",
@@ -388,3 +391,102 @@ def test_a_queued_puts_ttl_runs_from_the_put_not_from_its_replay(fresh_redis: An
         assert expiry_ms / 1000 - put_at < 3.3  # not 3 s after the replay (0.8 s later)
     finally:
         engine.close()
+
+
+def test_listeners_run_outside_the_replicas_lock_so_clear_never_deadlocks(shared_url: str) -> None:
+    """A tag-index listener used to run under the replica's apply lock while ``clear`` held the
+    tag index's lock and waited for the apply lock."""
+    words = WordEmbedder()
+    writer = SemanticCache(words, shared=shared_url)
+    clearer = SemanticCache(words, shared=shared_url)
+    engine = clearer.binary.engine
+    engine.add_listener(lambda gid, payload: time.sleep(0.002))  # type: ignore[attr-defined]  (widens the window)
+    done = threading.Event()
+
+    def store() -> None:
+        for i in range(150):
+            writer.store(f"tagged question {i}", "x", tags=["t"])
+        done.set()
+
+    def clear() -> None:
+        while not done.is_set():
+            clearer.clear()
+
+    threads = [threading.Thread(target=store, daemon=True), threading.Thread(target=clear, daemon=True)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "deadlocked"
+    finally:
+        writer.close()
+        clearer.close()
+
+
+def test_a_store_that_lost_its_last_changes_is_detected(engines: Any, shared_url: str) -> None:
+    """Redis restarted without its last changes numbers the stream from below what replicas
+    applied; they resync instead of skipping the new changes."""
+    a, b = engines(), engines()
+    ids = [a.put(code(i), b"%d" % i) for i in range(5)]
+    assert b.wait_synced(5)
+    client = redis.Redis.from_url(a.config.url)
+    tag = a._shards[0].tag
+    for gid in ids[3:]:  # as if the last two puts had not reached the append-only file
+        client.unlink(f"{tag}:e:{gid}")
+        client.zrem(f"{tag}:ids", gid)
+    client.set(f"{tag}:seq", 3)
+    client.close()
+    new = a.put(code(9), b"after the loss")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(set(entries(e)) == {*ids[:3], new} for e in (a, b)):
+        time.sleep(0.05)
+    for engine in (a, b):
+        assert set(entries(engine)) == {*ids[:3], new}
+
+
+def test_a_flushall_is_noticed_and_the_replicas_start_over(engines: Any, redis_server: Any) -> None:
+    url = f"{redis_server.url}?prefix=flushall"
+    a, b = engines(url=url), engines(url=url)
+    for i in range(5):
+        a.put(code(i), b"old")
+    assert b.wait_synced(5) and len(b) == 5
+    client = redis.Redis.from_url(redis_server.url)
+    for key in client.scan_iter("{flushall:*"):
+        client.unlink(key)  # the cache's keys only (other tests share this server)
+    client.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (len(a) or len(b)):
+        time.sleep(0.05)
+    assert len(a) == 0 and len(b) == 0
+    gid = b.put(code(7), b"new")
+    assert a.wait_synced(5) and set(entries(a)) == {gid} and set(entries(b)) == {gid}
+
+
+def test_a_dropped_delete_is_not_applied_anywhere(fresh_redis: Any) -> None:
+    url = f"{fresh_redis.url}?on_disconnect=drop"
+    a = connect(url, code_bits=256, max_entries=10, fingerprint="fp")
+    try:
+        gid = a.put(code(1), b"x")
+        fresh_redis.kill()
+        assert a.delete(gid) is False  # dropped: nothing changed, here or in Redis
+        assert a.lookup(code(1), 0) is not None
+        fresh_redis.start()
+        deadline = time.monotonic() + 10
+        while not a.shared_stats()["connected"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert a.wait_synced(5) and set(entries(a)) == {gid}
+    finally:
+        a.close()
+
+
+def test_key_zero_is_no_key_and_evictions_are_counted(engines: Any) -> None:
+    a, b = engines(max_entries=3), engines(max_entries=3)
+    first = a.put(code(1), b"one", key=0)
+    second = a.put(code(2), b"two", key=0)
+    assert first in a and second in a  # 0 is "no key", as in the native store
+    for i in range(3, 6):
+        a.put(code(i), b"more")
+    assert b.wait_synced(5)
+    for engine in (a, b):
+        assert len(engine) == 3 and engine.stats()["evictions"] == 2

@@ -134,3 +134,7 @@ def test_serve_refuses_workers_without_redis_and_redis_with_persist(
     assert "cannot be combined" in capsys.readouterr().err
     assert cli_main(["serve", "--upstream", "http://127.0.0.1:9/v1", "--redis", "http://x"]) != 0
     assert "redis://" in capsys.readouterr().err
+    down = f"redis://user:pw-never-shown@127.0.0.1:{free_port()}/0"
+    assert cli_main(["serve", "--upstream", "http://127.0.0.1:9/v1", "--redis", down, "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the shared store" in err and "pw-never-shown" not in err

@@ -112,9 +112,9 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     if persist is not None and args.redis is not None:
         raise ValueError("--persist and --redis cannot be combined: a shared cache is kept by Redis")
     if args.redis is not None:
-        from bsc.shared import Shared
+        from bsc.shared import check_reachable
 
-        Shared.parse(args.redis)  # a bad URL fails here, once, not in every worker
+        check_reachable(args.redis)  # a bad URL or an unreachable Redis fails here, once, not in every worker
     admin_token = args.admin_token
     if admin_token == "env":
         admin_token = os.environ.get("BSC_ADMIN_TOKEN", "")
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (OSError, EOFError, ValueError, BscError) as exc:  # missing, unreadable, truncated or malformed data
+    except (OSError, EOFError, ValueError, ImportError, BscError) as exc:  # bad or missing data; a missing extra
         print(f"bsc {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,7 @@ Needs the ``redis`` extra: ``pip install "bsc[redis]"``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bsc.errors import SharedStoreError
 from bsc.shared.config import Shared, redact
@@ -16,7 +16,15 @@ from bsc.shared.config import Shared, redact
 if TYPE_CHECKING:
     from bsc.shared.engine import SharedEngine
 
-__all__ = ["Shared", "SharedEngine", "SharedStoreError", "connect", "redact"]
+__all__ = ["Shared", "SharedEngine", "SharedStoreError", "check_reachable", "connect", "redact"]
+
+
+def _redis_module() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ImportError('a shared cache needs redis-py: pip install "bsc[redis]" (or: uv add "bsc[redis]")') from None
+    return redis
 
 
 def connect(shared: str | Shared, *, code_bits: int, max_entries: int, fingerprint: str) -> SharedEngine:
@@ -24,13 +32,28 @@ def connect(shared: str | Shared, *, code_bits: int, max_entries: int, fingerpri
     synced with Redis before it returns. Raises ``SharedStoreError`` when Redis cannot be reached
     and ``EncoderMismatchError`` when the shared cache holds another encoder's codes."""
     config = Shared.parse(shared)
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        raise ImportError('a shared cache needs redis-py: pip install "bsc[redis]" (or: uv add "bsc[redis]")') from None
+    _redis_module()
     from bsc.shared.engine import SharedEngine
 
     return SharedEngine(config, code_bits=code_bits, max_entries=max_entries, fingerprint=fingerprint)
+
+
+def check_reachable(shared: str | Shared) -> None:
+    """Raises ``SharedStoreError`` (without the credentials) unless the Redis of ``shared``
+    answers a PING with them: ``bsc serve --workers N`` checks once before starting N workers."""
+    config = Shared.parse(shared)
+    redis = _redis_module()
+    cls = redis.RedisCluster if config.cluster else redis.Redis
+    try:
+        client = cls.from_url(config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout)
+    except redis.RedisError as err:
+        raise SharedStoreError(f"cannot reach the shared store {config.safe_url}: {err}") from None
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        raise SharedStoreError(f"cannot reach the shared store {config.safe_url}: {err}") from None
+    finally:
+        client.close()
 
 
 def __getattr__(name: str) -> object:

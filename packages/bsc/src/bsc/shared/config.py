@@ -14,23 +14,30 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
+#: Query options (redis-py's) that carry a secret.
+_SECRET_OPTIONS = ("password", "ssl_password")
+
+
 def redact(url: str) -> str:
-    """``url`` with its username and password replaced by ``***`` (for logs and errors)."""
+    """``url`` with its username and password, and any ``password``/``ssl_password`` query
+    option, replaced by ``***`` (for logs and errors)."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
         port = parts.port
     except ValueError:
-        port = None
-    netloc = "***@" + host + (f":{port}" if port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = "***@" + host + (f":{port}" if port is not None else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(name in _SECRET_OPTIONS for name, _ in pairs):
+            query = urlencode([(n, "***" if n in _SECRET_OPTIONS else v) for n, v in pairs], safe="*/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True)

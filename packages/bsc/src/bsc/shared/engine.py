@@ -45,10 +45,11 @@ __all__ = ["SharedEngine", "SharedStoreError"]
 
 _COUNTER_BITS = 24
 _MAX_NAMESPACE = 1024
-#: Milliseconds a Redis TTL outlives the entry's own expiry: expired entries are removed by the
-#: scripts (and their removal sent to every replica); the Redis TTL only frees what they miss.
-_GRACE_MS = 3_600_000
 _PURGE_EVERY = 10.0
+#: How often the keeper checks that Redis still holds this cache (a FLUSHALL, a restart that lost
+#: the last writes) and re-measures the clock offset, in seconds.
+_CHECK_EVERY = 5.0
+_QUEUED, _DROPPED = "queued", "dropped"
 _TOUCH_EVERY = 1.0
 
 
@@ -120,6 +121,7 @@ class SharedEngine:
             name: self._client.register_script(scripts.COMMON + getattr(scripts, name))
             for name in ("PUT", "DELETE", "NAMESPACE", "PURGE", "FLUSH", "HEAD")
         }
+        self._scripts["WRITER"] = self._client.register_script(scripts.WRITER)
         self._shards = [_Shard(config.prefix, i) for i in range(config.shards)]
         self._meta_key = f"{self._shards[0].tag}:meta"
         try:
@@ -137,6 +139,11 @@ class SharedEngine:
         # Redis's clock minus ours, in ms (expiry times are Redis's).
         self._offset_ms = 0.0
         self._listeners: list[Callable[[int, bytes], None]] = []
+        self._notes: deque[tuple[int, bytes]] = deque()
+        self._notes_lock = threading.Lock()
+        self._undelivered = 0
+        # Entries evicted by the shared capacity rule, as this replica removed them.
+        self._evictions = 0
         self._queue: deque[tuple[Any, ...]] = deque()
         self._queue_lock = threading.Lock()
         self._up = True
@@ -201,12 +208,14 @@ class SharedEngine:
             )
         return capacity, stored["epoch"]
 
-    def _new_writer(self) -> int:
+    def _new_writer(self, floor: int = 0) -> int:
+        """A writer number no other process has: the counter, raised first to ``floor`` and to
+        the clock in tens of seconds (so that after Redis lost its data, new numbers do not
+        collide with those of processes still running), plus one."""
         key = f"{self._shards[0].tag}:writer"
-        # Numbered from the clock (tens of seconds), so that after Redis lost its data the new
-        # numbers do not collide with those of processes still running.
-        self._client.set(key, int(time.time() // 10), nx=True)
-        number = int(self._client.incr(key))
+        number = int(
+            self._scripts["WRITER"](keys=[key], args=[max(floor, int(time.time() // 10))], client=self._client)
+        )
         if number >= 1 << (53 - _COUNTER_BITS):
             raise SharedStoreError("the shared cache has used up its writer numbers; flush its keys")
         return number
@@ -319,6 +328,7 @@ class SharedEngine:
     def stats(self) -> dict[str, int]:
         raw = dict(self._local.stats())
         raw["max_entries"] = self._capacity
+        raw["evictions"] += self._evictions  # by the shared capacity rule, as applied here
         return raw
 
     def shared_stats(self) -> dict[str, int]:
@@ -331,11 +341,12 @@ class SharedEngine:
 
     def wait_synced(self, timeout: float = 10.0) -> bool:
         """Waits until this replica has applied every change Redis held when called (the writes
-        of other processes made before it); whether it did within ``timeout`` seconds. Raises a
+        of other processes made before it), and its listeners heard of them; whether it did
+        within ``timeout`` seconds. Raises a
         ``redis`` connection error while Redis is unreachable."""
         targets = [(shard, int(self._client.get(shard.keys[4]) or 0)) for shard in self._shards]
         deadline = time.monotonic() + timeout
-        while any(shard.last_q < target for shard, target in targets):
+        while self._undelivered or any(shard.last_q < target for shard, target in targets):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.002)
@@ -386,15 +397,15 @@ class SharedEngine:
         if key is not None:
             if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 1 << 64:
                 raise ValueError(f"key must be in [0, 2**64), got {key!r}")
-            key_text = str(key)
+            key_text = str(key) if key else ""  # 0 is "no key", as for the native store
         shard = self._shard_of(ns)
         with shard.write_lock:
             gid = self._next_id()
             op = ("put", shard, gid, raw_code, ns, key_text, deadline, bytes(payload))
-            if self._send_or_queue(op):
-                return gid
+            if self._send_or_queue(op) is not None:
+                return gid  # queued (visible once replayed) or dropped (counted)
             result = self._run(op)
-        if result is not None:
+        if isinstance(result, list):
             self._apply_own(shard, result, op)
         return gid
 
@@ -438,43 +449,46 @@ class SharedEngine:
         """A write other than put: Redis first, then the replica. While Redis is unreachable,
         the change is made to the replica at once and queued (or dropped) for Redis."""
         with shard.write_lock:
-            if self._send_or_queue(op):
-                return self._apply_offline(op, count=count)
-            result = self._run(op)
-        if result is None:  # Redis went away during the call: queued like the rest
+            status = self._send_or_queue(op)
+            result = self._run(op) if status is None else status
+        if result == _QUEUED:
+            # Made to this replica at once; to Redis (and the other replicas) once it is back.
             return self._apply_offline(op, count=count)
+        if not isinstance(result, list):  # dropped: changed nowhere, the replica stays as Redis has it
+            return 0 if count else False
         removed = self._apply_own(shard, result, op)
         return removed if count else bool(removed)
 
-    def _send_or_queue(self, op: tuple[Any, ...]) -> bool:
-        """Whether ``op`` was queued (or dropped) instead of sent: Redis is down or earlier
-        writes still wait. (Under the shard's write lock.)"""
+    def _send_or_queue(self, op: tuple[Any, ...]) -> str | None:
+        """``None`` when ``op`` is to be sent now; else it was queued or dropped instead (Redis
+        is down, or earlier writes still wait): ``_QUEUED`` or ``_DROPPED``. (Under the shard's
+        write lock.)"""
         with self._queue_lock:
             if self._up and not self._queue:
-                return False
-            self._enqueue(op)
-            return True
+                return None
+            return self._enqueue(op)
 
-    def _enqueue(self, op: tuple[Any, ...]) -> None:
-        """(Under ``_queue_lock``.)"""
+    def _enqueue(self, op: tuple[Any, ...]) -> str:
+        """Queues ``op`` (``_QUEUED``) or, under the drop policy or with the queue full, counts it
+        as dropped (``_DROPPED``). (Under ``_queue_lock``.)"""
         if self._config.on_disconnect == "drop" or len(self._queue) >= self._config.queue_size:
             self._counts["writes_dropped"] += 1
             logger.warning("bsc: the shared store is unreachable; a %s was dropped", op[0])
-            return
+            return _DROPPED
         self._queue.append(op)
         self._counts["writes_queued"] += 1
+        return _QUEUED
 
-    def _run(self, op: tuple[Any, ...]) -> list[Any] | None:
-        """Sends one write; its script's answer, or ``None`` when Redis could not be reached (the
-        write is then queued). (Under the shard's write lock.)"""
+    def _run(self, op: tuple[Any, ...]) -> list[Any] | str:
+        """Sends one write; its script's answer, or ``_QUEUED``/``_DROPPED`` when Redis could not
+        be reached. (Under the shard's write lock.)"""
         try:
             return self._call(op)
         except self._errors as err:
             self._went_down(err)
             with self._queue_lock:
                 # First in the queue: every later write of this shard waits behind it.
-                self._enqueue(op)
-            return None
+                return self._enqueue(op)
         except self._redis_module.RedisError as err:  # refused (out of memory, a read-only replica, ...)
             raise SharedStoreError(f"the shared store {self._config.safe_url} refused a {op[0]}: {err}") from None
 
@@ -499,7 +513,6 @@ class SharedEngine:
                 ttl_ms,
                 payload,
                 self._per_shard,
-                _GRACE_MS,
             ]
             return list(self._scripts["PUT"](keys=shard.keys, args=args, client=self._client))
         if kind == "del":
@@ -547,12 +560,17 @@ class SharedEngine:
             q, stream_id = result[1], result[2]
             record = {b"o": b"del", b"gn": gone}
         removed = 0
-        with shard.apply_lock:
-            if int(q) == shard.last_q + 1:
-                removed = self._apply(shard, record)
-                shard.last_q, shard.last_id = int(q), _s(stream_id)
-            elif int(q) > shard.last_q:
-                self._catch_up(shard, _s(stream_id))
+        try:
+            with shard.apply_lock:
+                if int(q) == shard.last_q + 1:
+                    removed = self._apply(shard, record)
+                    shard.last_q, shard.last_id = int(q), _s(stream_id)
+                elif int(q) > shard.last_q or _after(_s(stream_id), shard.last_id):
+                    # Changes of other processes first (or Redis lost records: a resync).
+                    self._catch_up(shard, _s(stream_id))
+        except self._errors as err:
+            # Redis applied the write; the tailer applies it here once Redis answers again.
+            self._went_down(err)
         if kind == "flush":
             return int(result[0])
         if kind == "put":
@@ -603,10 +621,14 @@ class SharedEngine:
         kind = record.get(b"o")
         removed = 0
         if kind == b"put":
-            for field in (b"ev", b"gn"):
-                ids = record.get(field) or b""
-                if ids:
-                    removed += sum(self._drop(int(g)) for g in ids.split(b","))
+            evicted = record.get(b"ev") or b""
+            if evicted:
+                dropped = sum(self._drop(int(g)) for g in evicted.split(b","))
+                self._evictions += dropped
+                removed += dropped
+            gone = record.get(b"gn") or b""
+            if gone:
+                removed += sum(self._drop(int(g)) for g in gone.split(b","))
             self._insert(
                 int(record[b"g"]),
                 record[b"c"],
@@ -643,11 +665,29 @@ class SharedEngine:
         self._lid_of[gid] = lid
         self._gid_of[lid] = gid
         if notify and self._listeners and self._writer_of(gid) != self._writer:
-            for listener in self._listeners:
-                try:
-                    listener(gid, payload)
-                except Exception:  # a listener's bug must not stop replication
-                    logger.exception("bsc: a shared-cache listener failed")
+            # Delivered by the background threads (_deliver), never by a writer's thread nor
+            # under an apply lock: a listener takes locks of its own (the tag index's), which a
+            # writer may hold (TagIndex.clear) or whose holder may wait for this apply lock.
+            with self._notes_lock:
+                self._undelivered += 1
+            self._notes.append((gid, payload))
+
+    def _deliver(self) -> None:
+        """Calls the listeners for the entries applied since (never under an apply lock)."""
+        while self._notes:
+            try:
+                gid, payload = self._notes.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                for listener in self._listeners:
+                    try:
+                        listener(gid, payload)
+                    except Exception:  # a listener's bug must not stop replication
+                        logger.exception("bsc: a shared-cache listener failed")
+            finally:
+                with self._notes_lock:
+                    self._undelivered -= 1
 
     def _records(self, shard: _Shard, records: list[tuple[Any, dict[bytes, bytes]]]) -> bool:
         """Applies records read from the stream in order (under the apply lock); ``False`` when
@@ -655,6 +695,11 @@ class SharedEngine:
         for stream_id, record in records:
             q = int(record[b"q"])
             if q <= shard.last_q:
+                if _after(_s(stream_id), shard.last_id):
+                    # A newer record with an old number: Redis lost its last changes (a
+                    # restart without them) and numbers again; what it holds now is the truth.
+                    logger.warning("bsc: the shared store's change log went back; resyncing the replica")
+                    return False
                 continue
             if q != shard.last_q + 1:
                 return False
@@ -726,6 +771,7 @@ class SharedEngine:
             try:
                 if client is None:
                     client = self._new_client()
+                self._deliver()
                 reply = client.xread({shard.log: shard.last_id}, count=1000, block=250)
                 delay = 0.05
                 if not reply:
@@ -734,6 +780,7 @@ class SharedEngine:
                 with shard.apply_lock:
                     if not self._records(shard, records):
                         self._resync(shard)
+                self._deliver()
             except self._errors as err:
                 self._went_down(err)
                 client = None
@@ -755,12 +802,14 @@ class SharedEngine:
                 )
 
     def _keep(self) -> None:
-        last_touch = last_purge = time.monotonic()
+        last_touch = last_purge = last_check = time.monotonic()
         while not self._stop.wait(0.1):
             try:
-                if not self._up or self._queue:
-                    self._reconnect()
+                self._deliver()
                 now = time.monotonic()
+                if not self._up or self._queue or now - last_check >= _CHECK_EVERY:
+                    last_check = now
+                    self._reconnect()
                 if now - last_touch >= _TOUCH_EVERY:
                     last_touch = now
                     self._send_touches()
@@ -774,14 +823,25 @@ class SharedEngine:
                 logger.exception("bsc: the shared cache's keeper thread failed; retrying")
 
     def _reconnect(self) -> None:
-        """Checks Redis is back (and still holds this cache), then replays the queued writes."""
+        """Checks Redis answers and still holds this cache (re-measuring the clock offset), then
+        replays the queued writes. Every few seconds while connected, too: a FLUSHALL or a restart
+        that lost the last changes leaves the connections up."""
+        seconds, micros = self._client.time()
+        self._offset_ms = seconds * 1000 + micros / 1000 - time.time() * 1000
         epoch = self._client.hget(self._meta_key, "epoch")
         lost = epoch is None or epoch.decode() != self._epoch
+        behind = [
+            shard for shard in self._shards if int(self._client.get(shard.keys[4]) or 0) < shard.last_q
+        ]  # Redis numbers changes from below what this replica applied: it lost some
         if lost:
             # Redis lost the cache (restarted without persistence, or flushed): what it holds now
             # (with this replica's queued writes) is the cache.
             logger.warning("bsc: the shared store %s lost its data; rebuilding the replica", self._config.safe_url)
             self._capacity, self._epoch = self._join(self._capacity)
+            self._per_shard = math.ceil(self._capacity / len(self._shards))
+            with self._ids_lock:
+                self._writer = self._new_writer(self._writer + 1)
+                self._counter = 0
             for shard in self._shards:
                 with shard.apply_lock:
                     shard.last_q, shard.last_id = 0, "0-0"
@@ -802,9 +862,8 @@ class SharedEngine:
                     self._counts["writes_replayed" if result is not None else "writes_dropped"] += 1
             if result is not None:
                 self._apply_own(shard, result, op)
-        if lost:
-            for shard in self._shards:
-                self._resync(shard)
+        for shard in self._shards if lost else behind:
+            self._resync(shard)
         with self._queue_lock:
             if not self._up and not self._queue:
                 self._up = True
@@ -838,6 +897,13 @@ class SharedEngine:
             logger.warning("bsc: %d writes to the shared store were not sent before close", len(self._queue))
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _after(a: str, b: str) -> bool:
+    """Whether stream id ``a`` comes after stream id ``b`` (``"<ms>-<seq>"``)."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))
 
 
 def _b(value: Any) -> bytes:

@@ -21,7 +21,7 @@ Times come from the Redis server's clock (``TIME``), so every process agrees on 
 
 from __future__ import annotations
 
-__all__ = ["COMMON", "DELETE", "FLUSH", "HEAD", "NAMESPACE", "PURGE", "PUT"]
+__all__ = ["COMMON", "DELETE", "FLUSH", "HEAD", "NAMESPACE", "PURGE", "PUT", "WRITER"]
 
 # Helpers shared by the scripts below (prepended to each).
 COMMON = r"""
@@ -65,13 +65,13 @@ end
 """
 
 # ARGV: tag, maxlen, writer, id, code, namespace, key ("" for none), ttl in ms ("" for none),
-# payload, capacity, grace (ms a Redis TTL outlives the entry's own expiry).
+# payload, capacity.
 # Returns {0} for a write already applied (a replay), else {1, q, stream id, now, expiry,
 # evicted ids, other removed ids} (ids comma-separated).
 PUT = r"""
 local writer, g = ARGV[3], ARGV[4]
 local code, ns, key, ttl, payload = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local cap, grace = tonumber(ARGV[10]), tonumber(ARGV[11])
+local cap = tonumber(ARGV[10])
 local last = redis.call('HGET', KEYS[4], writer)
 if last and tonumber(last) >= tonumber(g) then return {0} end
 redis.call('HSET', KEYS[4], writer, g)
@@ -93,10 +93,7 @@ local x = 0
 if ttl ~= '' then x = now + tonumber(ttl) end
 local ek = tag .. ':e:' .. g
 redis.call('HSET', ek, 'c', code, 'n', ns, 'k', key, 'x', x, 'p', payload, 't', now)
-if x > 0 then
-  redis.call('PEXPIREAT', ek, x + grace)
-  redis.call('ZADD', KEYS[2], x, g)
-end
+if x > 0 then redis.call('ZADD', KEYS[2], x, g) end
 redis.call('ZADD', KEYS[1], now, g)
 redis.call('SADD', tag .. ':n:' .. ns, g)
 if key ~= '' then redis.call('HSET', KEYS[3], key .. '\0' .. ns, g) end
@@ -153,8 +150,18 @@ while true do
 end
 local rest = redis.call('ZRANGE', KEYS[2], 0, -1)
 for _, g in ipairs(rest) do drop(g) end
+redis.call('UNLINK', KEYS[2], KEYS[3])
 local q, id = append('o', 'flush')
 return {count, q, id}
+"""
+
+# KEYS: the writer counter; ARGV: a floor. A new writer number: the counter, first raised to the
+# floor, plus one.
+WRITER = r"""
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+local f = tonumber(ARGV[1])
+if c < f then redis.call('SET', KEYS[1], f) end
+return redis.call('INCR', KEYS[1])
 """
 
 # ARGV: tag, maxlen. The shard's position: {q, last stream id ("0-0" when empty), now}.
