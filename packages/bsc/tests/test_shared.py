@@ -26,6 +26,13 @@ from bsc_backends.testing import WordEmbedder
 rng = np.random.default_rng(7)
 
 
+def eventually(condition: Any, timeout: float) -> None:
+    """Waits up to ``timeout`` seconds for ``condition()`` (the asserts after it tell what failed)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def code(i: int) -> np.ndarray:
     return np.random.default_rng(i).integers(0, 2**63, size=4, dtype=np.uint64)
 
@@ -184,13 +191,9 @@ def test_password_protected_redis_and_no_credentials_in_logs(caplog: pytest.LogC
             engine.put(code(1), b"x")
             server.kill()
             engine.put(code(2), b"queued")  # logged as a lost connection
-            deadline = time.monotonic() + 5
-            while engine.shared_stats()["connected"] and time.monotonic() < deadline:
-                time.sleep(0.01)
+            eventually(lambda: not engine.shared_stats()["connected"], 5)
             server.start()
-            deadline = time.monotonic() + 10
-            while engine.shared_stats()["queue"] and time.monotonic() < deadline:
-                time.sleep(0.02)
+            eventually(lambda: not engine.shared_stats()["queue"], 10)
             assert engine.shared_stats()["writes_replayed"] == 1 and len(engine) == 2
         finally:
             engine.close()
@@ -210,9 +213,7 @@ def test_writes_while_redis_is_down_are_dropped_and_counted_with_the_drop_policy
             assert engine.lookup(code(1), 0)[0] == kept  # lookups go on from the replica
             assert engine.shared_stats()["writes_dropped"] == 2
             server.start()
-            deadline = time.monotonic() + 10
-            while not engine.shared_stats()["connected"] and time.monotonic() < deadline:
-                time.sleep(0.02)
+            eventually(lambda: bool(engine.shared_stats()["connected"]), 10)
             assert engine.wait_synced(5) and set(entries(engine)) == {kept}
         finally:
             engine.close()
@@ -376,9 +377,7 @@ def test_a_queued_puts_ttl_runs_from_the_put_not_from_its_replay(fresh_redis: An
         put_at = time.time()
         time.sleep(0.8)
         fresh_redis.start()
-        deadline = time.monotonic() + 10
-        while engine.shared_stats()["queue"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: not engine.shared_stats()["queue"], 10)
         assert engine.wait_synced(5)
         assert engine.lookup(code(1), 0) is None
         found = engine.lookup(code(2), 0)
@@ -438,9 +437,7 @@ def test_a_store_that_lost_its_last_changes_is_detected(engines: Any, shared_url
     client.set(f"{tag}:seq", 3)
     client.close()
     new = a.put(code(9), b"after the loss")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not all(set(entries(e)) == {*ids[:3], new} for e in (a, b)):
-        time.sleep(0.05)
+    eventually(lambda: all(set(entries(e)) == {*ids[:3], new} for e in (a, b)), 10)
     for engine in (a, b):
         assert set(entries(engine)) == {*ids[:3], new}
 
@@ -455,9 +452,7 @@ def test_a_flushall_is_noticed_and_the_replicas_start_over(engines: Any, redis_s
     for key in client.scan_iter("{flushall:*"):
         client.unlink(key)  # the cache's keys only (other tests share this server)
     client.close()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (len(a) or len(b)):
-        time.sleep(0.05)
+    eventually(lambda: not (len(a) or len(b)), 15)
     assert len(a) == 0 and len(b) == 0
     gid = b.put(code(7), b"new")
     assert a.wait_synced(5) and set(entries(a)) == {gid} and set(entries(b)) == {gid}
@@ -472,9 +467,7 @@ def test_a_dropped_delete_is_not_applied_anywhere(fresh_redis: Any) -> None:
         assert a.delete(gid) is False  # dropped: nothing changed, here or in Redis
         assert a.lookup(code(1), 0) is not None
         fresh_redis.start()
-        deadline = time.monotonic() + 10
-        while not a.shared_stats()["connected"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: bool(a.shared_stats()["connected"]), 10)
         assert a.wait_synced(5) and set(entries(a)) == {gid}
     finally:
         a.close()
