@@ -97,7 +97,11 @@ class RedisServer:
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -126,11 +130,14 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.process = None
                 raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}")
             if self.ping():
                 return
             time.sleep(0.02)
-        raise RuntimeError("redis-server did not answer within 10 s")
+        self.kill()  # never left running behind a failed start
+        self.process = None
+        raise RuntimeError(f"redis-server did not answer within 10 s: {(self.dir / 'redis.log').read_text()[-2000:]}")
 
     def ping(self) -> bool:
         try:
@@ -176,10 +183,19 @@ def _make_certificates(folder: Path) -> None:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True, timeout=60)
 
+    # The extensions Python 3.13's strict verification (VERIFY_X509_STRICT) asks for.
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bsc test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
     run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (folder / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
         "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
 
