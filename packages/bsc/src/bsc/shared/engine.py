@@ -123,6 +123,7 @@ class SharedEngine:
         }
         self._scripts["WRITER"] = self._client.register_script(scripts.WRITER)
         self._shards = [_Shard(config.prefix, i) for i in range(config.shards)]
+        self._only_shard = self._shards[0] if config.shards == 1 else None
         self._meta_key = f"{self._shards[0].tag}:meta"
         try:
             self._capacity, self._epoch = self._join(max_entries)
@@ -138,6 +139,7 @@ class SharedEngine:
         self._gid_of: dict[int, int] = {}
         # Redis's clock minus ours, in ms (expiry times are Redis's).
         self._offset_ms = 0.0
+        self._offset_int = 0
         self._listeners: list[Callable[[int, bytes], None]] = []
         self._notes: deque[tuple[int, bytes]] = deque()
         self._notes_lock = threading.Lock()
@@ -262,27 +264,27 @@ class SharedEngine:
         lid = self._lid_of.get(id)
         return lid is not None and lid in self._local
 
-    def _gid(self, lid: int) -> int | None:
-        # None only for an entry applied to the store this instant, its ids not yet mapped: the
-        # lookup then misses rather than wait for the apply.
-        return self._gid_of.get(lid)
-
-    def _out(
-        self, found: EntryTuple | None, *, touch: Namespace | bytes = b"", used: bool = False
-    ) -> EntryTuple | None:
+    def _out(self, found: EntryTuple | None) -> EntryTuple | None:
+        """An entry with its shared id (``None`` for an entry applied to the store this instant,
+        its ids not yet mapped: the lookup then misses rather than wait for the apply)."""
         if found is None:
             return None
-        gid = self._gid(found[0])
+        gid = self._gid_of.get(found[0])
+        return None if gid is None else (gid, *found[1:])
+
+    def _used(self, found: EntryTuple | None, namespace: Namespace) -> EntryTuple | None:
+        """:meth:`_out` for a hit, noting its use for the shared LRU order (sent once a second)."""
+        if found is None:
+            return None
+        gid = self._gid_of.get(found[0])
         if gid is None:
             return None
-        if used:  # noted for the shared LRU order (sent once a second)
-            shard = self._shards[0] if len(self._shards) == 1 else self._shard_of(_namespace_bytes(touch))
-            shard.touched[gid] = int(time.time() * 1000 + self._offset_ms)
+        shard = self._only_shard or self._shard_of(_namespace_bytes(namespace))
+        shard.touched[gid] = time.time_ns() // 1_000_000 + self._offset_int
         return (gid, *found[1:])
 
     def lookup(self, code: Codes, max_distance: int | None = None, *, namespace: Namespace = None) -> EntryTuple | None:
-        found = self._local.lookup(code, max_distance, namespace=namespace)
-        return self._out(found, touch=namespace, used=True)
+        return self._used(self._local.lookup(code, max_distance, namespace=namespace), namespace)
 
     def lookup_nearest(
         self, code: Codes, max_distance: int | None = None, *, namespace: Namespace = None
@@ -290,18 +292,16 @@ class SharedEngine:
         found, nearest = self._local.lookup_nearest(code, max_distance, namespace=namespace)
         if found is None:
             return None, nearest
-        return self._out(found, touch=namespace, used=True), nearest
+        return self._used(found, namespace), nearest
 
     def lookup_key(self, key: int, *, namespace: Namespace = None) -> EntryTuple | None:
-        found = self._local.lookup_key(key, namespace=namespace)
-        return self._out(found, touch=namespace, used=True)
+        return self._used(self._local.lookup_key(key, namespace=namespace), namespace)
 
     def lookup_id(self, id: int, *, namespace: Namespace = None) -> EntryTuple | None:
         lid = self._lid_of.get(id)
         if lid is None:
             return None
-        found = self._local.lookup_id(lid, namespace=namespace)
-        return self._out(found, touch=namespace, used=True)
+        return self._used(self._local.lookup_id(lid, namespace=namespace), namespace)
 
     def candidates(
         self, code: Codes, k: int | None = None, max_distance: int | None = None, *, namespace: Namespace = None
@@ -731,6 +731,7 @@ class SharedEngine:
                     keys=shard.keys, args=[shard.tag, self._config.stream_maxlen], client=self._client
                 )
                 self._offset_ms = int(now) - time.time() * 1000
+                self._offset_int = round(self._offset_ms)
                 members = {int(m): s for m, s in self._client.zscan_iter(shard.keys[0], count=1000)}
                 local = [
                     g
@@ -828,6 +829,7 @@ class SharedEngine:
         that lost the last changes leaves the connections up."""
         seconds, micros = self._client.time()
         self._offset_ms = seconds * 1000 + micros / 1000 - time.time() * 1000
+        self._offset_int = round(self._offset_ms)
         epoch = self._client.hget(self._meta_key, "epoch")
         lost = epoch is None or epoch.decode() != self._epoch
         behind = [
