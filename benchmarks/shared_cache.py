@@ -21,6 +21,8 @@ shares it. The measurements, each selectable by name (all by default):
   random order per pair) in one run: misses (a random vector: the whole index is scanned) and
   hits (a stored vector plus a little noise). p50/p99 of each and the shared/local ratio of the
   medians (target: within 10%). The fill's rate through each is reported too.
+- **fetch**: one ``HGET`` of a 500-byte response from redis-py on loopback (what a hit would pay
+  if responses were fetched from Redis by key rather than held in the replica).
 - **lag**: write-to-visible lag from process A to process B. A child process writes entries
   through its own ``SharedEngine`` on a fixed schedule, stamping each put's start and return with
   ``time.monotonic_ns`` (CLOCK_MONOTONIC, one clock for every process of the machine); this
@@ -100,7 +102,7 @@ from machine import write_results
 from run import parse_size
 
 HERE = Path(__file__).resolve().parent
-MEASUREMENTS = ("lookup", "lag", "memory", "hitrate", "throughput", "soak")
+MEASUREMENTS = ("lookup", "fetch", "lag", "memory", "hitrate", "throughput", "soak")
 FINGERPRINT = "bsc-bench"
 # A proxy-style namespace (docs/PROXY.md: ``key-`` and 24 hex digits of the API key's hash).
 NAMESPACE = "key-0123456789abcdef01234567"
@@ -259,6 +261,31 @@ def measure_lookup(args: argparse.Namespace) -> dict[str, Any]:
         shared.close()
         local.close()
     return out
+
+
+def measure_fetch(args: argparse.Namespace) -> dict[str, Any]:
+    """The design choice a hit depends on: fetching its response from Redis by key (one HGET of a
+    500-byte field from redis-py with hiredis, on loopback) instead of holding it in the replica.
+    3,000 single calls over 1,000 stored entries, after 300 warm-up calls."""
+    import redis
+
+    with redis_server(args) as server:
+        client = redis.Redis.from_url(server.url)
+        for i in range(1000):
+            client.hset(f"{{f:0}}:e:{i}", mapping={"p": b"x" * 500})
+        times = []
+        for i in range(3300):
+            started = time.perf_counter_ns()
+            client.hget(f"{{f:0}}:e:{i % 1000}", "p")
+            if i >= 300:
+                times.append((time.perf_counter_ns() - started) / 1000)
+        client.close()
+    return {"measurement": "fetch", "payload_bytes": 500, "hget_us": summary(times)}
+
+
+def print_fetch(row: dict[str, Any]) -> None:
+    h = row["hget_us"]
+    print(f"\nfetch: one HGET of a 500-byte response: p50 {h['p50']} µs, p99 {h['p99']} µs, max {h['max']} µs")
 
 
 def print_lookup(row: dict[str, Any]) -> None:
@@ -1315,6 +1342,7 @@ def delays(s: dict[str, Any]) -> str:
 
 RUNNERS = {
     "lookup": (measure_lookup, print_lookup),
+    "fetch": (measure_fetch, print_fetch),
     "lag": (measure_lag, print_lag),
     "memory": (measure_memory, print_memory),
     "hitrate": (measure_hitrate, print_hitrate),

@@ -410,13 +410,7 @@ class SharedEngine:
         return gid
 
     def delete(self, id: int) -> bool:
-        lid = self._lid_of.get(id)
-        placement = None if lid is None else self._local.placement(lid)
-        shards = self._shards if placement is None else [self._shard_of(placement[0])]
-        removed = False
-        for shard in shards:
-            removed |= self._write(shard, ("del", shard, [str(int(id))]))
-        return removed
+        return self.delete_many([id]) > 0
 
     def delete_many(self, ids: Iterable[int]) -> int:
         """Remove several entries in one write per shard; how many were there."""
