@@ -50,7 +50,7 @@ GATE = ContentGate()
         ("Why don\u2019t cats swim?", "Why do cats swim?", "negation"),  # a typographic apostrophe
         ("Growth in %", "Growth in $", "quantities"),  # symbols named alone
         ("Is it 30 °C?", "Is it 30 °F?", "quantities"),
-        ('Translate "good morning"', 'Translate "good night"', "quoted"),
+        ('Translate "good morning"', 'Translate "good night"', "dates"),  # and quoted (below)
         ("Search for `foo`", "Search for `bar`", "quoted"),
         ("How do I lose weight?", "How do I gain weight?", "opposites"),
         ("When should I buy a house?", "When should I sell a house?", "opposites"),
@@ -83,7 +83,7 @@ def test_bad_settings() -> None:
         GATE.veto(5, "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="stored must be a str, got NoneType"):
         GATE.differences("x", None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="content_gate must be a bool or a ContentGate"):
+    with pytest.raises(TypeError, match="content_gate must be a bool, a ContentGate or a Verifier"):
         SemanticCache(LocalEmbedder(), content_gate="on")  # type: ignore[arg-type]
 
 

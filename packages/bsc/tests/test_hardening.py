@@ -310,12 +310,15 @@ def test_load_and_the_background_saver_remove_them_too(tmp_path: Path, encoder: 
 
 
 def test_the_stats_fields_are_only_ever_appended() -> None:
-    """Positional users keep working: save_errors was appended after the original fields, and
-    lru_touches_dropped after it."""
-    for cls, before in ((CacheStats, "namespaces"), (SemanticStats, "similarity_histogram")):
+    """Positional users keep working: save_errors was appended after the original fields, then
+    lru_touches_dropped, then (SemanticStats) the self-check's counters."""
+    later = ["verifications", "checks", "checks_different", "verification_tokens", "verification_seconds"]
+    for cls, before, added in ((CacheStats, "namespaces", []), (SemanticStats, "similarity_histogram", later)):
         fields = dataclasses.fields(cls)
-        assert [f.name for f in fields[-3:]] == [before, "save_errors", "lru_touches_dropped"]
-        assert [f.default for f in fields[-2:]] == [0, 0]
+        names = [f.name for f in fields]
+        at = names.index(before)
+        assert names[at:] == [before, "save_errors", "lru_touches_dropped", *added]
+        assert all(f.default in (0, 0.0) for f in fields[at + 1 :])
 
 
 def test_a_failed_final_save_is_counted_logged_and_raised(

@@ -240,7 +240,7 @@ def test_bsc_serve_with_the_default_embedder_and_an_unchanged_sdk(
         port = s.getsockname()[1]
     cache_file = tmp_path / "served.bsc"
     command = [sys.executable, "-m", "bsc", "serve", "--upstream", upstream[1] + "/v1", "--port", str(port)]
-    command += ["--persist", str(cache_file), "--log-level", "warning", "--rescore", "--content-gate"]
+    command += ["--persist", str(cache_file), "--log-level", "warning"]  # rescoring and the gate: the defaults
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
@@ -256,16 +256,18 @@ def test_bsc_serve_with_the_default_embedder_and_an_unchanged_sdk(
             assert time.monotonic() < deadline, "bsc serve did not start"
             time.sleep(0.1)
         sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
-        first = sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "How do I learn Python?"}])
+        first = sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "How do I learn Python 3?"}]
+        )
         second = sdk.chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": "What is the best way to learn Python?"}]
+            model="m", messages=[{"role": "user", "content": "What is the best way to learn Python 3?"}]
         )
         assert second.headers["x-bsc-cache"] == "hit"
         assert second.parse().choices[0].message.content == first.choices[0].message.content
         third = sdk.chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": "How do I learn Python 3?"}]
+            model="m", messages=[{"role": "user", "content": "How do I learn Python 2?"}]
         )
-        assert third.headers["x-bsc-cache"] == "miss"  # the content gate: the numbers differ
+        assert third.headers["x-bsc-cache"] == "miss"  # the content gate (on by default): the numbers differ
     finally:
         server.terminate()
         server.wait(timeout=30)

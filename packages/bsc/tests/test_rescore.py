@@ -71,7 +71,7 @@ def test_quantize_keeps_the_direction() -> None:
 def test_rescoring_refuses_a_false_hit_of_the_codes() -> None:
     stored, asked = _pair(exact=0.74, estimate_above=True)
     texts = ["stored question", "asked question"]
-    plain = _cache(texts, [stored, asked])
+    plain = _cache(texts, [stored, asked], rescore=False)
     plain.store("stored question", "A")
     assert plain.lookup("asked question") is not None  # the code estimate reaches 0.8
     rescored = _cache(texts, [stored, asked], rescore=True)
@@ -83,7 +83,7 @@ def test_rescoring_refuses_a_false_hit_of_the_codes() -> None:
 def test_rescoring_finds_a_hit_the_codes_missed() -> None:
     stored, asked = _pair(exact=0.86, estimate_above=False)
     texts = ["stored question", "asked question"]
-    plain = _cache(texts, [stored, asked])
+    plain = _cache(texts, [stored, asked], rescore=False)
     plain.store("stored question", "A")
     assert plain.lookup("asked question") is None
     rescored = _cache(texts, [stored, asked], rescore=True)
@@ -115,7 +115,7 @@ def test_rescoring_serves_the_best_exact_candidate_not_the_nearest_code() -> Non
 def test_records_carry_the_int8_copy_only_with_rescoring() -> None:
     rng = np.random.default_rng(1)
     v = _unit(rng.standard_normal(DIM))
-    plain = _cache(["q"], [v])
+    plain = _cache(["q"], [v], rescore=False)
     entry = plain.store("q", "A")
     assert _unpack(plain.binary._store.peek(entry)[2]).vector == b""
     rescored = _cache(["q"], [v], rescore=True)
@@ -156,7 +156,7 @@ def test_entries_stored_without_the_copy_keep_their_code_estimate(tmp_path) -> N
     texts = ["stored question", "asked question"]
     embedder = TableEmbedder(texts, np.stack([stored, asked]), "table")
     path = tmp_path / "c.bsc"
-    with SemanticCache(embedder, 0.8, code_bits=BITS) as cache:
+    with SemanticCache(embedder, 0.8, code_bits=BITS, rescore=False) as cache:
         cache.store("stored question", "A")
         cache.save(path)
     loaded = SemanticCache.load(path, embedder, rescore=True)
@@ -237,7 +237,9 @@ def test_near_misses_and_the_histogram_are_kept_with_rescoring_and_the_gate(kwar
         asked = _at_cosine(stored, 0.7, rng)
         if 0.6 < _estimate(stored, asked) < 0.75:
             break
-    plain = _cache(["s", "a"], [stored, asked], near_miss_margin=kwargs.get("near_miss_margin", 0.05) or 0.05)
+    plain = _cache(
+        ["s", "a"], [stored, asked], rescore=False, near_miss_margin=kwargs.get("near_miss_margin", 0.05) or 0.05
+    )
     checked = _cache(["s", "a"], [stored, asked], **kwargs)
     for cache in (plain, checked):
         cache.store("s", "A")
@@ -284,5 +286,5 @@ def test_load_refuses_bad_arguments_as_such(tmp_path) -> None:  # type: ignore[n
         cache.save(path)
     with pytest.raises(TypeError, match="rescore must be a bool"):
         SemanticCache.load(path, embedder, rescore="yes")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="content_gate must be a bool or a ContentGate"):
+    with pytest.raises(TypeError, match="content_gate must be a bool, a ContentGate or a Verifier"):
         SemanticCache.load(path, embedder, content_gate="all")  # type: ignore[arg-type]

@@ -23,8 +23,17 @@ from bsc.errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
-from bsc.gate import ContentGate
-from bsc.semantic import Hit, SemanticCache, SemanticStats, chat_scope, normalize_prompt, semantic_cache
+from bsc.gate import ContentGate, Verifier
+from bsc.semantic import (
+    Check,
+    Hit,
+    SelfCheck,
+    SemanticCache,
+    SemanticStats,
+    chat_scope,
+    normalize_prompt,
+    semantic_cache,
+)
 from bsc.shared.config import Shared
 from bsc_encoder import BinaryEncoder
 
@@ -37,6 +46,7 @@ __all__ = [
     "CacheEntry",
     "CacheFileError",
     "CacheStats",
+    "Check",
     "ContentGate",
     "CorruptFileError",
     "EmbeddingFailedError",
@@ -45,12 +55,14 @@ __all__ = [
     "Hit",
     "IndexFullError",
     "NotACacheFileError",
+    "SelfCheck",
     "SemanticCache",
     "SemanticStats",
     "Shared",
     "SharedStoreError",
     "TruncatedFileError",
     "UnsupportedVersionError",
+    "Verifier",
     "__version__",
     "chat_scope",
     "normalize_prompt",

@@ -33,6 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
         code_bits=args.code_bits,
         similarity_threshold=args.threshold,
         progress=not args.no_progress and not args.json,
+        old_defaults=args.old_defaults,
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0
@@ -135,6 +136,7 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_temperature": args.max_temperature,
             "rescore": args.rescore,
             "content_gate": args.content_gate,
+            "self_check": _self_check(args.self_check),
             "persist_path": persist,
             "shared": args.redis,
         },
@@ -155,7 +157,13 @@ def _build(settings: dict[str, Any]) -> tuple[Any, Any]:
     from bsc.semantic import SemanticCache
     from bsc.server import create_app
 
-    cache = SemanticCache(**settings["cache"])
+    options = dict(settings["cache"])
+    target = options.pop("self_check", None)
+    if target is not None:  # a number in the settings (they cross to --workers as JSON)
+        from bsc.semantic import SelfCheck
+
+        options["self_check"] = SelfCheck(target_wrong_rate=target)
+    cache = SemanticCache(**options)
     try:
         app = create_app(cache, close_cache=True, **settings["app"])
     except BaseException:
@@ -443,6 +451,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=_positive, metavar="N", help="replay only the first N pairs")
     demo.add_argument("--threshold", type=_threshold, default=0.80, help="similarity threshold (default 0.80)")
     demo.add_argument("--code-bits", type=_bits, default=256, help="binary code length (default 256)")
+    demo.add_argument(
+        "--old-defaults",
+        action="store_true",
+        help="the codes alone decide (no rescoring, no content gate), as the original system did",
+    )
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
@@ -572,16 +585,35 @@ def parser() -> argparse.ArgumentParser:
         help="let X-Bsc-Threshold be laxer than --threshold (default: only stricter)",
     )
     serve.add_argument(
-        "--rescore", action="store_true", help="re-score candidates with an int8 copy of each embedding (QUALITY.md)"
+        "--rescore",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-score candidates with an int8 copy of each embedding (default on; QUALITY.md)",
     )
     serve.add_argument(
         "--content-gate",
-        action="store_true",
-        help="veto semantic hits whose numbers, dates, negation, ... differ from the prompt's (docs/SEMANTICS.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="veto semantic hits whose numbers, dates, negation, ... conflict with the prompt's (default on; "
+        "docs/SEMANTICS.md)",
+    )
+    serve.add_argument(
+        "--self-check",
+        type=float,
+        default=None,
+        metavar="TARGET",
+        help="check hits near the threshold against fresh answers and learn each namespace's threshold toward "
+        "this wrong-answer rate, e.g. 0.1 (default off: checks cost upstream calls; docs/QUALITY.md)",
     )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(run=_serve)
     return top
+
+
+def _self_check(target: float | None) -> float | None:
+    if target is not None and not 0 < target < 1:
+        raise ValueError(f"--self-check must be a wrong-answer rate between 0 and 1, e.g. 0.1; got {target}")
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,10 @@ on a miss, stored with a stand-in answer; then every second phrasing is asked. A
 phrasing answered from its own pair's first phrasing is a correct hit when the pair is labelled a
 duplicate and a false hit when it is not; a hit on some other pair's question is counted apart
 (unlabelled), as is a first phrasing answered from an earlier pair's (a repeat). Every hit is
-an LLM call saved, wrong answers included; the report says how many were wrong. Embedding runs
-first, in batches; the lookup times are ``cache.get`` alone.
+an LLM call saved, wrong answers included; the report says how many were wrong. The cache is a
+:class:`~bsc.SemanticCache` with its defaults (rescoring and the content gate on); with
+``old_defaults`` the codes alone decide, as the original system did. Embedding runs first, in
+batches; the lookup times are the cache's lookup with the embedding already computed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from bsc.cache import BinarySemanticCache
 from bsc_backends import Embedder
-from bsc_encoder import BinaryEncoder
 
 T = TypeVar("T")
 SAMPLE = "qqp_sample.jsonl.gz"
@@ -48,6 +48,8 @@ class DemoReport:
     embedder: str
     code_bits: int
     similarity_threshold: float
+    rescore: bool
+    content_gate: bool
     entries: int
     lookups: int
     hits: int
@@ -72,7 +74,8 @@ class DemoReport:
         hits = self.hits
         return "\n".join([
             f"bsc demo: {self.pairs} question pairs from {self.data} ({self.duplicate_pairs} duplicates)",
-            f"  embedder {self.embedder}, {self.code_bits}-bit codes, similarity threshold {self.similarity_threshold}",
+            f"  embedder {self.embedder}, {self.code_bits}-bit codes, similarity threshold {self.similarity_threshold},"
+            f" rescoring {'on' if self.rescore else 'off'}, content gate {'on' if self.content_gate else 'off'}",
             "",
             f"  entries stored        {self.entries}",
             f"  lookups               {self.lookups}",
@@ -85,7 +88,7 @@ class DemoReport:
             f"  LLM calls saved       {self.llm_calls_saved} of {self.lookups}"
             f" ({_pct(self.llm_calls_saved, self.lookups)}), {self.false_hits} of them with a wrong answer",
             f"  lookup time           median {self.lookup_median_us:.1f} us, p99 {self.lookup_p99_us:.1f} us"
-            " (cache.get, embedding excluded)",
+            " (embedding excluded)",
             f"  embedding time        {self.embed_ms_per_prompt:.2f} ms per prompt (batches of 32)",
             f"  memory per entry      {self.index_bytes_per_entry:.0f} B code, metadata and spare capacity,"
             f" {self.memory_bytes_per_entry:.0f} B with the stored answers",
@@ -144,9 +147,14 @@ def run_demo(
     similarity_threshold: float = 0.80,
     seed: int = 42,
     progress: bool = True,
+    old_defaults: bool = False,
 ) -> DemoReport:
-    """Replay ``pairs`` through a fresh :class:`BinarySemanticCache` and measure it."""
+    """Replay ``pairs`` through a fresh :class:`~bsc.SemanticCache` (its defaults; with
+    ``old_defaults``, no rescoring and no content gate) and measure it."""
     from tqdm import tqdm
+
+    from bsc.quality import TableEmbedder
+    from bsc.semantic import SemanticCache, normalize_prompt
 
     texts = [p.text_a for p in pairs] + [p.text_b for p in pairs]
     vectors = np.empty((len(texts), embedder.embedding_dim), dtype=np.float32)
@@ -159,25 +167,35 @@ def run_demo(
             bar.update(len(batch))
     embed_seconds = time.perf_counter() - started
 
-    encoder = BinaryEncoder(embedding_dim=embedder.embedding_dim, code_bits=code_bits, seed=seed)
-    cache = BinarySemanticCache(encoder, max_entries=max(1000, len(pairs)), similarity_threshold=similarity_threshold)
+    normalized = [normalize_prompt(t) for t in texts]
+    cache = SemanticCache(
+        TableEmbedder(normalized, vectors, embedder.model_name),
+        similarity_threshold,
+        max_entries=max(1000, len(pairs)),
+        code_bits=code_bits,
+        seed=seed,
+        rescore=not old_defaults,
+        content_gate=not old_defaults,
+        persist_every=None,
+        persist_interval=None,
+    )
     n = len(pairs)
     timings: list[int] = []
     correct = false = other = missed = repeats = 0
     with tqdm(total=2 * n, desc="replaying", unit="lookup", disable=not progress, leave=False) as bar:
         for i, pair in enumerate(pairs):  # first phrasings: ask, and on a miss "call the LLM" and store
             t0 = time.perf_counter_ns()
-            hit = cache.get(vectors[i])
+            hit = cache.lookup(normalized[i])
             timings.append(time.perf_counter_ns() - t0)
             if hit is not None:
                 repeats += 1
             else:
                 answer = {"pair": pair.id, "answer": f"(stand-in LLM answer to: {pair.text_a})"}
-                cache.put(vectors[i], answer)
+                cache.store(normalized[i], answer)
             bar.update()
         for i, pair in enumerate(pairs):  # second phrasings
             t0 = time.perf_counter_ns()
-            hit = cache.get(vectors[n + i])
+            hit = cache.lookup(normalized[n + i])
             timings.append(time.perf_counter_ns() - t0)
             if hit is None:
                 missed += pair.label
@@ -193,7 +211,8 @@ def run_demo(
     micros = np.array(timings) / 1000
     return DemoReport(
         data=data_name, pairs=n, duplicate_pairs=sum(p.label for p in pairs), embedder=embedder.model_name,
-        code_bits=code_bits, similarity_threshold=similarity_threshold, entries=stats.size, lookups=2 * n,
+        code_bits=code_bits, similarity_threshold=similarity_threshold, rescore=cache.rescore,
+        content_gate=cache.content_gate is not None, entries=stats.size, lookups=2 * n,
         hits=stats.hits, hit_rate=stats.hit_rate, correct_hits=correct, false_hits=false, other_hits=other,
         repeat_hits=repeats, missed_duplicates=missed, llm_calls_made=stats.misses, llm_calls_saved=stats.hits,
         lookup_median_us=float(np.median(micros)), lookup_p99_us=float(np.percentile(micros, 99)),

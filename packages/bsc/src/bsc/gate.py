@@ -32,20 +32,25 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["OPPOSITES", "ContentGate"]
+__all__ = ["OPPOSITES", "RULE_OVERLAP", "ContentGate", "Verifier", "overlap"]
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 # A number not glued to a letter before it ("mp3"): digits with commas and dots (1,000 / 2.5 /
 # 192.168.1.1 / 3,1,2), or a leading-dot decimal (.5), with an optional exponent (1e5).
 _NUMBER = re.compile(r"(?<![^\W\d_])(?<![\d.,])(\d[\d,]*(?:\.\d+)*|\.\d+)(e[+-]?\d+)?")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_SYMBOL_UNITS = re.compile(r"[%$€£₹]|°[cf]")
-_UNIT_AFTER = re.compile(r" ?(%|°[cf]|[^\W\d_]+)")
-_CURRENCY = re.compile(r"([$€£₹]) ?(\d[\d,]*(?:\.\d+)?)")
+_SYMBOL_UNITS = re.compile(r"[%$€£₹¥]|°[cf]")
+_UNIT_AFTER = re.compile(r"[ -]?(%|°[cf]|[^\W\d_]+)")
+_CURRENCY = re.compile(r"([$€£₹¥]) ?(\d[\d,]*(?:\.\d+)?)")
 # A capitalised word at the start of the text or right after these is not taken for a name.
 _SENTENCE_BREAKS = frozenset('.?!:;\n"“(')
 _NUMBER_WORDS = {
@@ -110,6 +115,15 @@ _DAYS = {
             ("tomorrow",),
             ("yesterday",),
             ("weekend",),
+            ("morning",),
+            ("afternoon",),
+            ("evening",),
+            ("night", "overnight"),
+            ("noon", "midday"),
+            ("midnight",),
+            ("winter",),
+            ("summer",),
+            ("autumn",),
         )
     )
     # "Mondays" = "Monday"
@@ -126,6 +140,12 @@ _UNITS = {
         ("€", ("€", "eur", "euro", "euros")),
         ("£", ("£", "gbp", "pound", "pounds", "quid")),
         ("₹", ("₹", "inr", "rupee", "rupees", "rs")),
+        ("¥", ("¥", "jpy", "yen")),
+        ("cny", ("cny", "yuan", "rmb", "renminbi")),
+        ("chf", ("chf", "franc", "francs")),
+        ("cad", ("cad",)),
+        ("aud", ("aud",)),
+        ("btc", ("btc", "bitcoin", "bitcoins")),
         ("km", ("km", "kms", "kilometer", "kilometers", "kilometre", "kilometres")),
         ("m", ("meter", "meters", "metre", "metres")),
         ("cm", ("cm", "centimeter", "centimeters", "centimetre", "centimetres")),
@@ -136,9 +156,20 @@ _UNITS = {
         ("kg", ("kg", "kgs", "kilo", "kilos", "kilogram", "kilograms")),
         ("g", ("gram", "grams", "gm", "gms")),
         ("lb", ("lb", "lbs")),
+        ("st", ("stone", "stones")),
         ("l", ("liter", "liters", "litre", "litres")),
         ("ml", ("ml", "milliliter", "milliliters")),
         ("gal", ("gallon", "gallons")),
+        ("cup", ("cup", "cups")),
+        ("tbsp", ("tbsp", "tablespoon", "tablespoons")),
+        ("tsp", ("tsp", "teaspoon", "teaspoons")),
+        ("oz", ("oz", "ounce", "ounces")),
+        ("pt", ("pint", "pints")),
+        ("qt", ("quart", "quarts")),
+        ("yd", ("yd", "yard", "yards")),
+        ("acre", ("acre", "acres")),
+        ("ha", ("hectare", "hectares")),
+        ("k", ("kelvin",)),
         ("°c", ("°c", "celsius", "centigrade")),
         ("°f", ("°f", "fahrenheit")),
         ("kb", ("kb", "kilobyte", "kilobytes")),
@@ -162,20 +193,48 @@ _UNITS = {
         ("year", ("yr", "yrs", "year", "years")),
         ("cal", ("cal", "calorie", "calories", "kcal")),
         ("x", ("x", "times")),
+        ("word", ("word", "words")),
+        ("char", ("character", "characters", "char", "chars")),
+        ("page", ("page", "pages")),
+        ("line", ("line", "lines")),
+        ("sentence", ("sentence", "sentences")),
+        ("paragraph", ("paragraph", "paragraphs")),
+        ("ms", ("ms", "millisecond", "milliseconds")),
+        ("mbps", ("mbps",)),
+        ("gbps", ("gbps",)),
+        ("kbps", ("kbps",)),
+        ("psi", ("psi",)),
+        ("bar", ("bar",)),
+        ("kpa", ("kpa",)),
+        ("am", ("am",)),
+        ("pm", ("pm",)),
     )
     for name in names
 }
 # Unit words that count named alone, without a number ("in kg or lbs?"); the others ("in", "m",
 # "day", "years", "miles", "dollars", ...) are ordinary words too, and count only right after a
 # number. Symbols (%, $, °C, ...) count anywhere (_SYMBOL_UNITS).
-_ALONE = {"%", "$", "€", "£", "₹", "km", "cm", "mm", "mi", "ft", "kg", "lb", "°c", "°f"}
-_ALONE |= {"kb", "mb", "gb", "tb", "ghz", "mhz", "mph", "kmh", "kw", "mah"}
+_ALONE = {"%", "$", "€", "£", "₹", "¥", "km", "cm", "mm", "mi", "ft", "kg", "lb", "°c", "°f", "k"}
+_ALONE |= {"kb", "mb", "gb", "tb", "ghz", "mhz", "mph", "kmh", "kw", "mah", "cny", "chf", "cad", "aud", "btc"}
+_ALONE |= {"tbsp", "tsp", "oz", "ha"}
 _NOT_ALONE = {"pound", "pounds", "dollar", "dollars", "euro", "euros", "rupee", "rupees", "rs", "mi", "mile", "miles"}
 _NOT_ALONE |= {"foot", "feet"}
 _BARE_UNITS = frozenset(n for n, unit in _UNITS.items() if unit in _ALONE and n.isalpha() and n not in _NOT_ALONE)
 _NEGATIONS = frozenset(
     {"not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "without", "cannot", "cant"}
+    # contractions typed without the apostrophe ("wont" and "shant" are left out: words too)
+    | {f"{verb}nt" for verb in _words("do does did is are was were has have had could would should must need")}
+    | {"dont", "aint"}
 )
+# A unit word right after these names the unit asked for, without a number ("height in feet",
+# "pace per mile", "convert to euros"); right before "of" after "many"/"much" it counts too
+# ("how many cups of flour").
+_UNIT_CUES = frozenset({"in", "into", "per", "to", "square", "cubic", "us"})
+_COUNT_UNITS = frozenset({"x", "am", "pm", "word", "char", "page", "line", "sentence", "paragraph", "day"})
+# Relative periods: "next month" is not "last month" nor "tomorrow".
+_RELATIVE = frozenset({"next", "last", "this", "previous", "coming"})
+_PERIODS = frozenset({"week", "month", "year", "quarter", "weekend", "spring", "fall", "winter", "summer", "autumn"})
+_SEASON_CUES = frozenset({"in", "early", "late", "mid", "during", "the"}) | _RELATIVE
 # "...", curly double quotes, curly single quotes, `...`, and '...' not inside a word.
 _QUOTED = re.compile(
     "\"([^\"]+)\"|\u201c([^\u201d]+)\u201d|\u2018([^\u2019]+)\u2019|`([^`]+)`|(?<![\\w])'([^']+)'(?![\\w])"
@@ -233,9 +292,75 @@ OPPOSITES: tuple[tuple[frozenset[str], frozenset[str]], ...] = tuple(
         ("big bigger biggest large larger", "small smaller smallest"),
         ("old older oldest", "new newer newest young younger"),
         ("easy easier easiest", "hard harder hardest difficult"),
+        ("hot hotter hottest warm warmer warmest warmup", "cold colder coldest cool cooler coolest cooldown"),
+        ("old older oldest elder eldest", "young younger youngest"),
+        ("thick thicker thickest thicken", "thin thinner thinnest"),
+        ("deep deeper deepest", "shallow shallower shallowest"),
+        ("wide wider widest", "narrow narrower narrowest"),
+        ("heavy heavier heaviest", "light lighter lightest"),
+        ("ascending asc", "descending desc"),
+        ("accept accepting accepts accepted", "decline declining declines declined reject rejecting rejected"),
+        ("even", "odd"),
+        ("show showing shows", "hide hiding hides"),
+        ("include including includes included", "exclude excluding excludes excluded"),
+        ("allow allowing allows allowed", "deny denying denies denied block blocking blocks blocked"),
+        ("push pushing", "pull pulling"),
+        ("send sending sends sent", "receive receiving receives received"),
+        ("input inputs", "output outputs"),
+        ("inside", "outside"),
+        ("above", "below"),
+        ("top", "bottom"),
+        ("early earlier earliest", "late later latest"),
+        ("pass passing passed", "fail failing failed"),
+        ("success successful", "failure unsuccessful"),
+        ("northern northernmost", "southern southernmost"),
+        ("eastern easternmost", "western westernmost"),
+        ("uppercase upper", "lowercase lower"),
+        ("horizontal horizontally", "vertical vertically"),
+        ("join joining", "leave leaving"),
+        ("hire hiring hired", "fire firing fired"),
+        ("arrive arrival arriving", "depart departure departing"),
+        ("freeze freezing", "thaw thawing"),
+        ("expand expanding", "collapse collapsing"),
     )
 )
-_RULES = ("numbers", "dates", "quantities", "negation", "quoted", "opposites", "entities")
+# Prefixes that make a word its opposite: "stage" / "unstage", "formal" / "informal", "upgrade"
+# / "downgrade", "overestimate" / "underestimate".
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "de", "anti")
+_SWAPPED_PREFIXES = (("up", "down"), ("over", "under"), ("in", "out"), ("pre", "post"))
+# Asymmetric connectors: "A to B" is not "B to A" ("translate English to French", "miles to km",
+# "subtract 7 from 20", "merge dev into main", "is Rust faster than Go").
+_CONNECTORS = frozenset({"to", "from", "than", "over", "by", "on", "of", "for", "against", "versus"})
+_SAME_CONNECTOR = {"into": "to", "onto": "to", "vs": "versus"}
+_MAX_ORDER_WORDS = 64
+# Words that are not what a connector relates (articles, pronouns, auxiliaries, question words).
+_FUNCTION_WORDS = frozenset(
+    _words(
+        "a an the this that these those my your our their his her its i me we you he she it they them "
+        "is are was were be been being am do does did doing have has had can could should would will "
+        "shall may might must what which who whom whose how why when where there here some any all "
+        "each every and or but if so as at in with about just also very really please much many more "
+        "most less to into from than onto over by on of for not no against versus vs"
+    )
+)
+# A token of code: an operator, a flag or a call (x += 1, --hard, len(x), a[0], a->b, $HOME, ~/x).
+_CODE = re.compile(r"[^\s]*(?:[=<>!+\-*/%&|^~]=|&&|\|\||->|=>|::|<<|>>|\*\*|//|--\w|[(){}\[\];$\\]|\w\.\w+\()[^\s]*")
+#: For each rule, the :func:`overlap` under which it does not veto: chosen on QQP dev as the
+#: overlap (0, 0.1, ..., 0.8) at which the rule removes the most wrong hits net of right ones
+#: at threshold 0.80 with rescoring (ties: the lowest) (``benchmarks/quality.py`` re-derives it; docs/QUALITY.md).
+RULE_OVERLAP: dict[str, float] = {
+    "numbers": 0.5,
+    "dates": 0.1,
+    "quantities": 0.7,
+    "negation": 0.7,
+    "quoted": 0.1,
+    "opposites": 0.7,
+    "order": 0.7,
+    "code": 0.5,
+    "entities": 0.7,
+}
+_OPPOSITE_WORDS = frozenset(w for pair in OPPOSITES for side in pair for w in side)
+_RULES = ("numbers", "dates", "quantities", "negation", "quoted", "opposites", "order", "code", "entities")
 
 
 def _numbers(raw: str, exponent: str | None = None) -> list[str]:
@@ -264,6 +389,20 @@ class _Features:
     quoted: frozenset[str]
     words: frozenset[str]
     entities: frozenset[str]
+    order: tuple[str, ...]
+    code: frozenset[str]
+    # The words no rule looks at (not function words, numbers, units, dates, negations, opposite
+    # words or names): how alike the two prompts are worded, apart from the details compared.
+    rest: frozenset[str]
+
+
+def _named_unit(word: str, before: str, after: str) -> bool:
+    """A unit word named as the unit asked for ("in feet", "per mile", "how many cups of")."""
+    return (
+        word in _UNITS
+        and _UNITS[word] not in _COUNT_UNITS
+        and (before in _UNIT_CUES or (after == "of" and before in ("many", "much")))
+    )
 
 
 def _starts_sentence(text: str, at: int) -> bool:
@@ -322,17 +461,38 @@ def _features_of(text: str) -> _Features:
             if after in _UNITS:
                 quantities.add((value, _UNITS[after]))
                 units.add(_UNITS[after])
-        elif word in _BARE_UNITS:
+        elif word in _BARE_UNITS or _named_unit(word, before, after):
             units.add(_UNITS[word])
-        if word in _MONTHS or word in _DAYS:
+        base = word[:-2] if word.endswith("'s") else word  # "yesterday's"
+        if base in _MONTHS or base in _DAYS:
             near_number = before[:1].isdigit() or after[:1].isdigit()
-            if word not in _AMBIGUOUS_DATES or capitalised or near_number:
-                dates.add(f"m{_MONTHS[word]}" if word in _MONTHS else _DAYS[word])
+            if base not in _AMBIGUOUS_DATES or capitalised or near_number:
+                dates.add(f"m{_MONTHS[base]}" if base in _MONTHS else _DAYS[base])
+        elif base in _PERIODS and before in _RELATIVE:
+            dates.add(f"{before} {base}")
+        elif base in ("spring", "fall") and before in _SEASON_CUES:
+            dates.add(base)
         elif capitalised and word != "i" and not _starts_sentence(text, start):
             entities.add(word)
         if word in _NEGATIONS or word.endswith("n't"):
             negated = True
     quoted = frozenset(next(g for g in m.groups() if g is not None).strip() for m in _QUOTED.finditer(text))
+    code = frozenset(m.group(0).rstrip(".,?!:") for m in _CODE.finditer(lower))
+    rest = frozenset(
+        w
+        for w in words
+        if w.isalpha()
+        and w not in _FUNCTION_WORDS
+        and w not in _NEGATIONS
+        and w not in _UNITS
+        and w not in _NUMBER_WORDS
+        and w not in _MONTHS
+        and w not in _DAYS
+        and w not in _PERIODS
+        and w not in _OPPOSITE_WORDS
+        and w not in entities
+        and not w.endswith("n't")
+    )
     return _Features(
         frozenset(numbers),
         frozenset(dates),
@@ -342,14 +502,66 @@ def _features_of(text: str) -> _Features:
         quoted,
         frozenset(words),
         frozenset(entities),
+        _order(words),
+        code,
+        rest,
     )
+
+
+def _order(words: list[str]) -> tuple[str, ...]:
+    """The words a swap can move, in order: no function words except the connectors ("to",
+    "than", "from", ...; "into" counts as "to"), each only if it occurs once."""
+    kept = [_SAME_CONNECTOR.get(w, w) for w in words]
+    kept = [w for w in kept if w in _CONNECTORS or w not in _FUNCTION_WORDS]
+    counts: dict[str, int] = {}
+    for w in kept:
+        counts[w] = counts.get(w, 0) + 1
+    return tuple(w for w in kept if counts[w] == 1)
+
+
+def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether two words of ``a`` trade places in ``b`` around a word that stays between them
+    ("Caesar defeated Pompey" / "Pompey defeated Caesar", "English to French" / "French to
+    English", "2 to the power of 10" / "10 to the power of 2"). A clause moved whole ("In Python,
+    how do I ..." / "How do I ... in Python?") keeps no word between the two it passes."""
+    where = {w: i for i, w in enumerate(b)}
+    shared = [w for w in a if w in where][:_MAX_ORDER_WORDS]
+    for i, x in enumerate(shared):
+        for k in range(i + 2, len(shared)):
+            y = shared[k]
+            if where[x] < where[y]:
+                continue
+            for j in range(i + 1, k):
+                if where[y] < where[shared[j]] < where[x]:
+                    return True
+    return False
 
 
 def _opposed(a: frozenset[str], b: frozenset[str]) -> bool:
     for one, other in OPPOSITES:
         if (a & one and b & other and not b & one) or (b & one and a & other and not a & one):
             return True
-    return False
+    return _prefixed(a - b, b - a) or _prefixed(b - a, a - b)
+
+
+def _prefixed(only_a: frozenset[str], only_b: frozenset[str]) -> bool:
+    """A word of one prompt that the other says with a negating prefix ("stage" / "unstage"), or
+    with the opposite prefix ("upgrade" / "downgrade")."""
+    return bool(_prefix_matches(only_a, only_b))
+
+
+def _prefix_matches(only_a: Iterable[str], only_b: Container[str]) -> set[tuple[str, str]]:
+    """The pairs (word of ``only_a``, word of ``only_b``) where the second is the first with a
+    negating or the opposite prefix."""
+    out: set[tuple[str, str]] = set()
+    for word in only_a:
+        if len(word) < 3 or not word.isalpha():
+            continue
+        out.update((word, prefix + word) for prefix in _NEGATING_PREFIXES if prefix + word in only_b)
+        for one, other in _SWAPPED_PREFIXES:
+            if word.startswith(one) and len(word) > len(one) + 2 and other + word[len(one) :] in only_b:
+                out.add((word, other + word[len(one) :]))
+    return out
 
 
 def _pair(prompt: Any, stored: Any) -> tuple[_Features, _Features]:
@@ -359,15 +571,44 @@ def _pair(prompt: Any, stored: Any) -> tuple[_Features, _Features]:
     return _features(prompt), _features(stored)
 
 
+def overlap(a: _Features, b: _Features) -> float:
+    """The Jaccard overlap of the words no rule looks at (1.0 when neither has any); a word
+    and its prefixed opposite ("stage" / "unstage") are the opposites rule's, not counted."""
+    shared = len(a.rest & b.rest)
+    only_a, only_b = set(a.rest - b.rest), set(b.rest - a.rest)
+    for word_a, word_b in _prefix_matches(only_a, only_b) | {(x, y) for y, x in _prefix_matches(only_b, only_a)}:
+        only_a.discard(word_a)
+        only_b.discard(word_b)
+    union = shared + len(only_a) + len(only_b)
+    return shared / union if union > 0 else 1.0
+
+
+def _conflict(a: frozenset[Any], b: frozenset[Any]) -> bool:
+    """Both prompts state values of a kind, and not the same ones. A value one prompt leaves
+    out is not a conflict: paraphrases often drop a detail ("in 2019" / no year)."""
+    return bool(a) and bool(b) and a != b
+
+
 _CHECKS: dict[str, Callable[[_Features, _Features], bool]] = {
-    "numbers": lambda a, b: a.numbers != b.numbers,
-    "dates": lambda a, b: a.dates != b.dates,
-    "quantities": lambda a, b: a.quantities != b.quantities or a.units != b.units,
+    "numbers": lambda a, b: _conflict(a.numbers, b.numbers),
+    "dates": lambda a, b: _conflict(a.dates, b.dates),
+    "quantities": lambda a, b: _conflict(a.quantities, b.quantities) or _conflict(a.units, b.units),
     "negation": lambda a, b: a.negated != b.negated,
-    "quoted": lambda a, b: a.quoted != b.quoted,
+    "quoted": lambda a, b: _conflict(a.quoted, b.quoted),
     "opposites": lambda a, b: _opposed(a.words, b.words),
-    "entities": lambda a, b: bool(a.entities - b.words or b.entities - a.words),
+    "order": lambda a, b: _swapped(a.order, b.order),
+    "code": lambda a, b: _conflict(a.code, b.code),
+    "entities": lambda a, b: bool(a.entities - b.words and b.entities - a.words),
 }
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Decides whether a semantic candidate may answer a prompt: ``verify`` returns why not (a
+    short reason, e.g. the rule's name) or ``None`` to serve it. :class:`ContentGate` is one;
+    pass any as ``SemanticCache(content_gate=...)``."""
+
+    def verify(self, prompt: str, stored: str, similarity: float) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,45 +624,69 @@ class ContentGate:
     negation: bool = True
     quoted: bool = True
     opposites: bool = True
+    order: bool = True
+    code: bool = True
     entities: bool = True
+    min_overlap: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if not isinstance(getattr(self, f.name), bool):
-                raise TypeError(f"ContentGate.{f.name} must be a bool, got {getattr(self, f.name)!r}")
+            value = getattr(self, f.name)
+            if f.name == "min_overlap":
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+                ):
+                    raise ValueError(f"ContentGate.min_overlap must be a number from 0 to 1, got {value!r}")
+            elif not isinstance(value, bool):
+                raise TypeError(f"ContentGate.{f.name} must be a bool, got {value!r}")
 
     def veto(self, prompt: str, stored: str) -> str | None:
         """The first rule under which ``prompt`` and the ``stored`` prompt differ (its name), or
         ``None`` when the hit may be served."""
-        a, b = _pair(prompt, stored)
-        for rule in _RULES:
-            if getattr(self, rule) and _CHECKS[rule](a, b):
-                return rule
-        return None
+        found = self.differences(prompt, stored)
+        return found[0] if found else None
+
+    def verify(self, prompt: str, stored: str, similarity: float) -> str | None:
+        """The :class:`Verifier` interface: :meth:`veto` (the similarity is not used)."""
+        return self.veto(prompt, stored)
 
     def differences(self, prompt: str, stored: str) -> tuple[str, ...]:
         """Every rule of this gate under which the two prompts differ (``veto`` stops at the
-        first)."""
+        first). A rule does not veto when the prompts are worded too differently apart from the
+        details the rules compare (:func:`overlap` under ``min_overlap``, default each rule's
+        :data:`RULE_OVERLAP`): a difference it sees may then be said another way in the other
+        prompt ("I forgot" / "I can't remember")."""
         a, b = _pair(prompt, stored)
-        return tuple(rule for rule in _RULES if getattr(self, rule) and _CHECKS[rule](a, b))
+        alike = overlap(a, b)
+        return tuple(
+            rule
+            for rule in _RULES
+            if getattr(self, rule)
+            and alike >= (RULE_OVERLAP[rule] if self.min_overlap is None else self.min_overlap)
+            and _CHECKS[rule](a, b)
+        )
 
-    def as_dict(self) -> dict[str, bool]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, rules: dict[str, Any]) -> ContentGate:
-        unknown = set(rules) - set(_RULES)
+        unknown = set(rules) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown content gate rules: {sorted(unknown)}; known: {list(_RULES)}")
         return cls(**rules)
 
 
-def gate_arg(content_gate: Any) -> ContentGate | None:
-    """``SemanticCache``'s ``content_gate`` argument as a gate (``None``: off)."""
+def gate_arg(content_gate: Any) -> Verifier | None:
+    """``SemanticCache``'s ``content_gate`` argument as a verifier (``None``: off)."""
     if content_gate is None or content_gate is False:
         return None
     if content_gate is True:
         return ContentGate()
-    if isinstance(content_gate, ContentGate):
+    if isinstance(content_gate, ContentGate) or (
+        not isinstance(content_gate, type) and isinstance(content_gate, Verifier)
+    ):
         return content_gate
-    raise TypeError(f"content_gate must be a bool or a ContentGate, got {type(content_gate).__name__}")
+    raise TypeError(
+        f"content_gate must be a bool, a ContentGate or a Verifier (with verify()), got {type(content_gate).__name__}"
+    )

@@ -27,6 +27,7 @@ returns a threshold for labelled text pairs; :func:`plot` draws precision agains
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -511,27 +512,9 @@ def replay(
     share of duplicate-labelled pairs whose question got a correct answer."""
     from bsc.semantic import SemanticCache, normalize_prompt
 
-    if not pairs:
-        raise ValueError("no pairs to replay")
-    a, b = np.asarray(vectors_a, dtype=np.float32), np.asarray(vectors_b, dtype=np.float32)
-    texts_a = [normalize_prompt(p.text_a) for p in pairs]
-    texts_b = [normalize_prompt(p.text_b) for p in pairs]
-    embedder = TableEmbedder(texts_a + texts_b, np.concatenate([a, b]), model_name)
-    parent: dict[str, str] = {}
-
-    def root(text: str) -> str:
-        parent.setdefault(text, text)
-        while parent[text] != text:
-            parent[text] = parent[parent[text]]
-            text = parent[text]
-        return text
-
-    non_duplicates = set()
-    for p, ta, tb in zip(pairs, texts_a, texts_b, strict=True):
-        if p.label:
-            parent[root(ta)] = root(tb)
-        else:
-            non_duplicates.add(frozenset((ta, tb)))
+    texts_a, texts_b, embedder = _workload(pairs, vectors_a, vectors_b, model_name)
+    root = _linked(pairs, texts_a, texts_b)
+    non_duplicates = {frozenset((ta, tb)) for p, ta, tb in zip(pairs, texts_a, texts_b, strict=True) if not p.label}
     stored = list(dict.fromkeys(texts_a))
     cache = SemanticCache(
         embedder,
@@ -578,6 +561,124 @@ def replay(
         "recall": round(counts["found"] / duplicates, 4) if duplicates else 0.0,
         "gate_vetoes": cache.stats().gate_vetoes,
     }
+
+
+def self_check_replay(
+    pairs: list[Any],
+    vectors_a: npt.ArrayLike,
+    vectors_b: npt.ArrayLike,
+    *,
+    model_name: str,
+    similarity_threshold: float = 0.80,
+    target_wrong_rate: float = 0.10,
+    window: int = 1000,
+    seed: int = 42,
+    **cache_options: Any,
+) -> dict[str, Any]:
+    """:func:`replay` with ``self_check`` on: the cache starts at ``similarity_threshold`` and
+    learns from the answers it compares. Each stored question's answer is the group of questions
+    the duplicate labels link it to, so two answers are the same exactly when the labels link the
+    questions (the stand-in for comparing an upstream's answers); after a miss the asked
+    question's answer is given with :meth:`~bsc.SemanticCache.check_answer` (not stored, so the
+    entries are :func:`replay`'s). A hit is wrong when its question is not linked to the asked
+    one (labelled or not). Returns the totals, the second half's, and per ``window`` lookups the
+    wrong-hit rate, the hit rate and the threshold."""
+    from bsc.semantic import SelfCheck, SemanticCache, normalize_prompt
+
+    texts_a, texts_b, embedder = _workload(pairs, vectors_a, vectors_b, model_name)
+    root = _linked(pairs, texts_a, texts_b)
+    stored = list(dict.fromkeys(texts_a))
+    cache = SemanticCache(
+        embedder,
+        similarity_threshold,
+        max_entries=len(stored),
+        self_check=SelfCheck(target_wrong_rate=target_wrong_rate, seed=seed),
+        persist_every=None,
+        persist_interval=None,
+        **cache_options,
+    )
+    cache.store_many(stored, [root(t) for t in stored])
+    rows = []  # (hit, wrong, checked)
+    series = []
+    before = 0
+    for i, tb in enumerate(texts_b):
+        hit = cache.lookup(tb)
+        checked = cache.stats().verifications > before
+        before += checked
+        if hit is None:
+            cache.check_answer(tb, root(tb))
+            rows.append((False, False, checked))
+        else:
+            rows.append((True, root(normalize_prompt(hit.prompt)) != root(tb), checked))
+        if (i + 1) % window == 0 or i + 1 == len(texts_b):
+            part = rows[-window:] if (i + 1) % window == 0 else rows[len(rows) - ((i + 1) % window) :]
+            hits = sum(h for h, _, _ in part)
+            series.append(
+                {
+                    "lookups": i + 1,
+                    "wrong_hit_rate": round(sum(w for _, w, _ in part) / hits, 4) if hits else 0.0,
+                    "hit_rate": round(hits / len(part), 4),
+                    "threshold": round(cache.learned_thresholds().get("default", similarity_threshold), 4),
+                }
+            )
+
+    def summary(part: list[tuple[bool, bool, bool]]) -> dict[str, Any]:
+        hits = sum(h for h, _, _ in part)
+        wrong = sum(w for _, w, _ in part)
+        return {
+            "lookups": len(part),
+            "hits": hits,
+            "wrong": wrong,
+            "hit_rate": round(hits / len(part), 4) if part else 0.0,
+            "wrong_hit_rate": round(wrong / hits, 4) if hits else 0.0,
+            "checked": sum(c for _, _, c in part),
+            "checked_share": round(sum(c for _, _, c in part) / len(part), 4) if part else 0.0,
+        }
+
+    stats = cache.stats()
+    return {
+        "queries": len(pairs),
+        "stored": len(stored),
+        "start_threshold": similarity_threshold,
+        "target_wrong_rate": target_wrong_rate,
+        "final_threshold": round(cache.learned_thresholds().get("default", similarity_threshold), 4),
+        "all": summary(rows),
+        "second_half": summary(rows[len(rows) // 2 :]),
+        "checks": stats.checks,
+        "checks_different": stats.checks_different,
+        "series": series,
+    }
+
+
+def _workload(
+    pairs: list[Any], vectors_a: npt.ArrayLike, vectors_b: npt.ArrayLike, model_name: str
+) -> tuple[list[str], list[str], TableEmbedder]:
+    """A replay's questions, normalised, and the embedder that looks their vectors up."""
+    from bsc.semantic import normalize_prompt
+
+    if not pairs:
+        raise ValueError("no pairs to replay")
+    a, b = np.asarray(vectors_a, dtype=np.float32), np.asarray(vectors_b, dtype=np.float32)
+    texts_a = [normalize_prompt(p.text_a) for p in pairs]
+    texts_b = [normalize_prompt(p.text_b) for p in pairs]
+    return texts_a, texts_b, TableEmbedder(texts_a + texts_b, np.concatenate([a, b]), model_name)
+
+
+def _linked(pairs: list[Any], texts_a: list[str], texts_b: list[str]) -> Callable[[str], str]:
+    """The representative of each question's group of duplicate-linked questions."""
+    parent: dict[str, str] = {}
+
+    def root(text: str) -> str:
+        parent.setdefault(text, text)
+        while parent[text] != text:
+            parent[text] = parent[parent[text]]
+            text = parent[text]
+        return text
+
+    for p, ta, tb in zip(pairs, texts_a, texts_b, strict=True):
+        if p.label:
+            parent[root(ta)] = root(tb)
+    return root
 
 
 def plot(

@@ -148,6 +148,28 @@ class ProxySettings:
         return self.shared_namespaces
 
 
+_SELF_CHECK_GAUGES = (
+    ("verifications", "Semantic hits held back to be checked against a fresh answer"),
+    ("checks", "Cached answers compared with fresh ones (paid and free)"),
+    ("checks_different", "Comparisons whose answers differed"),
+    ("verification_tokens", "Tokens the checks' upstream calls used"),
+    ("verification_seconds", "Seconds the checks' upstream calls took"),
+)
+_SHARED_GAUGES = (
+    ("connected", "1 while the shared store (Redis) answers, else 0"),
+    ("queue", "Writes waiting for the shared store to come back"),
+    ("writes_queued", "Writes queued while the shared store was unreachable"),
+    ("writes_dropped", "Writes dropped while the shared store was unreachable"),
+    ("writes_replayed", "Queued writes sent once the shared store came back"),
+    ("resyncs", "Rebuilds of this process's replica from the shared store"),
+    ("disconnects", "Times the shared store became unreachable"),
+)
+
+
+def _stat(cache: SemanticCache, name: str) -> float:
+    return float(getattr(cache.stats(), name))
+
+
 def _shared_stat(stats: Callable[[], dict[str, int]], name: str) -> float:
     return float(stats()[name])
 
@@ -196,19 +218,16 @@ class _Metrics:
             registry=self.registry,
         )
         save_errors.set_function(lambda: cache.stats().save_errors)
+        if cache.self_check is not None:  # the cache checks itself (docs/QUALITY.md)
+            self._gauges("bsc_self_check_", functools.partial(_stat, cache), _SELF_CHECK_GAUGES)
         shared_stats = getattr(cache.binary.engine, "shared_stats", None)
         if shared_stats is not None:  # a cache shared through Redis (docs/SHARED.md)
-            for name, doc in (
-                ("connected", "1 while the shared store (Redis) answers, else 0"),
-                ("queue", "Writes waiting for the shared store to come back"),
-                ("writes_queued", "Writes queued while the shared store was unreachable"),
-                ("writes_dropped", "Writes dropped while the shared store was unreachable"),
-                ("writes_replayed", "Queued writes sent once the shared store came back"),
-                ("resyncs", "Rebuilds of this process's replica from the shared store"),
-                ("disconnects", "Times the shared store became unreachable"),
-            ):
-                gauge = Gauge(f"bsc_shared_{name}", doc, registry=self.registry)
-                gauge.set_function(functools.partial(_shared_stat, shared_stats, name))
+            self._gauges("bsc_shared_", functools.partial(_shared_stat, shared_stats), _SHARED_GAUGES)
+
+    def _gauges(self, prefix: str, value: Callable[[str], float], names: tuple[tuple[str, str], ...]) -> None:
+        for name, doc in names:
+            gauge = Gauge(prefix + name, doc, registry=self.registry)
+            gauge.set_function(functools.partial(value, name))
 
     def done(self, result: str, started: float) -> None:
         self.requests.labels(result).inc()

@@ -14,6 +14,7 @@ module                    its job
 ``semantic.files``        saved files read without an embedder (``bsc stats``/``inspect``)
 ``semantic.chat``         the ``*_chat`` methods
 ``semantic.decorator``    :func:`semantic_cache`
+``semantic.selfcheck``    self-checking: answers compared near the threshold, thresholds learned
 ========================  ===========================================================
 """
 
@@ -31,14 +32,17 @@ from bsc.semantic.keys import (
 )
 from bsc.semantic.metrics import SemanticStats
 from bsc.semantic.records import Hit, quantize
+from bsc.semantic.selfcheck import Check, SelfCheck, same_answer
 
 __all__ = [
     "DEFAULT_NAMESPACE",
     "NAMESPACE_PATTERN",
     "NEUTRAL_PARAMETERS",
     "TAG_PATTERN",
+    "Check",
     "Hit",
     "PromptKey",
+    "SelfCheck",
     "SemanticCache",
     "SemanticStats",
     "chat_scope",
@@ -46,5 +50,6 @@ __all__ = [
     "list_entries",
     "normalize_prompt",
     "quantize",
+    "same_answer",
     "semantic_cache",
 ]

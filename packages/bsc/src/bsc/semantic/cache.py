@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from bsc.cache import BinarySemanticCache
-from bsc.gate import ContentGate
+from bsc.gate import Verifier
 from bsc.semantic.chat import ChatMethods
 from bsc.semantic.embedding import Embeddings, default_embedder, embedder_dim
 from bsc.semantic.invalidation import TagIndex, report_wrong
@@ -45,8 +45,9 @@ from bsc.semantic.keys import (
 )
 from bsc.semantic.metrics import Metrics, SemanticStats, build_stats, namespace_count
 from bsc.semantic.ranking import Matcher, Options
-from bsc.semantic.records import Hit
+from bsc.semantic.records import Hit, tokens_of
 from bsc.semantic.saved import open_saved, saved_settings, settings_meta
+from bsc.semantic.selfcheck import Check, Checker, SelfCheck, self_check_arg
 from bsc.semantic.storing import Item, Writer
 from bsc.shared.config import Shared
 from bsc_backends import Embedder
@@ -80,14 +81,20 @@ class SemanticCache(ChatMethods):
         near_miss_margin: a miss whose best candidate is within this much under the threshold
             counts as a near miss.
         max_prompt_chars: longer prompts are refused with ``ValueError``.
-        rescore: keep an int8 copy of each embedding in its record (the embedder's dimension in
-            bytes, 384 for the local model) and re-score the ``rescore_candidates`` nearest
-            binary candidates whose estimated similarity is at least ``similarity_threshold -
-            rescore_margin`` with the exact cosine; the best that reaches the threshold answers.
-            Precision then matches exact float cosine (docs/QUALITY.md); the scan stays binary.
-        content_gate: ``True`` (every rule) or a :class:`~bsc.gate.ContentGate`: a semantic
-            candidate whose numbers, dates, quantities, negation, quoted strings, opposite words or
-            names differ from the prompt's is vetoed, and the next candidate is tried.
+        rescore: (default on) keep an int8 copy of each embedding in its record (the embedder's
+            dimension in bytes, 384 for the local model) and re-score the ``rescore_candidates``
+            nearest binary candidates whose estimated similarity is at least
+            ``similarity_threshold - rescore_margin`` with the exact cosine; the best that
+            reaches the threshold answers. Precision then matches exact float cosine
+            (docs/QUALITY.md); the scan stays binary.
+        content_gate: (default on) ``True`` (the default rules), a :class:`~bsc.gate.ContentGate`
+            or any :class:`~bsc.gate.Verifier`: a semantic candidate whose numbers, dates, units,
+            negation, quoted strings or code, opposite words, word order or names conflict with
+            the prompt's is vetoed, and the next candidate is tried. ``False`` turns it off.
+        self_check: ``True`` or a :class:`~bsc.semantic.SelfCheck`: the cache checks hits near
+            its threshold against fresh answers and learns each namespace's threshold
+            (docs/QUALITY.md, "A cache that checks itself"). Off by default: checks cost
+            upstream calls.
         persist_path, persist_every, persist_interval: as for :class:`BinarySemanticCache`.
         shared: a ``redis://`` URL or :class:`bsc.Shared`: every process naming the same Redis
             (and key prefix) shares this cache; lookups stay in memory (docs/SHARED.md).
@@ -105,10 +112,11 @@ class SemanticCache(ChatMethods):
         max_temperature: float = 1.0,
         near_miss_margin: float = 0.05,
         max_prompt_chars: int = 100_000,
-        rescore: bool = False,
+        rescore: bool = True,
         rescore_candidates: int = 4,
         rescore_margin: float = 0.1,
-        content_gate: bool | ContentGate = False,
+        content_gate: bool | Verifier = True,
+        self_check: bool | SelfCheck = False,
         persist_path: str | os.PathLike[str] | None = None,
         persist_every: int | None = 1000,
         persist_interval: float | None = 60.0,
@@ -119,6 +127,7 @@ class SemanticCache(ChatMethods):
         dim = embedder_dim(embedder)
         _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
         options = Options.checked(rescore, rescore_candidates, rescore_margin, content_gate)
+        checking = self_check_arg(self_check)
         encoder = BinaryEncoder(dim, code_bits, seed)
         cache = BinarySemanticCache(
             encoder,
@@ -130,7 +139,7 @@ class SemanticCache(ChatMethods):
             persist_interval=persist_interval,
             shared=shared,
         )
-        self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options)
+        self._setup(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options, checking)
 
     def _setup(
         self,
@@ -140,9 +149,10 @@ class SemanticCache(ChatMethods):
         near_miss_margin: float,
         max_prompt_chars: int,
         options: Options,
+        checking: SelfCheck | None = None,
     ) -> None:
         try:
-            self._setup_checked(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options)
+            self._setup_checked(embedder, cache, max_temperature, near_miss_margin, max_prompt_chars, options, checking)
         except BaseException:
             cache.close()  # stops its background saver (nothing has changed, so nothing is saved)
             raise
@@ -155,6 +165,7 @@ class SemanticCache(ChatMethods):
         near_miss_margin: float,
         max_prompt_chars: int,
         options: Options,
+        checking: SelfCheck | None,
     ) -> None:
         _check_settings(max_temperature, near_miss_margin, max_prompt_chars)
         saved = saved_settings(cache, embedder)
@@ -171,6 +182,13 @@ class SemanticCache(ChatMethods):
         self._max_prompt_chars = max_prompt_chars
         self._options = options
         self._matcher = Matcher(cache, options, self._metrics, self._near_miss_margin)
+        self._checker: Checker | None = None
+        if checking is not None:
+            try:
+                self._checker = Checker(checking, self._embeddings.one, saved.get("self_check"), self._served_hits)
+            except (TypeError, ValueError, KeyError) as err:
+                raise CorruptFileError(f"the file's self-check state is malformed: {err}") from None
+            self._matcher.checker = self._checker
         self._tags = TagIndex(self._engine, empty=not len(cache))
         listen = getattr(self._engine, "add_listener", None)
         if listen is not None:  # a shared engine: entries other processes store carry tags too
@@ -212,7 +230,7 @@ class SemanticCache(ChatMethods):
         return self._options.rescore
 
     @property
-    def content_gate(self) -> ContentGate | None:
+    def content_gate(self) -> Verifier | None:
         return self._options.gate
 
     @property
@@ -321,7 +339,9 @@ class SemanticCache(ChatMethods):
         item = self._record(prompt, response, namespace, ttl, tags, usage, cost, scope)
         if item is None:
             return None
-        return self._writer.put(item, self._embeddings.one(item[0].text))
+        entry_id = self._writer.put(item, self._embeddings.one(item[0].text))
+        self._answered(item[0], response, usage)
+        return entry_id
 
     def store_prepared(
         self,
@@ -339,7 +359,9 @@ class SemanticCache(ChatMethods):
         values are never keywords here, so no scope name (``"namespace"``, say) can redirect it.
         What the client wrapper and the proxy store with."""
         item = self._prepared_item(prepared, prompt, response, ttl, tags, usage, cost)
-        return self._writer.put(item, self._embeddings.one(item[0].text))
+        entry_id = self._writer.put(item, self._embeddings.one(item[0].text))
+        self._answered(item[0], response, usage)
+        return entry_id
 
     async def astore_prepared(
         self,
@@ -355,7 +377,10 @@ class SemanticCache(ChatMethods):
         """Async :meth:`store_prepared`."""
         item = self._prepared_item(prepared, prompt, response, ttl, tags, usage, cost)
         embedding = await self._embeddings.aone(item[0].text)
-        return await asyncio.to_thread(self._writer.put, item, embedding)
+        entry_id = await asyncio.to_thread(self._writer.put, item, embedding)
+        if self._checker is not None:
+            await asyncio.to_thread(self._answered, item[0], response, usage)
+        return entry_id
 
     def _prepared_item(
         self, prepared: Any, prompt: Any, response: Any, ttl: Any, tags: Any, usage: Any, cost: Any
@@ -391,7 +416,76 @@ class SemanticCache(ChatMethods):
         ]
         live = [item for item in items if item is not None]
         embeddings = iter(self._embeddings.batch([item[0].text for item in live]))
-        return [None if item is None else self._writer.put(item, next(embeddings)) for item in items]
+        out = [None if item is None else self._writer.put(item, next(embeddings)) for item in items]
+        for item, response in zip(items, responses, strict=True):
+            if item is not None:
+                self._answered(item[0], response, None)
+        return out
+
+    # -- self-checking -----------------------------------------------------------------------
+
+    def _answered(self, prepared: PromptKey, response: Any, usage: Any) -> Check | None:
+        """A fresh answer for a prompt that just missed: compared with the candidate a
+        self-check noted for it, if any (bsc.semantic.selfcheck)."""
+        if self._checker is None:
+            return None
+        found = self._checker.answered(prepared.partition, prepared.text, response, self.similarity_threshold)
+        if found is None:
+            return None
+        check, elapsed = found
+        self._metrics.add("checks")
+        if not check.same:
+            self._metrics.add("checks_different")
+        if check.paid:
+            self._metrics.add("verification_seconds", elapsed)
+            if usage is not None:
+                self._metrics.add("verification_tokens", tokens_of(usage))
+        self._cache.notify_changed()
+        return check
+
+    def check_answer(
+        self, prompt: str, response: Any, *, namespace: str = DEFAULT_NAMESPACE, usage: Any = None, **scope: Any
+    ) -> Check | None:
+        """Give the upstream's answer for a prompt that just missed without storing it: with
+        ``self_check`` on, it is compared with the candidate the lookup noted (the label, or
+        ``None`` when there was none). ``store`` does this itself."""
+        prepared = self.prepare(prompt, namespace=namespace, scope=scope)
+        if prepared is None:
+            return None
+        tokens_of(usage)  # TypeError/ValueError before anything is compared
+        return self._answered(prepared, response, usage)
+
+    def _served_hits(self) -> tuple[int, int]:
+        values = self._metrics.snapshot()
+        return int(values["exact_hits"]), int(values["semantic_hits"])
+
+    @property
+    def self_check(self) -> SelfCheck | None:
+        return None if self._checker is None else self._checker.config
+
+    def checks(self) -> list[Check]:
+        """The labelled pairs the self-check collected, oldest first (at most
+        ``SelfCheck.max_labels``; ``[]`` when it is off)."""
+        return [] if self._checker is None else self._checker.checks()
+
+    def learned_thresholds(self) -> dict[str, float]:
+        """Each namespace's threshold as the self-check moved it (namespaces it has not moved
+        use ``similarity_threshold``)."""
+        return {} if self._checker is None else self._checker.thresholds()
+
+    def export_checks(self, path: str | os.PathLike[str]) -> int:
+        """Write :meth:`checks` as JSON lines (``text_a`` stored, ``text_b`` asked, ``label`` 1
+        for the same answer, ``similarity``, ...), the labelled-pairs format ``bsc eval`` and
+        ``bsc calibrate`` read; returns how many."""
+        import json
+
+        rows = self.checks()
+        tmp = Path(os.fspath(path) + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            for i, check in enumerate(rows):
+                out.write(json.dumps(check.as_pair(i), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return len(rows)
 
     # -- async -------------------------------------------------------------------------------
 
@@ -425,7 +519,10 @@ class SemanticCache(ChatMethods):
         if item is None:
             return None
         embedding = await self._embeddings.aone(item[0].text)
-        return await asyncio.to_thread(self._writer.put, item, embedding)
+        entry_id = await asyncio.to_thread(self._writer.put, item, embedding)
+        if self._checker is not None:
+            await asyncio.to_thread(self._answered, item[0], response, usage)
+        return entry_id
 
     # -- invalidation ------------------------------------------------------------------------
 
@@ -483,6 +580,7 @@ class SemanticCache(ChatMethods):
             self._max_prompt_chars,
             self._options,
             self._metrics.snapshot(),
+            None if self._checker is None else self._checker.state(),
         )
 
     @property
@@ -504,18 +602,27 @@ class SemanticCache(ChatMethods):
         similarity_threshold: float | None = None,
         verify: bool = False,
         rescore: bool | None = None,
-        content_gate: bool | ContentGate | None = None,
+        content_gate: bool | Verifier | None = None,
+        self_check: bool | SelfCheck | None = None,
     ) -> SemanticCache:
         """Open a cache saved by :meth:`save`. ``embedder`` (default the local one) must be the
         model the file's entries were embedded by (``EncoderMismatchError`` otherwise).
         ``verify`` checks every response's checksum now (see :meth:`BinarySemanticCache.load`).
-        ``rescore`` and ``content_gate`` default to the file's settings; entries stored without
+        ``rescore``, ``content_gate`` and ``self_check`` default to the file's settings (a
+        comparator or verifier of your own is not saved: pass it again); entries stored without
         rescoring have no int8 copy, and keep their binary similarity when rescoring is on."""
         if embedder is None:
             embedder = default_embedder()
         cache, options, saved = open_saved(
             path, embedder, max_entries, similarity_threshold, verify, rescore, content_gate
         )
+        checking = self_check_arg(self_check) if self_check is not None else None
+        if self_check is None and isinstance(saved.get("self_check"), dict):
+            try:
+                checking = SelfCheck(**saved["self_check"].get("settings", {}))
+            except (TypeError, ValueError) as err:
+                cache.close()
+                raise CorruptFileError(f"{path}: its self-check settings are malformed: {err}") from None
         out = cls.__new__(cls)
         out._setup(
             embedder,
@@ -524,6 +631,7 @@ class SemanticCache(ChatMethods):
             saved.get("near_miss_margin", 0.05),
             saved.get("max_prompt_chars", 100_000),
             options,
+            checking,
         )
         return out
 

@@ -26,7 +26,11 @@ class SemanticStats:
     ``cost_saved`` add up the usage stored with each entry that answered.
     ``lru_touches_dropped`` counts hits left out of the LRU order because the engine's queue of
     them was full, ``save_errors`` failed background and final saves of ``persist_path`` (both
-    this process only; not saved)."""
+    this process only; not saved). With ``self_check``: ``verifications`` counts hits held back
+    to be checked (counted as misses: the upstream answered), ``checks`` the comparisons made
+    (paid and free), ``checks_different`` those whose answers differed, ``verification_tokens``
+    and ``verification_seconds`` what the paid ones cost (the stored usage, the time from the
+    lookup to the store)."""
 
     size: int
     max_size: int
@@ -50,6 +54,11 @@ class SemanticStats:
     similarity_histogram: dict[str, int] = field(default_factory=dict)
     save_errors: int = 0
     lru_touches_dropped: int = 0
+    verifications: int = 0
+    checks: int = 0
+    checks_different: int = 0
+    verification_tokens: int = 0
+    verification_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +74,11 @@ _COUNTERS = (
     "gate_vetoes",
     "tokens_saved",
     "cost_saved",
+    "verifications",
+    "checks",
+    "checks_different",
+    "verification_tokens",
+    "verification_seconds",
 )
 
 
@@ -77,7 +91,7 @@ class Metrics:
         self.histogram = [0] * _BINS
         if saved:
             for name in _COUNTERS:
-                value = saved.get(name, 0)
+                value = saved.get(name, 0)  # counters added later are 0 in older files
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                     raise ValueError(f"counter {name} is {value!r}")
                 self.values[name] = value
@@ -138,4 +152,9 @@ def build_stats(
         similarity_histogram=histogram,
         lru_touches_dropped=raw.get("lru_touches_dropped", 0),
         save_errors=save_errors,
+        verifications=int(metrics["verifications"]),
+        checks=int(metrics["checks"]),
+        checks_different=int(metrics["checks_different"]),
+        verification_tokens=int(metrics["verification_tokens"]),
+        verification_seconds=float(metrics["verification_seconds"]),
     )

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bsc._checks import check_threshold
-from bsc.gate import ContentGate, gate_arg
+from bsc.gate import ContentGate, Verifier, gate_arg
 from bsc.semantic.embedding import Embeddings
-from bsc.semantic.keys import PromptKey, entry_key, normalize_prompt
+from bsc.semantic.keys import PromptKey, entry_key, namespace_of, normalize_prompt
 from bsc.semantic.metrics import Metrics
 from bsc.semantic.records import Hit, Record, make_hit, unpack
 from bsc_encoder import hamming_radius, hamming_to_cosine
 
 if TYPE_CHECKING:
     from bsc.cache import BinarySemanticCache
+    from bsc.semantic.selfcheck import Checker
 
 logger = logging.getLogger("bsc")
 
@@ -41,7 +42,7 @@ class Options:
     rescore: bool
     candidates: int
     margin: float
-    gate: ContentGate | None
+    gate: Verifier | None
 
     @classmethod
     def checked(cls, rescore: Any, candidates: Any, margin: Any, content_gate: Any) -> Options:
@@ -58,7 +59,8 @@ class Options:
             "rescore": self.rescore,
             "rescore_candidates": self.candidates,
             "rescore_margin": self.margin,
-            "content_gate": None if self.gate is None else self.gate.as_dict(),
+            # A verifier of your own is not saved: pass it again to load().
+            "content_gate": self.gate.as_dict() if isinstance(self.gate, ContentGate) else None,
         }
 
     @classmethod
@@ -97,6 +99,7 @@ class Matcher:
         self._options = options
         self._metrics = metrics
         self._near_miss_margin = near_miss_margin
+        self.checker: Checker | None = None  # self-checking (bsc.semantic.selfcheck), when on
 
     def find(
         self, prepared: PromptKey | None, embeddings: Embeddings, threshold: float | None, max_age: float | None
@@ -169,11 +172,15 @@ class Matcher:
             return None
         code = self._binary.encode(embedding)
         bits = self._binary.code_bits
-        if threshold is None:
+        checker = self.checker
+        if threshold is None and checker is not None:
+            threshold = checker.threshold(namespace_of(partition), self._binary.similarity_threshold)
+            radius = hamming_radius(threshold, bits)
+        elif threshold is None:
             threshold, radius = self._binary.match_rule
         else:
             radius = hamming_radius(threshold, bits)
-        if self._options.rescore or self._options.gate is not None or oldest is not None:
+        if self._options.rescore or self._options.gate is not None or oldest is not None or checker is not None:
             return self._checked(prompt, partition, embedding, code, threshold, radius, oldest)
         found, nearest = self._engine.lookup_nearest(code, radius, namespace=partition)
         best = None if nearest is None else float(hamming_to_cosine(nearest, bits))
@@ -205,12 +212,14 @@ class Matcher:
         """The semantic path with rescoring or the content gate: the nearest binary candidates
         are read in one call, re-scored (rescoring), and the best that reaches the threshold
         and passes the gate is served."""
-        options, bits = self._options, self._binary.code_bits
+        options, bits, checker = self._options, self._binary.code_bits, self.checker
         query = np.asarray(embedding, dtype=np.float32).ravel()
         query_norm = float(np.linalg.norm(query))
         # Candidates down to the rescoring margin, and to the near-miss margin so that a near
-        # miss is seen; only those at or above the threshold can answer.
+        # miss is seen (and to the self-check band); only those at or above the threshold answer.
         widest = max(self._near_miss_margin, options.margin if options.rescore else 0.0)
+        if checker is not None:
+            widest = max(widest, checker.config.band)
         radius = max(radius, hamming_radius(max(-1.0, threshold - widest), bits))
         # With a max_age, entries too old to answer are skipped: read a few more candidates.
         k = options.candidates if oldest is None else max(options.candidates, 16)
@@ -229,20 +238,36 @@ class Matcher:
         best = scored[0][0] if scored else None if nearest is None else float(hamming_to_cosine(nearest, bits))
         if best is not None:
             self._metrics.observe(best)
+        near = None  # the best candidate under the threshold (a self-check compares its answer)
         for similarity, entry, record in scored:
-            if similarity < threshold:
-                break
             if oldest is not None and entry[3] < oldest:
                 continue  # older than the request allows
+            if similarity < threshold:
+                near = near or (similarity, entry, record)
+                break
             if options.gate is not None:
-                rule = options.gate.veto(prompt, normalize_prompt(record.prompt))
+                rule = options.gate.verify(prompt, normalize_prompt(record.prompt), similarity)
                 if rule is not None:
                     self._metrics.add("gate_vetoes")
                     logger.debug("bsc: content gate vetoed entry %d in %s (%s differ)", entry[0], partition, rule)
                     continue
+            if checker is not None and checker.blocked(entry[0], prompt):
+                continue  # its answer was compared for this very prompt, and differed
             served = self._engine.lookup_id(entry[0], namespace=partition)
             if served is None:
                 continue  # deleted, replaced or expired since the scan: never touched
+            if (
+                checker is not None
+                and similarity < threshold + checker.config.band
+                and checker.should_check(namespace_of(partition))
+            ):
+                # In the uncertainty band: not served this time; the caller asks the upstream as
+                # for any miss, and the fresh answer it stores is compared with this one.
+                checker.note(partition, prompt, entry[0], record.prompt, record.response, similarity, paid=True)
+                self._metrics.add("verifications")
+                self._metrics.add("misses")
+                logger.debug("bsc: checking entry %d in %s (similarity %.3f)", entry[0], partition, similarity)
+                return None
             hit = make_hit(served, record, partition, similarity, exact=False)
             self._metrics.add("semantic_hits")
             self._served(record)
@@ -251,5 +276,8 @@ class Matcher:
         self._metrics.add("misses")
         if best is not None and threshold - self._near_miss_margin <= best < threshold:
             self._metrics.add("near_misses")
+        if checker is not None and near is not None and near[0] >= threshold - checker.config.band:
+            similarity, entry, record = near
+            checker.note(partition, prompt, entry[0], record.prompt, record.response, similarity, paid=False)
         logger.debug("bsc: miss in %s (best similarity %s)", partition, best)
         return None

@@ -81,6 +81,7 @@ def settings_meta(
     max_prompt_chars: int,
     options: Options,
     metrics: dict[str, Any],
+    self_check: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a save adds to the file's settings."""
     return {
@@ -92,5 +93,6 @@ def settings_meta(
             "max_prompt_chars": max_prompt_chars,
             **options.as_meta(),
             "metrics": metrics,
+            **({} if self_check is None else {"self_check": self_check}),
         }
     }
