@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from bsc import SemanticCache
-from bsc.gate import ContentGate
+from bsc.gate import RULE_OVERLAP, ContentGate, Verifier, findings, overlap
 from bsc_backends import LocalEmbedder
+from bsc_backends.testing import WordEmbedder
 
 GATE = ContentGate()
 
@@ -62,6 +63,81 @@ GATE = ContentGate()
 def test_rules(stored: str, asked: str, rule: str | None) -> None:
     assert GATE.veto(asked, stored) == rule
     assert GATE.veto(stored, asked) == rule  # symmetric
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "rule"),
+    [
+        # order: two words trade places around one that stays between them
+        ("Translate English to French", "Translate French to English", "order"),
+        ("Is Rust faster than Go?", "Is Go faster than Rust?", "order"),
+        ("Subtract 7 from 20", "Subtract 20 from 7", "order"),
+        ("Did Caesar defeat Pompey at Pharsalus?", "Did Pompey defeat Caesar at Pharsalus?", "order"),
+        ("Move money from savings to checking", "Move money from checking into savings", "order"),
+        ("In Python, how do I reverse a list?", "How do I reverse a list in Python?", None),  # a clause moved
+        ("How to convert string to int in Java", "In Java, how to convert string to int", None),
+        # code: operators, flags and calls
+        ("What does git reset --hard do?", "What does git reset --soft do?", "code"),
+        ("Why is x += 1 slow?", "Why is x -= 1 slow?", "code"),
+        ("What does len(x) return?", "What does len(x) return here?", None),
+        # units without a number, times of day, seasons, relative periods
+        ("How tall is Everest in feet?", "How tall is Everest in meters?", "quantities"),
+        ("What is the price in euros?", "What is the price in US dollars?", "quantities"),
+        ("How many cups of flour for bread?", "How many grams of flour for bread?", "quantities"),
+        ("Remind me at 9am", "Remind me at 9pm", "quantities"),
+        ("Write a 500-word essay", "Write a 500-character essay", "quantities"),
+        ("Best places to visit in winter", "Best places to visit in summer", "dates"),
+        ("What can I plant in early spring?", "What can I plant in early fall?", "dates"),
+        ("Is the office open next week?", "Is the office open next month?", "dates"),
+        ("How do I get yesterday's date?", "How do I get tomorrow's date?", "dates"),
+        # prefixed and listed opposites
+        ("How do I stage a file in git?", "How do I unstage a file in git?", "opposites"),
+        ("How do I upgrade my plan?", "How do I downgrade my plan?", "opposites"),
+        ("Sort the list in ascending order", "Sort the list in descending order", "opposites"),
+        # negation typed without an apostrophe
+        ("Why has my order shipped?", "Why hasnt my order shipped?", "negation"),
+        # a value one prompt leaves out is no conflict; a swapped one is
+        ("How do I learn Python 3?", "How do I learn Python?", None),
+        ("Flights to Paris in May", "Flights to Paris", None),
+        ("What is the capital of Austria?", "What is the capital of Australia?", "entities"),
+        ("What does Docker do?", "What does docker do?", None),
+    ],
+)
+def test_new_rules(stored: str, asked: str, rule: str | None) -> None:
+    assert GATE.veto(asked, stored) == rule
+    assert GATE.veto(stored, asked) == rule
+
+
+def test_a_rule_vetoes_only_where_the_prompts_are_worded_alike() -> None:
+    """The same conflicting number, in prompts worded alike and in prompts worded apart."""
+    alike = ("How many days are there in 2024?", "How many days are there in 2023?")
+    apart = (
+        "Tell me about the 2024 elections in every state and their results",
+        "Who won in 2023, and what did the polls predict?",
+    )
+    assert GATE.veto(*alike) == "numbers"
+    assert overlap(*apart) < RULE_OVERLAP["numbers"]
+    assert GATE.veto(*apart) is None
+    assert ContentGate(min_overlap=0).veto(*apart) == "numbers"  # one overlap for every rule
+    alike_found = findings(*alike)
+    assert alike_found[0] == 1.0 and alike_found[1]["numbers"] and not alike_found[1]["dates"]
+    with pytest.raises(ValueError, match="min_overlap"):
+        ContentGate(min_overlap=1.5)
+
+
+def test_any_verifier_can_replace_the_gate() -> None:
+    class NoQuestions:
+        def verify(self, prompt: str, stored: str, similarity: float) -> str | None:
+            return "question" if prompt.endswith("?") else None
+
+    assert isinstance(GATE, Verifier) and GATE.verify("What is 21+1?", "What is 1+1?", 0.9) == "numbers"
+    words = WordEmbedder()
+    with SemanticCache(words, 0.5, content_gate=NoQuestions(), persist_every=None, persist_interval=None) as cache:
+        assert isinstance(cache.content_gate, NoQuestions)
+        cache.store("how do I learn python fast", "A")
+        assert cache.lookup("how do I learn python quickly") is not None
+        assert cache.lookup("how do I learn python quickly?") is None
+        assert cache.stats().gate_vetoes == 1
 
 
 def test_rules_can_be_turned_off_one_by_one() -> None:

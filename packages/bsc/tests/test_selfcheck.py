@@ -218,3 +218,36 @@ def test_the_proxy_checks_itself_and_reports_the_cost() -> None:
             assert "bsc_self_check_verifications 1.0" in metrics
             assert "bsc_self_check_checks_different 1.0" in metrics
         assert cache.learned_thresholds()  # moved up by the different answer
+
+
+def test_the_client_wrapper_and_the_decorator_check_themselves() -> None:
+    from bsc import semantic_cache
+    from bsc.openai import CachedOpenAI
+
+    fake = FakeChatUpstream()
+    with ServerThread(fake.app) as up:
+        cache = SemanticCache(WordEmbedder(), content_gate=False, self_check=SelfCheck(band=1.0, seed=1, **ALWAYS))
+        client = CachedOpenAI(openai.OpenAI(base_url=up.url + "/v1", api_key="k", max_retries=0), cache)
+        ask = client.chat.completions.create
+        first = ask(model="m", messages=[{"role": "user", "content": "how do I learn python fast"}])
+        second = ask(model="m", messages=[{"role": "user", "content": "how can I learn python fast"}])
+        assert fake.requests == 2  # held back: the upstream answered, and that answer is returned
+        assert second.choices[0].message.content != first.choices[0].message.content
+        assert cache.stats().checks_different == 1 and cache.stats().verification_tokens > 0
+        client.close()
+
+    calls = []
+    decorated_cache = SemanticCache(
+        WordEmbedder(), content_gate=False, self_check=SelfCheck(band=1.0, seed=1, **ALWAYS)
+    )
+
+    @semantic_cache(decorated_cache)
+    def answer(prompt: str) -> str:
+        calls.append(prompt)
+        return "the same answer"
+
+    answer("how do I learn python fast")
+    assert answer("how can I learn python fast") == "the same answer"
+    assert len(calls) == 2  # checked once...
+    (check,) = decorated_cache.checks()
+    assert check.same and check.paid  # ...and found the same

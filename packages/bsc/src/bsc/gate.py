@@ -36,7 +36,7 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["OPPOSITES", "RULE_OVERLAP", "ContentGate", "Verifier", "overlap"]
+__all__ = ["OPPOSITES", "RULES", "RULE_OVERLAP", "ContentGate", "Verifier", "findings", "overlap"]
 
 
 def _words(text: str) -> list[str]:
@@ -361,6 +361,8 @@ RULE_OVERLAP: dict[str, float] = {
 }
 _OPPOSITE_WORDS = frozenset(w for pair in OPPOSITES for side in pair for w in side)
 _RULES = ("numbers", "dates", "quantities", "negation", "quoted", "opposites", "order", "code", "entities")
+#: The rules, in the order ``veto`` tries them.
+RULES = _RULES
 
 
 def _numbers(raw: str, exponent: str | None = None) -> list[str]:
@@ -571,7 +573,20 @@ def _pair(prompt: Any, stored: Any) -> tuple[_Features, _Features]:
     return _features(prompt), _features(stored)
 
 
-def overlap(a: _Features, b: _Features) -> float:
+def findings(prompt: str, stored: str) -> tuple[float, dict[str, bool]]:
+    """The two prompts' :func:`overlap` and, for every rule, whether it finds a conflict
+    before the overlap condition (what ``benchmarks/defaults.py`` measures each rule by)."""
+    a, b = _pair(prompt, stored)
+    return _overlap(a, b), {rule: _CHECKS[rule](a, b) for rule in _RULES}
+
+
+def overlap(prompt: str, stored: str) -> float:
+    """The Jaccard overlap of the two prompts' words that no rule looks at (see
+    :func:`findings`)."""
+    return _overlap(*_pair(prompt, stored))
+
+
+def _overlap(a: _Features, b: _Features) -> float:
     """The Jaccard overlap of the words no rule looks at (1.0 when neither has any); a word
     and its prefixed opposite ("stage" / "unstage") are the opposites rule's, not counted."""
     shared = len(a.rest & b.rest)
@@ -657,7 +672,7 @@ class ContentGate:
         :data:`RULE_OVERLAP`): a difference it sees may then be said another way in the other
         prompt ("I forgot" / "I can't remember")."""
         a, b = _pair(prompt, stored)
-        alike = overlap(a, b)
+        alike = _overlap(a, b)
         return tuple(
             rule
             for rule in _RULES

@@ -531,14 +531,20 @@ def replay(
     )
     cache.store_many(stored, [""] * len(stored))
     counts = dict.fromkeys(("hits", "exact_hits", "correct", "wrong_labelled", "wrong_unlabelled", "found"), 0)
-    for p, tb in zip(pairs, texts_b, strict=True):
+    half = len(pairs) // 2
+    late = {"hits": 0, "wrong": 0}  # the second half of the lookups
+    for i, (p, tb) in enumerate(zip(pairs, texts_b, strict=True)):
         hit = cache.lookup(tb)
         if hit is None:
             continue
         counts["hits"] += 1
         counts["exact_hits"] += hit.exact
         served = normalize_prompt(hit.prompt)
-        if served == tb or root(served) == root(tb):
+        right = served == tb or root(served) == root(tb)
+        if i >= half:
+            late["hits"] += 1
+            late["wrong"] += not right
+        if right:
             counts["correct"] += 1
             counts["found"] += p.label
         elif frozenset((served, tb)) in non_duplicates:
@@ -560,6 +566,11 @@ def replay(
         "wrong_hit_rate_upper_bound": round(wilson_upper(wrong, hits), 4),
         "recall": round(counts["found"] / duplicates, 4) if duplicates else 0.0,
         "gate_vetoes": cache.stats().gate_vetoes,
+        "second_half": {
+            "lookups": len(pairs) - half,
+            "hit_rate": round(late["hits"] / (len(pairs) - half), 4),
+            "wrong_hit_rate": round(late["wrong"] / late["hits"], 4) if late["hits"] else 0.0,
+        },
     }
 
 
@@ -581,8 +592,8 @@ def self_check_replay(
     questions (the stand-in for comparing an upstream's answers); after a miss the asked
     question's answer is given with :meth:`~bsc.SemanticCache.check_answer` (not stored, so the
     entries are :func:`replay`'s). A hit is wrong when its question is not linked to the asked
-    one (labelled or not). Returns the totals, the second half's, and per ``window`` lookups the
-    wrong-hit rate, the hit rate and the threshold."""
+    one (labelled or not). Returns the totals, the second half's, and after each ``window``
+    lookups that window's wrong-hit rate and hit rate and the threshold (first: the start)."""
     from bsc.semantic import SelfCheck, SemanticCache, normalize_prompt
 
     texts_a, texts_b, embedder = _workload(pairs, vectors_a, vectors_b, model_name)
@@ -599,7 +610,7 @@ def self_check_replay(
     )
     cache.store_many(stored, [root(t) for t in stored])
     rows = []  # (hit, wrong, checked)
-    series = []
+    series: list[dict[str, Any]] = [{"lookups": 0, "threshold": similarity_threshold}]
     before = 0
     for i, tb in enumerate(texts_b):
         hit = cache.lookup(tb)
@@ -610,8 +621,8 @@ def self_check_replay(
             rows.append((False, False, checked))
         else:
             rows.append((True, root(normalize_prompt(hit.prompt)) != root(tb), checked))
-        if (i + 1) % window == 0 or i + 1 == len(texts_b):
-            part = rows[-window:] if (i + 1) % window == 0 else rows[len(rows) - ((i + 1) % window) :]
+        if (i + 1) % window == 0:  # whole windows only
+            part = rows[-window:]
             hits = sum(h for h, _, _ in part)
             series.append(
                 {
