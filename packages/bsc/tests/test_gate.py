@@ -76,6 +76,11 @@ def test_rules(stored: str, asked: str, rule: str | None) -> None:
         ("Move money from savings to checking", "Move money from checking into savings", "order"),
         ("In Python, how do I reverse a list?", "How do I reverse a list in Python?", None),  # a clause moved
         ("How to convert string to int in Java", "In Java, how to convert string to int", None),
+        (  # a clause with a repeated connector moved whole
+            "What is the melting point of iron at the pressure of one atmosphere?",
+            "At the pressure of one atmosphere, what is the melting point of iron?",
+            None,
+        ),
         # code: operators, flags and calls
         ("What does git reset --hard do?", "What does git reset --soft do?", "code"),
         ("Why is x += 1 slow?", "Why is x -= 1 slow?", "code"),

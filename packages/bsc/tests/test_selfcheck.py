@@ -251,3 +251,30 @@ def test_the_client_wrapper_and_the_decorator_check_themselves() -> None:
     assert len(calls) == 2  # checked once...
     (check,) = decorated_cache.checks()
     assert check.same and check.paid  # ...and found the same
+
+
+def test_bsc_checks_and_stats_read_the_labels_from_a_saved_file(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from bsc.cli import main
+
+    embedder = _table({"close": 0.85})
+    path = tmp_path / "c.bsc"
+    cache = _cache(embedder, **ALWAYS)
+    cache.store("stored", "Paris")
+    cache.lookup("close")
+    cache.check_answer("close", "Lyon")
+    cache.save(path)
+    out = tmp_path / "labels.jsonl"
+    assert main(["checks", str(path), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["text_a"], r["text_b"], r["label"]) for r in rows] == [("stored", "close", 0)]
+    capsys.readouterr()
+    assert main(["checks", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["text_b"] == "close"
+    assert main(["stats", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["self_check_target"] == 0.10 and report["learned_thresholds"]["default"] > 0.85
+    assert report["verifications"] == 1 and report["checks_different"] == 1
+    plain = tmp_path / "plain.bsc"
+    SemanticCache(embedder, persist_every=None, persist_interval=None).save(plain)
+    assert main(["checks", str(plain)]) == 0 and capsys.readouterr().out == ""
+    assert main(["checks", str(tmp_path / "missing.bsc")]) != 0

@@ -54,6 +54,22 @@ _LABELS = {
 }
 
 
+def _checks(args: argparse.Namespace) -> int:
+    from bsc.semantic.files import saved_checks
+
+    rows = [json.dumps(check.as_pair(i), ensure_ascii=False) for i, check in enumerate(saved_checks(args.path))]
+    if args.out is None:
+        for row in rows:
+            print(row)
+        return 0
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.writelines(row + "\n" for row in rows)
+    os.replace(tmp, args.out)
+    print(f"bsc checks: {len(rows)} labelled pairs written to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     from bsc.semantic import describe_file
 
@@ -469,6 +485,16 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("path", metavar="PATH", help="a cache file")
     stats.add_argument("--json", action="store_true", help="print the report as JSON")
     stats.set_defaults(run=_stats)
+    checks = commands.add_parser(
+        "checks",
+        help="export the labelled pairs a self-checking cache collected",
+        description="Write the comparisons a SemanticCache(self_check=...) saved in its file as JSON lines "
+        "(id, text_a = the stored prompt, text_b = the asked prompt, label = 1 for the same answer, similarity, "
+        "namespace, paid, time): the labelled-pairs format bsc eval reads. Nothing is embedded.",
+    )
+    checks.add_argument("path", metavar="PATH", help="a cache file")
+    checks.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+    checks.set_defaults(run=_checks)
     inspect = commands.add_parser(
         "inspect",
         help="list the entries of a saved cache",

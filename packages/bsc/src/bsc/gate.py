@@ -512,7 +512,9 @@ def _features_of(text: str) -> _Features:
 
 def _order(words: list[str]) -> tuple[str, ...]:
     """The words a swap can move, in order: no function words except the connectors ("to",
-    "than", "from", ...; "into" counts as "to"), each only if it occurs once."""
+    "than", "from", ...; "into" counts as "to"), each only if it occurs once (numbering the
+    occurrences of a repeated one mismatches them when a clause moves: "the boiling point of
+    water at the top of Everest" / "at the top of Everest, the boiling point of water")."""
     kept = [_SAME_CONNECTOR.get(w, w) for w in words]
     kept = [w for w in kept if w in _CONNECTORS or w not in _FUNCTION_WORDS]
     counts: dict[str, int] = {}

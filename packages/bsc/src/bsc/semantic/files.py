@@ -11,9 +11,10 @@ from bsc._codec import decode_response
 from bsc.persist import read_meta
 from bsc.semantic.metrics import Metrics, build_stats, namespace_count
 from bsc.semantic.records import unpack
+from bsc.semantic.selfcheck import Check
 from bsc_native import CorruptFileError
 
-__all__ = ["describe_file", "list_entries"]
+__all__ = ["describe_file", "list_entries", "saved_checks"]
 
 
 def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -49,6 +50,10 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             content_gate=semantic.get("content_gate"),
             **stats,
         )
+        checking = semantic.get("self_check")
+        if isinstance(checking, dict):
+            report["self_check_target"] = (checking.get("settings") or {}).get("target_wrong_rate")
+            report["learned_thresholds"] = checking.get("thresholds") or {}
     else:
         lookups = raw["hits"] + raw["misses"]
         report.update(
@@ -108,3 +113,18 @@ def list_entries(
             }
         )
     return out
+
+
+def saved_checks(path: str | os.PathLike[str]) -> list[Check]:
+    """The self-check's labelled pairs kept in a saved ``SemanticCache`` file (``bsc checks``),
+    read without an embedder; ``[]`` when it checked nothing."""
+    file = Path(os.fspath(path))
+    store = engines.open_file(file)
+    semantic = read_meta(file, store.meta).get("semantic")
+    checking = semantic.get("self_check") if isinstance(semantic, dict) else None
+    if not isinstance(checking, dict):
+        return []
+    try:
+        return [Check(*row) for row in checking.get("checks", [])]
+    except TypeError as err:
+        raise CorruptFileError(f"{file}: its self-check labels are malformed: {err}") from None

@@ -253,21 +253,22 @@ class Matcher:
                     continue
             if checker is not None and checker.blocked(entry[0], prompt):
                 continue  # its answer was compared for this very prompt, and differed
-            served = self._engine.lookup_id(entry[0], namespace=partition)
-            if served is None:
-                continue  # deleted, replaced or expired since the scan: never touched
             if (
                 checker is not None
                 and similarity < threshold + checker.config.band
                 and checker.should_check(namespace_of(partition))
             ):
-                # In the uncertainty band: not served this time; the caller asks the upstream as
-                # for any miss, and the fresh answer it stores is compared with this one.
+                # In the uncertainty band: not served this time (nor touched); the caller asks
+                # the upstream as for any miss, and the fresh answer it stores is compared with
+                # this one.
                 checker.note(partition, prompt, entry[0], record.prompt, record.response, similarity, paid=True)
                 self._metrics.add("verifications")
                 self._metrics.add("misses")
                 logger.debug("bsc: checking entry %d in %s (similarity %.3f)", entry[0], partition, similarity)
                 return None
+            served = self._engine.lookup_id(entry[0], namespace=partition)
+            if served is None:
+                continue  # deleted, replaced or expired since the scan: never touched
             hit = make_hit(served, record, partition, similarity, exact=False)
             self._metrics.add("semantic_hits")
             self._served(record)
