@@ -278,3 +278,15 @@ def test_bsc_checks_and_stats_read_the_labels_from_a_saved_file(tmp_path, capsys
     SemanticCache(embedder, persist_every=None, persist_interval=None).save(plain)
     assert main(["checks", str(plain)]) == 0 and capsys.readouterr().out == ""
     assert main(["checks", str(tmp_path / "missing.bsc")]) != 0
+
+
+def test_a_failing_comparator_never_fails_the_store(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(cached: Any, fresh: Any) -> bool:
+        raise RuntimeError("comparator down")
+
+    cache = _cache(_table({"close": 0.85}), comparator=broken, **ALWAYS)
+    cache.store("stored", "Paris")
+    assert cache.lookup("close") is None
+    assert cache.store("close", "Lyon") is not None  # stored all the same
+    assert cache.checks() == [] and cache.stats().checks == 0
+    assert "comparator down" in caplog.text

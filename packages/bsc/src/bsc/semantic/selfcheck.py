@@ -24,6 +24,7 @@ different answer is never served again for the prompt it was compared on.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
@@ -41,6 +42,8 @@ from bsc._codec import decode_response
 from bsc.semantic.keys import digest, namespace_of
 
 __all__ = ["Check", "Checker", "SelfCheck", "answer_text", "same_answer"]
+
+logger = logging.getLogger("bsc")
 
 # Pending comparisons waiting for their fresh answer: at most this many, for at most this long.
 _PENDING = 10_000
@@ -344,11 +347,15 @@ class Checker:
         elapsed = time.monotonic() - pending.started
         if elapsed > _PENDING_SECONDS:
             return None
-        cached = decode_response(pending.response)
-        if self.config.comparator is not None:
-            same = bool(self.config.comparator(cached, fresh))
-        else:
-            same = same_answer(cached, fresh, self._embed, self.config.same_answer_similarity)
+        try:
+            cached = decode_response(pending.response)
+            if self.config.comparator is not None:
+                same = bool(self.config.comparator(cached, fresh))
+            else:
+                same = same_answer(cached, fresh, self._embed, self.config.same_answer_similarity)
+        except Exception as err:  # a comparator or an embedder failing never fails the store
+            logger.warning("bsc: self-check could not compare the answers for entry %d: %r", pending.entry_id, err)
+            return None
         check = Check(
             pending.namespace,
             pending.stored_prompt,
