@@ -290,3 +290,27 @@ def test_a_failing_comparator_never_fails_the_store(caplog: pytest.LogCaptureFix
     assert cache.store("close", "Lyon") is not None  # stored all the same
     assert cache.checks() == [] and cache.stats().checks == 0
     assert "comparator down" in caplog.text
+
+
+def test_remembered_candidates_are_bounded_in_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bsc.semantic import selfcheck
+
+    monkeypatch.setattr(selfcheck, "_PENDING_BYTES", 10_000)
+    checker = Checker(SelfCheck(**ALWAYS))
+    big = encode_response("x" * 3_000)
+    for i in range(10):
+        checker.note("ns#x", f"q{i}", i, "stored", big, 0.85, paid=True)
+    assert checker.answered("ns#x", "q0", "y", 0.8) is None  # the oldest were forgotten
+    assert checker.answered("ns#x", "q9", "y", 0.8) is not None
+    assert checker._pending_bytes == sum(selfcheck._size(p) for p in checker._pending.values())
+
+
+def test_labels_are_bounded_over_every_namespace() -> None:
+    checker = Checker(SelfCheck(max_labels=50, **ALWAYS))
+    for i in range(200):
+        ns = f"n{i % 7}#x"
+        checker.note(ns, f"q{i}", i, "stored", encode_response("a"), 0.85, paid=True)
+        checker.answered(ns, f"q{i}", "a", 0.8)
+    assert len(checker.checks()) == 50
+    assert sum(len(v) for v in checker._labels.values()) == 50
+    assert checker.checks()[-1].asked_prompt == "q199"

@@ -47,6 +47,7 @@ logger = logging.getLogger("bsc")
 
 # Pending comparisons waiting for their fresh answer: at most this many, for at most this long.
 _PENDING = 10_000
+_PENDING_BYTES = 64 << 20  # and at most this much of their prompts and cached answers
 _PENDING_SECONDS = 600.0
 # (entry, prompt) pairs never served again: at most this many (the oldest are forgotten).
 _BLOCKED = 100_000
@@ -74,8 +75,8 @@ class SelfCheck:
         comparator: ``(cached answer, fresh answer) -> bool`` (same answer?); default
             :func:`same_answer` (exact after normalisation for short or structured answers,
             embedding cosine of at least ``same_answer_similarity`` for prose).
-        max_labels: labels kept (the oldest are dropped; each namespace recalibrates on its
-            last ``max_labels``).
+        max_labels: labels kept over every namespace (the oldest are dropped; each namespace
+            recalibrates on those of its labels that are kept).
         seed: seed of the sampling (``None``: random).
     """
 
@@ -179,6 +180,10 @@ class _Pending:
     similarity: float
     paid: bool
     started: float = field(default_factory=time.monotonic)
+
+
+def _size(pending: _Pending) -> int:
+    return len(pending.response) + 4 * (len(pending.stored_prompt) + len(pending.asked_prompt))
 
 
 def answer_text(value: Any) -> str:
@@ -291,6 +296,7 @@ class Checker:
         self._labels: dict[str, deque[tuple[float, bool]]] = {}
         self._checks: deque[Check] = deque(maxlen=config.max_labels)
         self._pending: OrderedDict[tuple[str, str], _Pending] = OrderedDict()
+        self._pending_bytes = 0
         self._blocked: OrderedDict[tuple[int, bytes], None] = OrderedDict()
         if saved:
             self._restore(saved)
@@ -328,12 +334,19 @@ class Checker:
         """Remember a candidate to compare when ``prompt``'s fresh answer arrives."""
         with self._lock:
             key = (partition, prompt)
-            self._pending.pop(key, None)
+            self._forget(key)
             self._pending[key] = _Pending(
                 namespace_of(partition), entry_id, stored_prompt, prompt, response, similarity, paid
             )
-            while len(self._pending) > _PENDING:
-                self._pending.popitem(last=False)
+            self._pending_bytes += _size(self._pending[key])
+            while len(self._pending) > _PENDING or self._pending_bytes > _PENDING_BYTES:
+                self._forget(next(iter(self._pending)))
+
+    def _forget(self, key: tuple[str, str]) -> _Pending | None:
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._pending_bytes -= _size(pending)
+        return pending
 
     # -- store side ----------------------------------------------------------------------
 
@@ -341,7 +354,7 @@ class Checker:
         """Compare ``fresh`` (the upstream's answer for ``prompt``) with the candidate noted for
         it, if any: the label, and the seconds since the lookup."""
         with self._lock:
-            pending = self._pending.pop((partition, prompt), None)
+            pending = self._forget((partition, prompt))
         if pending is None:
             return None
         elapsed = time.monotonic() - pending.started
@@ -372,9 +385,8 @@ class Checker:
     def _learn(self, check: Check, default: float) -> None:
         c = self.config
         with self._lock:
-            self._checks.append(check)
-            labels = self._labels.setdefault(check.namespace, deque(maxlen=c.max_labels))
-            labels.append((check.similarity, check.same))
+            self._keep(check)
+            labels = self._labels[check.namespace]
             if not check.same:
                 self._blocked[(check.entry_id, digest(check.asked_prompt, 8))] = None
                 while len(self._blocked) > _BLOCKED:
@@ -397,6 +409,18 @@ class Checker:
             # up at once, down slowly
             new = wanted if wanted > current else current - c.lower_rate * (current - wanted)
             self._thresholds[check.namespace] = min(c.max_threshold, max(c.min_threshold, new))
+
+    def _keep(self, check: Check) -> None:
+        """Keep a label: at most ``max_labels`` over every namespace (the oldest go first), so
+        many namespaces cannot grow the state without bound."""
+        if len(self._checks) == self._checks.maxlen:
+            oldest = self._checks[0]
+            labels = self._labels[oldest.namespace]
+            labels.popleft()
+            if not labels:
+                del self._labels[oldest.namespace]
+        self._checks.append(check)
+        self._labels.setdefault(check.namespace, deque()).append((float(check.similarity), bool(check.same)))
 
     # -- reports and saving --------------------------------------------------------------
 
@@ -427,9 +451,6 @@ class Checker:
                 raise ValueError(f"self-check threshold {name!r} is {value!r}")
             self._thresholds[name] = float(value)
         for row in saved.get("checks", []):
-            check = Check(*row)
-            self._checks.append(check)
-            labels = self._labels.setdefault(check.namespace, deque(maxlen=self.config.max_labels))
-            labels.append((float(check.similarity), bool(check.same)))
+            self._keep(Check(*row))
         for entry, key in saved.get("blocked", []):
             self._blocked[(int(entry), bytes.fromhex(key))] = None
