@@ -674,13 +674,12 @@ class ContentGate:
         :data:`RULE_OVERLAP`): a difference it sees may then be said another way in the other
         prompt ("I forgot" / "I can't remember")."""
         a, b = _pair(prompt, stored)
-        alike = _overlap(a, b)
+        found = [rule for rule in _RULES if getattr(self, rule) and _CHECKS[rule](a, b)]
+        if not found:
+            return ()
+        alike = _overlap(a, b)  # only when a rule found something: most candidates pass
         return tuple(
-            rule
-            for rule in _RULES
-            if getattr(self, rule)
-            and alike >= (RULE_OVERLAP[rule] if self.min_overlap is None else self.min_overlap)
-            and _CHECKS[rule](a, b)
+            rule for rule in found if alike >= (RULE_OVERLAP[rule] if self.min_overlap is None else self.min_overlap)
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -115,11 +115,27 @@ def wilson_upper(failures: int, trials: int, confidence: float = 0.95) -> float:
         return 1.0
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    z = _normal_quantile(confidence)
-    p = failures / trials
-    centre = p + z * z / (2 * trials)
-    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return min(1.0, (centre + spread) / (1 + z * z / trials))
+    return min(1.0, float(_wilson(failures / trials, trials, _normal_quantile(confidence))))
+
+
+def _wilson(p: Any, n: Any, z: float) -> Any:
+    """The upper Wilson score bound of share ``p`` of ``n`` trials (scalars or arrays)."""
+    return (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def lowest_threshold(scores: np.ndarray, same: np.ndarray, target: float, confidence: float) -> float | None:
+    """:func:`calibrate_scores`'s threshold in one vectorised pass (a self-checking cache runs
+    it after every label): the lowest score whose pairs at or above it have an upper Wilson
+    bound of their wrong share (``~same``) at most ``target``, or ``None`` when none has."""
+    if scores.size == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, wrong = scores[order], ~same[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last pair of each distinct score
+    n = (last + 1).astype(np.float64)
+    upper = _wilson(np.cumsum(wrong)[last] / n, n, _normal_quantile(confidence))
+    ok = np.nonzero(upper <= target + 1e-12)[0]
+    return float(s[last[ok[-1]]]) if ok.size else None
 
 
 def _normal_quantile(p: float) -> float:

@@ -243,7 +243,7 @@ class Matcher:
             if oldest is not None and entry[3] < oldest:
                 continue  # older than the request allows
             if similarity < threshold:
-                near = near or (similarity, entry, record)
+                near = (similarity, entry, record)
                 break
             if options.gate is not None:
                 rule = options.gate.verify(prompt, normalize_prompt(record.prompt), similarity)

@@ -28,7 +28,6 @@ import logging
 import math
 import random
 import re
-import statistics
 import threading
 import time
 from collections import OrderedDict, deque
@@ -39,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from bsc._codec import decode_response
+from bsc.quality import lowest_threshold
 from bsc.semantic.keys import digest, namespace_of
 
-__all__ = ["Check", "Checker", "SelfCheck", "answer_text", "same_answer"]
+__all__ = ["Check", "Checker", "SelfCheck", "answer_text", "lowest_threshold", "same_answer"]
 
 logger = logging.getLogger("bsc")
 
@@ -257,23 +257,6 @@ def same_answer(cached: Any, fresh: Any, embed: Callable[[str], Any] | None = No
     va, vb = np.asarray(va, dtype=np.float64).ravel(), np.asarray(vb, dtype=np.float64).ravel()
     norms = float(np.linalg.norm(va) * np.linalg.norm(vb))
     return norms > 0 and float(va @ vb) / norms >= similarity
-
-
-def lowest_threshold(scores: np.ndarray, same: np.ndarray, target: float, confidence: float) -> float | None:
-    """:func:`bsc.quality.calibrate_scores` in one vectorised pass (it runs after every label):
-    the lowest score whose pairs at or above it have an upper Wilson bound of their wrong
-    share at most ``target``, or ``None`` when none has."""
-    if scores.size == 0:
-        return None
-    order = np.argsort(-scores, kind="stable")
-    s, wrong = scores[order], ~same[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # the last pair of each distinct score
-    n = (last + 1).astype(np.float64)
-    p = np.cumsum(wrong)[last] / n
-    z = statistics.NormalDist().inv_cdf(confidence)
-    upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
-    ok = np.nonzero(upper <= target + 1e-12)[0]
-    return float(s[last[ok[-1]]]) if ok.size else None
 
 
 class Checker:
