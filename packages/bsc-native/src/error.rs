@@ -32,6 +32,8 @@ pub enum Error {
     Corrupt { file: String, problem: String },
     /// A file whose codes were made by another encoder than the caller's.
     EncoderMismatch { file: String, expected: String, found: String },
+    /// An argument outside its range, with the message to show.
+    InvalidArgument(String),
     /// A lock poisoned by a panic while it was held: the object's state may be half changed.
     Poisoned,
 }
@@ -93,6 +95,7 @@ impl fmt::Display for Error {
                 f,
                 "{file}: its codes were made by encoder {found:?}, not {expected:?}; load it with that encoder (or none, to rebuild it from the file)"
             ),
+            Error::InvalidArgument(message) => write!(f, "{message}"),
             Error::Poisoned => write!(
                 f,
                 "internal error: an earlier panic left this index unusable; create a new one"

@@ -11,8 +11,11 @@
 //! slot. A slot reused 2^31 - 1 times is retired rather than let its generation wrap, so ids
 //! are never repeated (and stay non-negative `i64`).
 
+use std::sync::OnceLock;
+
 use crate::error::{Error, Result};
 use crate::mapped::{Codes, Column};
+use crate::mih::{Geometry, Mih};
 use crate::scan::{self, Neighbor};
 
 /// Smallest and largest supported code length in bits.
@@ -53,6 +56,41 @@ pub struct Hit {
     pub distance: u32,
 }
 
+/// How a search finds its results (the results are the same either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchMode {
+    /// The multi-index where its estimated cost is below the flat scan's, else the flat scan.
+    #[default]
+    Auto,
+    /// Always the flat scan (every code read).
+    Flat,
+    /// Always the multi-index (built on first use), whatever the radius.
+    Indexed,
+}
+
+impl SearchMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchMode::Auto => "auto",
+            SearchMode::Flat => "flat",
+            SearchMode::Indexed => "indexed",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(SearchMode::Auto),
+            "flat" => Some(SearchMode::Flat),
+            "indexed" => Some(SearchMode::Indexed),
+            _ => None,
+        }
+    }
+}
+
+/// Below this many slots `Auto` never builds the multi-index: the flat scan of a few MB is
+/// as fast (measured crossover: docs/PERFORMANCE.md).
+pub const INDEX_MIN_SLOTS: usize = 50_000;
+
 #[derive(Clone, Debug)]
 pub struct CodeIndex {
     words: usize,
@@ -63,6 +101,13 @@ pub struct CodeIndex {
     /// Allocated slots that are free, reused last-freed first.
     pub(crate) free_slots: Vec<u32>,
     pub(crate) len: usize,
+    /// How searches run.
+    mode: SearchMode,
+    /// The multi-index over the codes, built on the first search that wants it (`None` inside:
+    /// the slots did not fit its layout) and kept exact by every write since.
+    mih: OnceLock<Option<Mih>>,
+    /// The number of substrings the multi-index uses, when the user chose it.
+    substrings: Option<usize>,
 }
 
 impl CodeIndex {
@@ -73,9 +118,80 @@ impl CodeIndex {
             generation: Column::default(),
             free_slots: Vec::new(),
             len: 0,
+            mode: SearchMode::Auto,
+            mih: OnceLock::new(),
+            substrings: None,
         })
     }
 
+    pub fn search_mode(&self) -> SearchMode {
+        self.mode
+    }
+
+    pub fn set_search_mode(&mut self, mode: SearchMode) {
+        self.mode = mode;
+    }
+
+    /// Sets the multi-index's number of substrings (`None`: chosen from the number of entries)
+    /// and drops the index built so far.
+    pub fn set_substrings(&mut self, substrings: Option<usize>) -> Result<()> {
+        if let Some(m) = substrings {
+            let bits = self.code_bits();
+            if !(2..=bits / 4).contains(&m) {
+                return Err(Error::InvalidArgument(format!(
+                    "substrings must be between 2 and {} for {bits}-bit codes, got {m}",
+                    bits / 4
+                )));
+            }
+        }
+        self.substrings = substrings;
+        self.mih = OnceLock::new();
+        Ok(())
+    }
+
+    /// The multi-index, if built.
+    pub fn multi_index(&self) -> Option<&Mih> {
+        self.mih.get().and_then(Option::as_ref)
+    }
+
+    /// Builds the multi-index now (a search builds it on first need otherwise); false when the
+    /// slots do not fit its layout.
+    pub fn build_index(&self) -> bool {
+        self.index().is_some()
+    }
+
+    fn index(&self) -> Option<&Mih> {
+        self.mih
+            .get_or_init(|| {
+                let geometry = match self.substrings {
+                    Some(m) => Geometry::with_substrings(self.code_bits(), m),
+                    None => Geometry::for_entries(self.code_bits(), self.len),
+                };
+                let live: Vec<u32> = (0..self.slots() as u32).filter(|&s| self.is_live_handle(s)).collect();
+                Mih::build(geometry, &self.codes, self.words, &live, 2)
+            })
+            .as_ref()
+    }
+
+    /// Whether a search within `max_distance` should use the multi-index.
+    fn use_index(&self, max_distance: u32) -> bool {
+        match self.mode {
+            SearchMode::Flat => false,
+            SearchMode::Indexed => true,
+            SearchMode::Auto => {
+                let slots = self.slots();
+                if slots < INDEX_MIN_SLOTS || self.words > 16 {
+                    return false;
+                }
+                let flat = scan::flat_nanos(slots, self.words);
+                match self.mih.get() {
+                    Some(Some(mih)) => mih.cost(max_distance).nanos() < flat,
+                    Some(None) => false,
+                    None => Mih::estimate(self.code_bits(), self.len, max_distance).nanos() < flat,
+                }
+            }
+        }
+    }
     pub fn code_bits(&self) -> usize {
         self.words * 64
     }
@@ -196,6 +312,14 @@ impl CodeIndex {
         let s = slot as usize;
         self.generation[s] &= GENERATION_MASK; // live
         self.len += 1;
+        if let Some(Some(mih)) = self.mih.get_mut() {
+            let generation = &self.generation;
+            let kept = mih.inserted(slot, &self.codes, |h| generation[h as usize] & FREE == 0);
+            // Four times the entries it was laid out for: a new layout fits better.
+            if !kept || mih.entries() > 4 * mih.built_for().max(INDEX_MIN_SLOTS) {
+                self.mih = OnceLock::new();
+            }
+        }
         self.id_of_handle(slot)
     }
 
@@ -211,6 +335,11 @@ impl CodeIndex {
             self.free_slots.push(slot);
         }
         self.len -= 1;
+        if let Some(Some(mih)) = self.mih.get_mut() {
+            if mih.removed() {
+                self.mih = OnceLock::new();
+            }
+        }
         Some(slot)
     }
 
@@ -225,6 +354,7 @@ impl CodeIndex {
         self.codes = Codes::default();
         self.free_slots = Vec::new();
         self.len = 0;
+        self.mih = OnceLock::new();
     }
 
     /// The `k` nearest entries within `max_distance`, nearest first, ties by ascending slot (the
@@ -248,14 +378,11 @@ impl CodeIndex {
         &self, query: &[u64], k: usize, max_distance: u32, keep: impl Fn(usize) -> bool,
     ) -> Result<Vec<Hit>> {
         self.check_query(query)?;
-        let found = scan::top_k(
-            &self.codes,
-            query,
-            k,
-            max_distance,
-            |row| if keep(row) { self.tie_key(row) } else { None },
-            true,
-        );
+        let tie_key = |row| if keep(row) { self.tie_key(row) } else { None };
+        let found = match self.use_index(max_distance).then(|| self.index()).flatten() {
+            Some(mih) => mih.search(&self.codes, query, k.min(self.len), max_distance, tie_key),
+            None => scan::top_k(&self.codes, query, k, max_distance, tie_key, true),
+        };
         Ok(found
             .into_iter()
             .map(|Neighbor { distance, row }| Hit { id: self.id_of_handle(row as u32), distance })
@@ -297,7 +424,12 @@ impl CodeIndex {
 
     /// Bytes held by this index's buffers on the heap (capacity, not length).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.heap_bytes() + self.generation.heap_bytes() + self.free_slots.capacity() * 4
+        self.codes.heap_bytes() + self.generation.heap_bytes() + self.free_slots.capacity() * 4 + self.index_bytes()
+    }
+
+    /// Bytes held by the multi-index (0 until built).
+    pub fn index_bytes(&self) -> usize {
+        self.multi_index().map_or(0, Mih::memory_bytes)
     }
 }
 
@@ -387,6 +519,114 @@ mod tests {
         assert!(!index.contains(id | (1 << 63)));
         assert!(!index.contains(id + (1 << 32)));
         assert!(!index.contains(12345));
+    }
+
+    #[test]
+    fn modes_and_substrings() {
+        let mut index = CodeIndex::new(256).unwrap();
+        assert_eq!(index.search_mode(), SearchMode::Auto);
+        for name in ["auto", "flat", "indexed"] {
+            assert_eq!(SearchMode::parse(name).unwrap().name(), name);
+        }
+        assert!(SearchMode::parse("fast").is_none());
+        assert!(matches!(index.set_substrings(Some(1)), Err(Error::InvalidArgument(_))));
+        assert!(matches!(index.set_substrings(Some(65)), Err(Error::InvalidArgument(_))));
+        index.set_substrings(Some(11)).unwrap();
+        index.add(&[1, 2, 3, 4]).unwrap();
+        assert!(index.multi_index().is_none(), "built on first need");
+        index.set_search_mode(SearchMode::Indexed);
+        assert_eq!(index.search(&[1, 2, 3, 4], 1, 10).unwrap()[0].distance, 0);
+        assert_eq!(index.multi_index().unwrap().geometry().m, 11);
+        assert!(index.index_bytes() > 0);
+        index.clear();
+        assert!(index.multi_index().is_none());
+    }
+
+    #[test]
+    fn auto_uses_the_index_for_small_radii_over_many_codes() {
+        let mut index = CodeIndex::new(256).unwrap();
+        let mut s = 99u64;
+        let codes: Vec<u64> = (0..4 * 200_000)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            })
+            .collect();
+        index.add(&codes).unwrap();
+        // Everything within 128 bits: the flat scan is cheaper.
+        index.search(&codes[..4], 1, 128).unwrap();
+        assert!(index.multi_index().is_none());
+        let hits = index.search(&codes[4..8], 1, 20).unwrap();
+        assert_eq!(hits[0].distance, 0);
+        assert!(index.multi_index().is_some(), "a radius of 20 over 200k codes uses the index");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op256 {
+        Add(Vec<(u8, u64)>),
+        Remove(usize),
+        Search(u8, u64, usize, u32),
+        Clear,
+    }
+
+    fn op256() -> impl Strategy<Value = Op256> {
+        prop_oneof![
+            6 => prop::collection::vec((0u8..90, any::<u64>()), 1..40).prop_map(Op256::Add),
+            4 => any::<usize>().prop_map(Op256::Remove),
+            2 => (0u8..90, any::<u64>(), 1usize..6, 0u32..80).prop_map(|(d, s, k, r)| Op256::Search(d, s, k, r)),
+            1 => Just(Op256::Clear),
+        ]
+    }
+
+    /// A code `flips` bits (picked from `seed`) away from `base`.
+    fn near(base: &[u64; 4], flips: u8, mut seed: u64) -> [u64; 4] {
+        let mut code = *base;
+        for _ in 0..flips {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let bit = (seed >> 56) as usize;
+            code[bit / 64] ^= 1 << (bit % 64);
+        }
+        code
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        // The multi-index, kept up to date by puts, removes (slot reuse) and clears, answers as
+        // the flat scan does: clustered 256-bit codes, so many are near each query.
+        #[test]
+        fn indexed_search_matches_the_flat_scan(ops in prop::collection::vec(op256(), 1..80), m in 2usize..12) {
+            let base = [0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0x0F0F_0F0F_F0F0_F0F0, 0x5555_AAAA_3333_CCCC];
+            let mut index = CodeIndex::new(256).unwrap();
+            index.set_substrings(Some(m)).unwrap();
+            index.set_search_mode(SearchMode::Indexed);
+            let mut ids: Vec<Id> = Vec::new();
+            for op in ops {
+                match op {
+                    Op256::Add(codes) => {
+                        let flat: Vec<u64> = codes.iter().flat_map(|&(d, s)| near(&base, d, s)).collect();
+                        ids.extend(index.add(&flat).unwrap());
+                    }
+                    Op256::Remove(pick) => {
+                        if !ids.is_empty() {
+                            let id = ids.swap_remove(pick % ids.len());
+                            prop_assert!(index.remove(id).is_some());
+                        }
+                    }
+                    Op256::Search(d, seed, k, r) => {
+                        let query = near(&base, d, seed);
+                        let mut flat = index.clone();
+                        flat.set_search_mode(SearchMode::Flat);
+                        prop_assert_eq!(index.search(&query, k, r).unwrap(), flat.search(&query, k, r).unwrap());
+                    }
+                    Op256::Clear => {
+                        index.clear();
+                        ids.clear();
+                    }
+                }
+            }
+        }
     }
 
     #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@ pub mod format;
 pub mod index;
 pub mod lru;
 pub mod mapped;
+pub mod mih;
 pub mod partition;
 pub mod scan;
 pub mod store;

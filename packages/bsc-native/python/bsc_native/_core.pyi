@@ -1,7 +1,7 @@
 """Type stubs for the compiled ``bsc_native._core`` module."""
 
 from os import PathLike
-from typing import final
+from typing import Literal, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,14 @@ class EncoderMismatchError(CacheFileError):
 
 _EntryTuple = tuple[int, int | None, bytes, float, float, int]
 
+class _SearchInfo(TypedDict):
+    mode: Literal["auto", "flat", "indexed"]
+    built: bool
+    substrings: int | None
+    substring_bits: int | None
+    index_entries: int
+    index_bytes: int
+
 @final
 class BinaryIndex:
     """An index of binary codes searched by Hamming distance.
@@ -121,6 +129,19 @@ class BinaryIndex:
         """``search`` for each row of ``queries`` (shape ``(m, code_bits // 64)``) on up to ``threads``
         threads (``None``: every CPU this process may use; never more than that): ``(ids, distances)`` of
         shape ``(m, w)``, ``w`` the longest result list (at least 1), padded with -1."""
+    def configure_search(
+        self, mode: Literal["auto", "flat", "indexed"] = "auto", *, substrings: int | None = None
+    ) -> None:
+        """How searches run (the results are the same): ``"auto"`` uses the multi-index where its estimated
+        cost is below the flat scan's (from 50,000 entries, for small radii), ``"flat"`` always scans every
+        code, ``"indexed"`` always uses the multi-index. ``substrings`` (2 to ``code_bits // 4``; ``None``:
+        chosen from the number of entries) sets the multi-index's layout and drops the one built so far."""
+    def build_index(self) -> bool:
+        """Build the multi-index now rather than on the first search that wants it (about 0.1 s per
+        million entries); ``False`` when the slots do not fit its layout (searches then scan)."""
+    def search_info(self) -> _SearchInfo:
+        """The search mode, whether the multi-index is built, its substrings and their bits, the entries
+        it holds (dead ones until its next rebuild) and its bytes."""
     def memory_bytes(self) -> int:
         """Bytes held by the index's buffers on the heap."""
     def mapped_bytes(self) -> int:
@@ -248,6 +269,15 @@ class CacheStore:
         """Remove every entry; counters are kept."""
     def lru_ids(self) -> npt.NDArray[np.int64]:
         """Live ids from most to least recently used."""
+    def configure_search(
+        self, mode: Literal["auto", "flat", "indexed"] = "auto", *, substrings: int | None = None
+    ) -> None:
+        """How searches and lookups run; see ``BinaryIndex.configure_search``. Namespaces and expiry are
+        checked inside the multi-index search as in the flat scan."""
+    def build_index(self) -> bool:
+        """See ``BinaryIndex.build_index``."""
+    def search_info(self) -> _SearchInfo:
+        """See ``BinaryIndex.search_info``."""
     def memory_bytes(self) -> int:
         """Bytes held on the heap: codes, metadata and payloads."""
     def mapped_bytes(self) -> int:

@@ -8,7 +8,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use super::convert::{
     code_bits_arg, codes_arg, entry_tuple, fingerprint_arg, hits_tuple, id_arg, ids_array, k_arg, key_arg,
-    max_entries_arg, namespace_arg, radius_arg, ttl_arg,
+    max_entries_arg, namespace_arg, radius_arg, search_args, ttl_arg, SearchInfo,
 };
 use super::{detached, errors::to_py};
 use crate::cache::CacheCore;
@@ -227,6 +227,27 @@ impl PyCacheStore {
     fn lru_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let order = detached(py, || self.0.write(|core| core.lru_order()))?;
         Ok(ids_array(py, order))
+    }
+
+    #[pyo3(signature = (mode = "auto", *, substrings = None))]
+    fn configure_search(&self, py: Python<'_>, mode: &str, substrings: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let (mode, substrings) = search_args(mode, substrings)?;
+        detached(py, || {
+            self.0.write(|core| {
+                // The substrings are checked first, so a bad call changes nothing.
+                core.index.set_substrings(substrings)?;
+                core.index.set_search_mode(mode);
+                Ok(())
+            })?
+        })
+    }
+
+    fn build_index(&self, py: Python<'_>) -> PyResult<bool> {
+        detached(py, || self.0.read(|core| core.index.build_index()))
+    }
+
+    fn search_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        detached(py, || self.0.read(|core| SearchInfo::of(&core.index)))?.into_dict(py)
     }
 
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {

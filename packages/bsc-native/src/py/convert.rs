@@ -4,6 +4,8 @@
 use numpy::{dtype, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::index::{CodeIndex, SearchMode};
 use pyo3::types::{PyBool, PyBytes, PyInt, PyString, PyTuple};
 
 use crate::cache::{EntryView, NEVER};
@@ -193,4 +195,41 @@ pub fn hits_tuple<'py>(py: Python<'py>, hits: &[Hit]) -> PyResult<Bound<'py, PyT
 pub fn entry_tuple<'py>(py: Python<'py>, view: EntryView, distance: Option<u32>) -> PyResult<Bound<'py, PyTuple>> {
     let payload = PyBytes::new(py, &view.payload);
     (view.id as i64, distance, payload, view.created_at, view.last_accessed, view.access_count).into_pyobject(py)
+}
+
+/// The `mode` and `substrings` arguments of `configure_search`.
+pub fn search_args(mode: &str, substrings: Option<&Bound<'_, PyAny>>) -> PyResult<(SearchMode, Option<usize>)> {
+    let mode = SearchMode::parse(mode).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "search mode must be 'auto', 'flat' or 'indexed', got {mode:?}"
+        ))
+    })?;
+    let substrings = substrings.map(|m| bounded_arg(m, "substrings", 2, 1024).map(|m| m as usize)).transpose()?;
+    Ok((mode, substrings))
+}
+
+/// How an index searches, and its multi-index if built: `search_info()`'s fields, read under
+/// the lock and turned into a dict after it is released.
+pub struct SearchInfo {
+    mode: &'static str,
+    geometry: Option<(usize, u32, usize)>,
+    index_bytes: usize,
+}
+
+impl SearchInfo {
+    pub fn of(index: &CodeIndex) -> Self {
+        let geometry = index.multi_index().map(|m| (m.geometry().m, m.geometry().b, m.entries()));
+        Self { mode: index.search_mode().name(), geometry, index_bytes: index.index_bytes() }
+    }
+
+    pub fn into_dict(self, py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+        let out = pyo3::types::PyDict::new(py);
+        out.set_item("mode", self.mode)?;
+        out.set_item("built", self.geometry.is_some())?;
+        out.set_item("substrings", self.geometry.map(|g| g.0))?;
+        out.set_item("substring_bits", self.geometry.map(|g| g.1))?;
+        out.set_item("index_entries", self.geometry.map_or(0, |g| g.2))?;
+        out.set_item("index_bytes", self.index_bytes)?;
+        Ok(out)
+    }
 }

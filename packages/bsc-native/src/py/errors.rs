@@ -46,7 +46,8 @@ pub fn to_py(err: Error) -> PyErr {
         | Error::BadCodeLength { .. }
         | Error::InvalidMaxEntries(_)
         | Error::ResponseTooLarge { .. }
-        | Error::TooLong { .. } => PyValueError::new_err(message),
+        | Error::TooLong { .. }
+        | Error::InvalidArgument(_) => PyValueError::new_err(message),
         Error::Io { kind, .. } => std::io::Error::new(kind, message).into(),
         Error::EmptyFile { .. } => EmptyFileError::new_err(message),
         Error::NotACacheFile { .. } => NotACacheFileError::new_err(message),

@@ -8,6 +8,7 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{
     bounded_arg, code_bits_arg, codes_arg, fingerprint_arg, hits_tuple, id_arg, ids_array, k_arg, radius_arg,
+    search_args, SearchInfo,
 };
 use super::{detached, errors::to_py};
 use crate::index::CodeIndex;
@@ -122,6 +123,27 @@ impl PyBinaryIndex {
         let ids = PyArray1::from_vec(py, ids).reshape([m, width])?;
         let distances = PyArray1::from_vec(py, distances).reshape([m, width])?;
         PyTuple::new(py, [ids.into_any(), distances.into_any()])
+    }
+
+    #[pyo3(signature = (mode = "auto", *, substrings = None))]
+    fn configure_search(&self, py: Python<'_>, mode: &str, substrings: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let (mode, substrings) = search_args(mode, substrings)?;
+        detached(py, || {
+            self.0.write(|index| {
+                // The substrings are checked first, so a bad call changes nothing.
+                index.set_substrings(substrings)?;
+                index.set_search_mode(mode);
+                Ok(())
+            })?
+        })
+    }
+
+    fn build_index(&self, py: Python<'_>) -> PyResult<bool> {
+        detached(py, || self.0.read(|index| index.build_index()))
+    }
+
+    fn search_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        detached(py, || self.0.read(SearchInfo::of))?.into_dict(py)
     }
 
     fn memory_bytes(&self, py: Python<'_>) -> PyResult<usize> {
