@@ -9,7 +9,9 @@ Without faiss installed its columns are left empty. Random 256-bit codes; querie
 one call from Python, k=1, one thread, median (and p99) over ``--queries`` queries; each method
 answers the same queries in one run of consecutive calls after a warm-up, the methods in a random
 order. Memory per entry is the growth of the process's resident set (RSS) when N entries are
-added, measured in a fresh subprocess per N. Writes JSON with machine info to
+added, measured in a fresh subprocess per N. A second table runs every kernel this CPU supports
+(each in a subprocess with ``BSC_KERNEL`` set) against the roofline variants written for its
+instruction set (benchmarks/roofline.c), at ``--kernel-sizes``. Writes JSON with machine info to
 ``benchmarks/results/native.json`` and prints a table.
 """
 
@@ -54,7 +56,91 @@ def build_roofline(workdir: Path) -> ctypes.CDLL:
     dll = ctypes.CDLL(str(lib))
     dll.roofline_min.restype = ctypes.c_uint32
     dll.roofline_min.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    dll.roofline_variant.restype = ctypes.c_uint32
+    dll.roofline_variant.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int]
     return dll
+
+
+#: The roofline variants (benchmarks/roofline.c) written for each kernel's instruction set.
+ROOFLINE_VARIANTS = {"avx512": 0, "avx2": 1, "popcnt": 2, "avx2+popcnt": 3}
+KERNEL_ISA = {
+    "avx512-vpopcntdq": ["avx512"],
+    "avx2": ["avx2", "avx2+popcnt", "popcnt"],
+    "popcnt": ["popcnt"],
+}
+
+
+def kernel_size(roofline: ctypes.CDLL, n: int, queries: int, rng: np.random.Generator) -> dict[str, Any]:
+    """bsc's k=1 miss scan with this process's kernel against the roofline variants for its
+    instruction set, at N = ``n``."""
+    kernel = bsc_native.KERNEL
+    codes = rng.integers(0, 2**64, size=(n, WORDS), dtype=np.uint64)
+    index = bsc_native.BinaryIndex(256)
+    index.add(codes)
+    index.configure_search("flat")
+    qs = rng.integers(0, 2**64, size=(queries, WORDS), dtype=np.uint64)
+    ptrs = [qs[i].ctypes.data for i in range(queries)]
+    calls: dict[str, Any] = {"bsc": lambda i: index.search(qs[i], k=1)}
+    for name in KERNEL_ISA[kernel]:
+        v = ROOFLINE_VARIANTS[name]
+        if roofline.roofline_variant(codes.ctypes.data, 8, ptrs[0], v) != 2**32 - 1:
+            calls[name] = lambda i, v=v: roofline.roofline_variant(codes.ctypes.data, n, ptrs[i], v)
+    # As for the main table: each method answers all queries in one run of consecutive calls
+    # after three warm-up calls, the methods in a random order.
+    samples: dict[str, list[float]] = {}
+    for k in rng.permutation(list(calls)):
+        fn = calls[k]
+        for i in range(3):
+            fn(i)
+        samples[k] = [timed(lambda fn=fn, i=i: fn(i)) for i in range(queries)]
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    rooflines = {k: v for k, v in medians.items() if k != "bsc"}
+    best = min(rooflines, key=lambda k: rooflines[k])
+    return {
+        "n": n,
+        "kernel": kernel,
+        "bsc_us": medians["bsc"],
+        "roofline_us": rooflines,
+        "best_roofline": best,
+        "ratio_to_best_roofline": medians["bsc"] / rooflines[best],
+    }
+
+
+def kernel_child(sizes: list[int], queries: int) -> None:
+    """Runs in a subprocess with BSC_KERNEL set; prints its rows as JSON."""
+    rng = np.random.default_rng(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        roofline = build_roofline(Path(tmp))
+        print(json.dumps([kernel_size(roofline, n, queries, rng) for n in sizes]))
+
+
+def kernel_rows(sizes: list[int], queries: int) -> list[dict[str, Any]]:
+    """Every kernel this CPU runs, each in its own process (the kernel is picked at import)."""
+    rows: list[dict[str, Any]] = []
+    for kernel in KERNEL_ISA:
+        env = {**os.environ, "BSC_KERNEL": kernel}
+        probe = subprocess.run([sys.executable, "-c", "import bsc_native; print(bsc_native.KERNEL)"],
+                               env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        if probe.stdout.strip() != kernel:
+            continue  # this CPU lacks it
+        child = [sys.executable, __file__, "--kernel-child", "--sizes", ",".join(map(str, sizes)),
+                 "--queries", str(queries)]  # fmt: skip
+        out = subprocess.run(child, env=env, capture_output=True, text=True, check=True)
+        rows += json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def kernel_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| kernel | N | bsc k=1 µs | roofline variants for its ISA, µs | bsc / best variant |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        variants = ", ".join(f"{k} {v:.1f}" for k, v in r["roofline_us"].items())
+        lines.append(
+            f"| {r['kernel']} | {r['n']:,} | {r['bsc_us']:.1f} | {variants} | {r['ratio_to_best_roofline']:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def timed(fn: Any) -> float:
@@ -226,7 +312,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="10k,100k,1M", help="comma-separated N (k and M suffixes)")
     parser.add_argument("--queries", type=int, default=200, help="queries per N (default 200)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "native.json")
+    parser.add_argument(
+        "--kernel-sizes", default="100k,1M", help="N for the per-kernel table (every kernel the CPU runs)"
+    )
+    parser.add_argument("--kernel-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.kernel_child:
+        kernel_child([parse_size(x) for x in args.sizes.split(",")], args.queries)
+        return
     try:
         import faiss
 
@@ -258,11 +351,14 @@ def main() -> None:
         "roofline_kernel": roofline_kernel,
         "queries_per_size": args.queries,
         "results": rows,
+        "kernels": kernel_rows([parse_size(x) for x in args.kernel_sizes.split(",")], args.queries),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"kernel: bsc_native {bsc_native.KERNEL}, roofline {roofline_kernel}; {result['machine']['cpu']}")
     print(table(rows))
+    print()
+    print(kernel_table(result["kernels"]))
     print(f"wrote {args.out}")
 
 

@@ -15,6 +15,7 @@ pub mod lru;
 pub mod mapped;
 pub mod mih;
 pub mod partition;
+pub mod project;
 pub mod scan;
 pub mod store;
 pub mod touch;

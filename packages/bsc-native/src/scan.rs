@@ -6,8 +6,8 @@
 //!
 //! Kernels ([`Kernel`]) are picked once per process from the CPU's features, never from the
 //! build target, so one wheel built for the x86_64 baseline runs the best code each CPU has:
-//! AVX-512 VPOPCNTDQ (eight 256-bit codes per step), AVX2 (four per step, nibble-lookup
-//! popcount), the `popcnt` instruction one code at a time, or portable Rust (any architecture,
+//! AVX-512 VPOPCNTDQ (eight 256-bit codes per step), AVX2 (six per step: four by nibble-lookup
+//! popcount, two by scalar `popcnt`), the `popcnt` instruction one code at a time, or portable Rust (any architecture,
 //! aarch64 included). The SIMD kernels are specialised for 256-bit codes; other lengths run the
 //! one-code-at-a-time loop, itself specialised for 64/128/256/512/1024 bits. Every kernel
 //! reports the same rows as the portable one (tests run all that the CPU supports).
@@ -116,7 +116,8 @@ impl<F: Fn(usize) -> Option<u64>> Sink for TopK<F> {
 pub enum Kernel {
     /// AVX-512 with VPOPCNTDQ: eight 256-bit codes per step (x86_64).
     Avx512,
-    /// AVX2 with a nibble-lookup popcount (`vpshufb` + `vpsadbw`): four 256-bit codes per step.
+    /// AVX2 with a nibble-lookup popcount (`vpshufb` + `vpsadbw`) for four 256-bit codes and
+    /// the scalar `popcnt` for two more, per step.
     Avx2,
     /// One code at a time with the `popcnt` instruction (x86_64).
     Popcnt,
@@ -190,27 +191,63 @@ impl Kernel {
     }
 }
 
-/// The kernel picked for this process (detected once).
+/// The kernel picked for this process (once): the best this CPU supports, or the one named by
+/// the `BSC_KERNEL` environment variable (`avx512-vpopcntdq`, `avx2`, `popcnt`, `portable`)
+/// when this CPU supports it, so benchmarks and tests can run a lesser kernel on a better CPU.
 pub fn active_kernel() -> Kernel {
     static ACTIVE: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-    *ACTIVE.get_or_init(Kernel::detect)
+    *ACTIVE.get_or_init(|| {
+        let wanted = std::env::var("BSC_KERNEL").ok();
+        let named = [Kernel::Avx512, Kernel::Avx2, Kernel::Popcnt, Kernel::Portable]
+            .into_iter()
+            .find(|k| wanted.as_deref() == Some(k.name()) && k.supported());
+        named.unwrap_or_else(Kernel::detect)
+    })
 }
+
+/// Rows per block of the one-code-at-a-time loop: a block's smallest distance is found first,
+/// with nothing else in the loop, and only a block that holds a row within the bound is gone
+/// through again row by row (rare once the bound has settled).
+const SCALAR_BLOCK: usize = 16;
 
 #[inline(always)]
 fn scan_fixed<const W: usize, S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
     let q: &[u64; W] = query.try_into().expect("query length equals W");
-    for (row, chunk) in codes.chunks_exact(W).enumerate() {
+    let distance = |code: &[u64]| -> u32 {
         let mut d = 0u32;
         for w in 0..W {
-            d += (chunk[w] ^ q[w]).count_ones();
+            d += (code[w] ^ q[w]).count_ones();
         }
+        d
+    };
+    let mut blocks = codes.chunks_exact(W * SCALAR_BLOCK);
+    let mut first = first_row;
+    for block in &mut blocks {
+        let nearest = block.chunks_exact(W).map(distance).min().unwrap_or(u32::MAX);
+        if nearest <= top.bound() && offer_rows(block, W, first, top, distance) {
+            return;
+        }
+        first += SCALAR_BLOCK;
+    }
+    offer_rows(blocks.remainder(), W, first, top, distance);
+}
+
+/// Offers the rows of `codes` (numbered from `first`) in order, each whose distance is within
+/// the bound; returns whether the scan may stop.
+#[inline(always)]
+fn offer_rows<S: Sink>(
+    codes: &[u64], words: usize, first: usize, top: &mut S, distance: impl Fn(&[u64]) -> u32,
+) -> bool {
+    for (i, code) in codes.chunks_exact(words).enumerate() {
+        let d = distance(code);
         if d <= top.bound() {
-            top.offer(d, first_row + row);
+            top.offer(d, first + i);
             if top.done() {
-                return;
+                return true;
             }
         }
     }
+    false
 }
 
 #[inline(always)]
@@ -338,53 +375,103 @@ mod x86 {
         _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256())
     }
 
-    /// 256-bit codes (4 words), four per step, with AVX2.
+    /// Four codes' distances as `u64` lanes, in row order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn four_distances(r0: __m256i, r1: __m256i, r2: __m256i, r3: __m256i, q: __m256i) -> __m256i {
+        let r0 = popcount_lanes(_mm256_xor_si256(r0, q));
+        let r1 = popcount_lanes(_mm256_xor_si256(r1, q));
+        let r2 = popcount_lanes(_mm256_xor_si256(r2, q));
+        let r3 = popcount_lanes(_mm256_xor_si256(r3, q));
+        // [r0 w01, r1 w01, r0 w23, r1 w23] and the same for rows 2, 3.
+        let t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(r0, r1), _mm256_unpackhi_epi64(r0, r1));
+        let t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(r2, r3), _mm256_unpackhi_epi64(r2, r3));
+        _mm256_add_epi64(_mm256_permute2x128_si256::<0x20>(t01, t23), _mm256_permute2x128_si256::<0x31>(t01, t23))
+    }
+
+    /// 256-bit codes (4 words), six per step: four with AVX2 (nibble-lookup popcount) and two
+    /// with the scalar `popcnt` instruction. The two run on different execution ports, so the
+    /// mix beats either alone (the AVX2 roofline variants in benchmarks/roofline.c: 4:2 is the
+    /// fastest of AVX2 alone, popcnt alone and the mix).
     #[target_feature(enable = "avx2,popcnt")]
     pub(super) fn scan_w4_avx2<S: Sink>(codes: &[u64], query: &[u64], first_row: usize, top: &mut S) {
         debug_assert_eq!(query.len(), 4);
+        // Eight steps of six codes per block: the block's smallest distances are kept with
+        // nothing else in the loop, and only a block holding a row within the bound is offered
+        // row by row (see `offer_block`).
+        const STEPS: usize = 8;
+        const ROWS: usize = 6 * STEPS;
         let rows = codes.len() / 4;
         // SAFETY: `query` holds 4 words (32 bytes), the size of the load.
         let q = unsafe { _mm256_loadu_si256(query.as_ptr() as *const __m256i) };
-        let mut limit = _mm256_set1_epi64x(top.bound() as i64);
+        let (q0, q1, q2, q3) = (query[0], query[1], query[2], query[3]);
+        let mut bound = top.bound();
+        let mut limit = _mm256_set1_epi64x(i64::from(bound));
         let mut row = 0;
-        while row + 4 <= rows {
-            // SAFETY: row + 4 <= rows, so words row*4 .. row*4 + 16 lie inside `codes`; each
-            // 32-byte load reads one code of them.
-            let (r0, r1, r2, r3) = unsafe {
-                let p = codes.as_ptr().add(row * 4) as *const __m256i;
-                (
-                    _mm256_loadu_si256(p),
-                    _mm256_loadu_si256(p.add(1)),
-                    _mm256_loadu_si256(p.add(2)),
-                    _mm256_loadu_si256(p.add(3)),
-                )
-            };
-            let r0 = popcount_lanes(_mm256_xor_si256(r0, q));
-            let r1 = popcount_lanes(_mm256_xor_si256(r1, q));
-            let r2 = popcount_lanes(_mm256_xor_si256(r2, q));
-            let r3 = popcount_lanes(_mm256_xor_si256(r3, q));
-            // [r0 w01, r1 w01, r0 w23, r1 w23] and the same for rows 2, 3.
-            let t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(r0, r1), _mm256_unpackhi_epi64(r0, r1));
-            let t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(r2, r3), _mm256_unpackhi_epi64(r2, r3));
-            let dist = _mm256_add_epi64(
-                _mm256_permute2x128_si256::<0x20>(t01, t23),
-                _mm256_permute2x128_si256::<0x31>(t01, t23),
-            ); // rows 0, 1, 2, 3 as u64 lanes
-            let over = _mm256_cmpgt_epi64(dist, limit);
-            let mask = !(_mm256_movemask_pd(_mm256_castsi256_pd(over)) as u32) & 0xF;
-            if mask != 0 {
-                let mut wide = [0u64; 4];
-                // SAFETY: `wide` is 32 bytes, the size of the store.
-                unsafe { _mm256_storeu_si256(wide.as_mut_ptr() as *mut __m256i, dist) };
-                let lanes = wide.map(|d| d as u32);
-                if offer_group(top, &lanes, mask, first_row + row) {
+        while row + ROWS <= rows {
+            let mut nearest = _mm256_set1_epi64x(i64::from(u32::MAX));
+            let mut scalar = u32::MAX;
+            for step in 0..STEPS {
+                let at = row + step * 6;
+                // SAFETY: at + 6 <= row + ROWS <= rows, so words at*4 .. at*4 + 24 lie inside
+                // `codes`; the four 32-byte loads read the first four codes of them.
+                let (r0, r1, r2, r3) = unsafe {
+                    let p = codes.as_ptr().add(at * 4) as *const __m256i;
+                    (
+                        _mm256_loadu_si256(p),
+                        _mm256_loadu_si256(p.add(1)),
+                        _mm256_loadu_si256(p.add(2)),
+                        _mm256_loadu_si256(p.add(3)),
+                    )
+                };
+                // Distances are below 2^32, so the unsigned 32-bit minimum of the u64 lanes is
+                // their minimum (the high halves stay 0).
+                nearest = _mm256_min_epu32(nearest, four_distances(r0, r1, r2, r3, q));
+                let c = &codes[at * 4 + 16..at * 4 + 24];
+                let e = scalar_popcnt(c[0] ^ q0)
+                    + scalar_popcnt(c[1] ^ q1)
+                    + scalar_popcnt(c[2] ^ q2)
+                    + scalar_popcnt(c[3] ^ q3);
+                let f = scalar_popcnt(c[4] ^ q0)
+                    + scalar_popcnt(c[5] ^ q1)
+                    + scalar_popcnt(c[6] ^ q2)
+                    + scalar_popcnt(c[7] ^ q3);
+                scalar = scalar.min(e).min(f);
+            }
+            let over = _mm256_cmpgt_epi64(nearest, limit);
+            if _mm256_movemask_pd(_mm256_castsi256_pd(over)) != 0xF || scalar <= bound {
+                if offer_block(top, &codes[row * 4..(row + ROWS) * 4], query, first_row + row) {
                     return;
                 }
-                limit = _mm256_set1_epi64x(top.bound() as i64);
+                bound = top.bound();
+                limit = _mm256_set1_epi64x(i64::from(bound));
             }
-            row += 4;
+            row += ROWS;
         }
         scan_portable(&codes[row * 4..], query, first_row + row, top);
+    }
+
+    /// The `popcnt` instruction on one word, written as `asm!` so the compiler cannot turn the
+    /// two scalar codes of a step into more vector work (it does, with `count_ones`: the nibble
+    /// lookup then runs for six codes a step and the scalar port idles).
+    #[inline(always)]
+    fn scalar_popcnt(x: u64) -> u32 {
+        let count: u64;
+        // SAFETY: `popcnt` reads one register and writes another; the kernels that call this
+        // are compiled for (and only run on) CPUs with `popcnt`.
+        unsafe {
+            std::arch::asm!("popcnt {0}, {1}", out(reg) count, in(reg) x, options(pure, nomem, nostack));
+        }
+        count as u32
+    }
+
+    /// Offers a block's rows within the bound, in order; returns whether the scan may stop.
+    /// Out of line and cold, as `offer_group`.
+    #[cold]
+    #[inline(never)]
+    #[target_feature(enable = "popcnt")]
+    fn offer_block<S: Sink>(top: &mut S, codes: &[u64], query: &[u64], first: usize) -> bool {
+        super::offer_rows(codes, 4, first, top, |c| super::hamming(c, query))
     }
 }
 

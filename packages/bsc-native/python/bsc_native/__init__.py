@@ -3,7 +3,9 @@
 ``BinaryIndex`` is a raw index of binary codes (``uint64`` words, ``code_bits / 64`` per code)
 with stable ids, slot reuse on removal and exact k-nearest / radius search. ``CacheStore`` adds
 payload bytes, access metadata and least-recently-used eviction; ``bsc.BinarySemanticCache``
-is built on it. Both ``save`` to and ``load`` from one crash-safe file (docs/FORMAT.md); a file
+is built on it. ``Projector`` encodes embeddings to codes (sign random projection, the codes of
+``bsc_encoder.BinaryEncoder`` with the same matrix) without Python temporaries. The two index
+classes ``save`` to and ``load`` from one crash-safe file (docs/FORMAT.md); a file
 that cannot be loaded raises a ``CacheFileError`` subclass whose message names the file and the
 problem.
 """
@@ -22,6 +24,7 @@ from bsc_native._core import (
     EncoderMismatchError,
     IndexFullError,
     NotACacheFileError,
+    Projector,
     TruncatedFileError,
     UnsupportedVersionError,
     __version__,
@@ -41,6 +44,7 @@ __all__ = [
     "EncoderMismatchError",
     "IndexFullError",
     "NotACacheFileError",
+    "Projector",
     "TruncatedFileError",
     "UnsupportedVersionError",
     "__version__",

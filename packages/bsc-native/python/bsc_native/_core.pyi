@@ -20,6 +20,7 @@ __all__ = [
     "EncoderMismatchError",
     "IndexFullError",
     "NotACacheFileError",
+    "Projector",
     "TruncatedFileError",
     "UnsupportedVersionError",
     "__version__",
@@ -289,3 +290,27 @@ class CacheStore:
         (hits whose use was left out of the LRU order: a hit that finds the engine's lock taken, by a save
         or a writer, queues its use; beyond 65,536 queued uses the oldest is dropped and counted here. Kept
         in this process only: a loaded store starts at 0)."""
+
+@final
+class Projector:
+    """Sign random projection in the engine: embeddings to packed codes.
+
+    Bit ``j`` of a code is 1 when the embedding's dot product with row ``j`` of the projection is
+    positive, packed least-significant first into little-endian ``uint64`` words: the codes of
+    ``bsc_encoder.BinaryEncoder`` with the same matrix, except that the products are taken in
+    float32 (numpy: float64), so a bit within float rounding of zero may differ (a few in a
+    million). One 384-d embedding to 256 bits takes a few microseconds.
+    """
+
+    def __new__(cls, projection: npt.NDArray[np.float64]) -> Projector:
+        """``projection``: float64 of shape ``(code_bits, dim)``, ``code_bits`` a multiple of 64
+        (``BinaryEncoder.projection``)."""
+    @property
+    def dim(self) -> int: ...
+    @property
+    def code_bits(self) -> int: ...
+    def encode(self, embedding: npt.NDArray[np.float32] | npt.NDArray[np.float64]) -> npt.NDArray[np.uint64]:
+        """One embedding ``(dim,)`` to a code ``(code_bits // 64,)``, or a batch ``(n, dim)`` to
+        ``(n, code_bits // 64)``; float32 or float64. NaN, infinite or all-zero embeddings raise
+        ``ValueError``, other dtypes and non-arrays ``TypeError`` (the messages of
+        ``BinaryEncoder.encode``)."""

@@ -18,6 +18,7 @@ mod cache_store;
 mod convert;
 mod errors;
 mod index;
+mod projector;
 
 /// Runs `f` detached from the interpreter and maps its error to a Python exception.
 fn detached<R: Send>(py: Python<'_>, f: impl FnOnce() -> Result<R> + Send) -> PyResult<R> {
@@ -35,5 +36,6 @@ fn bsc_native_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", crate::format::VERSION)?;
     m.add_class::<index::PyBinaryIndex>()?;
     m.add_class::<cache_store::PyCacheStore>()?;
+    m.add_class::<projector::PyProjector>()?;
     Ok(())
 }

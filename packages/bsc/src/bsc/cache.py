@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+import bsc_native
 from bsc import engine as engines
 from bsc._checks import MAX_TTL, check_no_surrogate, check_threshold, check_ttl
 from bsc._codec import decode_response, encode_response
@@ -188,6 +189,9 @@ class BinarySemanticCache:
     ) -> None:
         """The state every cache holds, whether made by ``__init__`` or ``load``."""
         self._encoder = encoder
+        # The query path's encoder: the same projection in the engine (bsc_native.Projector), a
+        # few µs instead of numpy's ~35 µs of temporaries and checks for one embedding.
+        self._projector = bsc_native.Projector(encoder.projection)
         # The settings of the file this cache was loaded from ({} for a new cache), and a hook
         # through which a wrapper (SemanticCache) adds its own to every save.
         self._file_meta = file_meta
@@ -280,6 +284,8 @@ class BinarySemanticCache:
     def encode(self, embedding: npt.ArrayLike) -> npt.NDArray[np.uint64]:
         """The binary code of one embedding (shape ``(embedding_dim,)``), as ``get`` and ``put``
         compute it."""
+        if isinstance(embedding, np.ndarray) and embedding.ndim == 1:
+            return self._projector.encode(embedding)
         if not isinstance(embedding, (np.ndarray, list, tuple)):
             raise TypeError(f"embedding must be a numpy.ndarray of float32 or float64, got {type(embedding).__name__}")
         try:
