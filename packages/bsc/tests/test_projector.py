@@ -85,7 +85,13 @@ def test_the_cache_encodes_in_the_engine() -> None:
         assert entry is not None and entry.response == f"answer {i}"
         # Lists still take the numpy path, to the same code.
         assert np.array_equal(cache.encode(v.tolist()), encoder.encode(v.astype(np.float64)))
+    # Another byte order goes to the numpy encoder, which refuses it as before.
+    with pytest.raises(TypeError, match="dtype float32 or float64, got >f4"):
+        cache.get(x[0].astype(">f4"))
     with pytest.raises(ValueError, match="expected one embedding of shape"):
         cache.get(x[:2])
     with pytest.raises(TypeError, match="dtype float32 or float64"):
         cache.get(np.ones(384, dtype=np.int32))
+    # A float16 vector was refused before the engine encoder and still is.
+    with pytest.raises(TypeError, match="got float16"):
+        cache.get(np.ones(384, dtype=np.float16))

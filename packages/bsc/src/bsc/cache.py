@@ -30,6 +30,10 @@ from bsc_encoder.encoder import ALGORITHM_VERSION
 
 logger = logging.getLogger("bsc")
 
+#: Embeddings the engine's projector encodes; any other input (lists, other byte orders, other
+#: dtypes, which raise) goes through ``BinaryEncoder``.
+_ENGINE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 __all__ = ["MAX_TTL", "BinarySemanticCache", "CacheEntry", "CacheStats"]
 
 
@@ -284,7 +288,7 @@ class BinarySemanticCache:
     def encode(self, embedding: npt.ArrayLike) -> npt.NDArray[np.uint64]:
         """The binary code of one embedding (shape ``(embedding_dim,)``), as ``get`` and ``put``
         compute it."""
-        if isinstance(embedding, np.ndarray) and embedding.ndim == 1:
+        if isinstance(embedding, np.ndarray) and embedding.ndim == 1 and embedding.dtype in _ENGINE_DTYPES:
             return self._projector.encode(embedding)
         if not isinstance(embedding, (np.ndarray, list, tuple)):
             raise TypeError(f"embedding must be a numpy.ndarray of float32 or float64, got {type(embedding).__name__}")
