@@ -33,6 +33,10 @@ build takes minutes per million on 2 cores). Memory is bytes per entry beyond th
 its own count; faiss and usearch: the process's resident-set growth while building, minus the
 codes, so page-granular). Writes ``benchmarks/results/index.json`` (with machine info) and the
 ``<!-- index:start/end -->`` section of docs/PERFORMANCE.md.
+
+Then, unless ``--no-entry-cost``, it runs ``benchmarks/entry_cost.py`` (memory per entry at the
+same sizes and the approximate LRU's hit ratio against exact LRU), which writes
+``benchmarks/results/entry_cost.json`` and the ``<!-- entry:start/end -->`` section.
 """
 
 from __future__ import annotations
@@ -319,6 +323,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=HERE / ".cache")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
+    parser.add_argument("--no-entry-cost", action="store_true", help="skip the memory and LRU table")
     args = parser.parse_args()
     libs: dict[str, Any] = {}
     try:
@@ -369,6 +374,12 @@ def main() -> None:
     print(table)
     write_section(args.doc, table)
     log(f"wrote {args.out} and {args.doc}")
+    if not args.no_entry_cost:
+        import entry_cost
+
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
+        capacities = [1_000, 10_000, 100_000, 1_000_000]
+        print(entry_cost.run(sizes, capacities, HERE / "results" / "entry_cost.json", args.doc))
 
 
 if __name__ == "__main__":

@@ -155,26 +155,14 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def memory_per_entry(n: int, kind: str) -> float:
-    """RSS growth per entry when ``n`` entries are added, in a fresh interpreter."""
-    code = f"""
-import numpy as np, bsc_native
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * {os.sysconf("SC_PAGE_SIZE")}
-codes = np.random.default_rng(1).integers(0, 2**64, size=({n}, {WORDS}), dtype=np.uint64)
-rows = list(codes) if "{kind}" == "cache" else None
-before = rss()
-if "{kind}" == "index":
-    store = bsc_native.BinaryIndex(256)
-    store.add(codes)
-else:
-    store = bsc_native.CacheStore(256, {n})
-    for row in rows:
-        store.put(row, b"")
-print((rss() - before) / {n})
-"""
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return float(out.stdout.strip())
+    """Resident-set growth per entry when ``n`` entries are added, in a fresh interpreter, as
+    ``benchmarks/entry_cost.py`` measures it (after ``malloc_trim``; for the cache store, minus
+    the interpreter's own growth over the same loop of puts)."""
+    import entry_cost
+
+    grown, _ = entry_cost.child(n, kind, n)
+    baseline = 0 if kind == "index" else entry_cost.child(n, kind, 1000)[0]
+    return (grown - baseline) / n
 
 
 def bench_size(n: int, queries: int, roofline: ctypes.CDLL, faiss: Any, rng: np.random.Generator) -> dict[str, Any]:

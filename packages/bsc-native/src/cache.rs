@@ -1,18 +1,20 @@
-//! A bounded cache over [`CodeIndex`]: payload bytes, access metadata and O(1) LRU eviction.
+//! A bounded cache over [`CodeIndex`]: payload bytes, access metadata and approximate-LRU
+//! eviction.
 //!
-//! Side tables are indexed by the index's stable *handles* (slots), so they never move. The
-//! LRU order is an [`LruQueue`] of uses. Per entry, besides the index's code and id tables:
-//! the LRU queue (4 to 6 bytes of queue and a 2-byte count), the creation time (f64), the last
-//! access as tenths of a second after creation (u32), an access count (u32, saturating) and
-//! the response's offset in the [`Arena`] (u32); a non-empty response adds its arena record's
-//! 4-byte length and padding to 8 bytes.
+//! Side tables are indexed by the index's stable *handles* (slots), so they never move. Per
+//! entry, besides the index's code and generation (36 bytes at 256 bits): the creation time in
+//! whole seconds (u32), the response's offset in the [`Arena`] (u32) and one [`Recency`] word
+//! (u32: the last use's tick and the access count) — 48 bytes. A non-empty response adds its
+//! arena record's 4-byte length and padding to 8 bytes. The namespace id and the expiry (u32
+//! each) are allocated only once an entry has a namespace other than the default or a TTL; the
+//! exact-match key (u64) once an entry has one.
 
 use crate::arena::{self, Arena};
 use crate::error::{Error, Result};
 use crate::index::{CodeIndex, Hit, Id, MAX_ENTRIES};
-use crate::lru::LruQueue;
 use crate::mapped::Column;
 use crate::partition::{self, Partitions};
+use crate::recency::{seconds, Recency};
 
 use hashbrown::HashTable;
 use std::cmp::Reverse;
@@ -22,10 +24,20 @@ use std::sync::OnceLock;
 /// `expires` of an entry without a time to live.
 pub const NEVER: u32 = u32::MAX;
 
-/// An entry's expiry as tenths of a second since the epoch (for ordering only; whether an
-/// entry has expired is decided by [`CacheCore::expired`] with the exact times).
-fn deadline(created_at: f64, expires: u32) -> i64 {
-    ((created_at * 10.0).floor() as i64).saturating_add(i64::from(expires))
+/// An entry's expiry as tenths of a second since the epoch.
+fn deadline(created: u32, expires: u32) -> i64 {
+    (i64::from(created) * 10).saturating_add(i64::from(expires))
+}
+
+/// The expiry, in tenths after the whole second `created`, of an entry stored at `now` that
+/// expires `ttl` tenths later: the deadline is `now + ttl` rounded down to a tenth.
+fn expiry_after(created: u32, now: f64, ttl: u32) -> u32 {
+    if ttl == NEVER {
+        return NEVER;
+    }
+    let fraction = ((now - f64::from(created)) * 10.0).floor();
+    let fraction = if fraction.is_nan() || fraction < 0.0 { 0 } else { fraction.min(10.0) as u32 };
+    ttl.saturating_add(fraction).min(NEVER - 1)
 }
 
 /// Tenths of a second in `ttl` seconds, rounded down (so an entry never outlives its TTL),
@@ -46,37 +58,26 @@ pub struct EntryView {
 
 /// `view` as [`CacheCore::touch`] at `now` would return it.
 pub fn touched(mut view: EntryView, now: f64) -> EntryView {
-    let tenths = tenths_since(view.created_at, now);
-    view.last_accessed = view.created_at + f64::from(tenths) / 10.0;
+    view.last_accessed = f64::from(seconds(now)).max(view.created_at);
     view.access_count = view.access_count.saturating_add(1);
     view
-}
-
-/// Tenths of a second from `created` to `now`, rounded down (so the time it stands for is never
-/// later than `now`), 0 if the clock went backwards, saturating after about 13 years.
-fn tenths_since(created: f64, now: f64) -> u32 {
-    let tenths = ((now - created) * 10.0).floor();
-    if tenths.is_nan() || tenths <= 0.0 {
-        0
-    } else {
-        tenths.min(u32::MAX as f64) as u32
-    }
 }
 
 #[derive(Debug)]
 pub struct CacheCore {
     pub(crate) index: CodeIndex,
     max_entries: usize,
-    lru: LruQueue,
-    pub(crate) created_at: Column<f64>,
-    /// Tenths of a second after `created_at`.
-    pub(crate) last_accessed: Column<u32>,
-    pub(crate) access_count: Column<u32>,
+    /// Last use, access count and the eviction choice.
+    recency: Recency,
+    /// Creation time in whole seconds since the epoch.
+    pub(crate) created: Column<u32>,
     /// Offset of the entry's response in `arena`.
     pub(crate) payload_at: Column<u32>,
-    /// The entry's partition id (see [`Partitions`]).
+    /// The entry's partition id (see [`Partitions`]). Empty while every entry is in the
+    /// default partition; one value per slot once one is not.
     pub(crate) partition: Column<u32>,
-    /// Tenths of a second after `created_at` when the entry expires; [`NEVER`] without a TTL.
+    /// Tenths of a second after `created` when the entry expires; [`NEVER`] without a TTL.
+    /// Empty while no entry has a TTL; one value per slot once one has.
     pub(crate) expires: Column<u32>,
     pub(crate) partitions: Partitions,
     /// Entries with a TTL by deadline, with their slot and generation (stale items, of entries
@@ -103,10 +104,8 @@ impl CacheCore {
         Ok(Self {
             index: CodeIndex::new(code_bits)?,
             max_entries,
-            lru: LruQueue::default(),
-            created_at: Column::default(),
-            last_accessed: Column::default(),
-            access_count: Column::default(),
+            recency: Recency::default(),
+            created: Column::default(),
             payload_at: Column::default(),
             partition: Column::default(),
             expires: Column::default(),
@@ -120,22 +119,19 @@ impl CacheCore {
         })
     }
 
-    /// A cache from a loaded file's columns (one value per slot); [`CacheCore::restore_order`]
-    /// must follow to restore the LRU order.
+    /// A cache from a loaded file's columns (one value per slot, or none for the partition and
+    /// expiry columns when every entry has the default) and its restored recency.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
-        index: CodeIndex, max_entries: usize, created_at: Column<f64>, last_accessed: Column<u32>,
-        access_count: Column<u32>, payload_at: Column<u32>,
+        index: CodeIndex, max_entries: usize, created: Column<u32>, recency: Recency, payload_at: Column<u32>,
         (partition, expires, partitions, expirations): (Column<u32>, Column<u32>, Partitions, u64), arena: Arena,
         payload_bytes: usize, keys: Column<u64>,
     ) -> Self {
         Self {
             index,
             max_entries,
-            lru: LruQueue::default(),
-            created_at,
-            last_accessed,
-            access_count,
+            recency,
+            created,
             payload_at,
             partition,
             expires,
@@ -149,26 +145,46 @@ impl CacheCore {
         }
     }
 
-    /// Installs a LRU order restored from a file (see [`LruQueue::restore`]).
-    pub(crate) fn set_lru(&mut self, lru: LruQueue) {
-        self.lru = lru;
-    }
-
     /// Live handles from most to least recently used.
     pub(crate) fn lru_handles(&self) -> Vec<u32> {
         let index = &self.index;
-        self.lru.order(|h| index.is_live_handle(h))
+        self.recency.order(index.slots(), |h| index.is_live_handle(h))
     }
 
-    /// The least recently used entry's handle.
+    /// The entry to evict: the least recently used one, or one nearly so (see [`Recency`]).
     fn lru_victim(&mut self) -> Option<u32> {
         let index = &self.index;
-        self.lru.victim(|h| index.is_live_handle(h))
+        self.recency.victim(index.slots(), index.len(), |h| index.is_live_handle(h))
     }
 
-    fn record_use(&mut self, handle: u32) {
-        let (index, live) = (&self.index, self.index.len());
-        self.lru.touch(handle, live, |h| index.is_live_handle(h));
+    /// Bounds the second marks after a use (rarely does anything).
+    fn prune_marks(&mut self) {
+        let index = &self.index;
+        self.recency.prune_marks(index.len(), |h| index.is_live_handle(h));
+    }
+
+    /// The entry's partition id.
+    #[inline]
+    fn partition_of(&self, h: usize) -> u32 {
+        self.partition.get(h).copied().unwrap_or(partition::DEFAULT)
+    }
+
+    /// The entry's expiry (tenths after its creation second), [`NEVER`] without a TTL.
+    #[inline]
+    fn expires_of(&self, h: usize) -> u32 {
+        self.expires.get(h).copied().unwrap_or(NEVER)
+    }
+
+    /// The entry's creation time (seconds since the epoch).
+    pub fn created_second(&self, h: usize) -> u32 {
+        self.created[h]
+    }
+
+    /// The entry's access count and last use (seconds since the epoch, never before its
+    /// creation).
+    pub(crate) fn use_of(&self, h: usize) -> (u32, u32) {
+        let handle = h as u32;
+        (self.recency.count(handle), self.recency.last_second(handle).max(self.created[h]))
     }
 
     /// Lowers (or raises) the entry limit, evicting least-recently-used entries down to it;
@@ -263,23 +279,26 @@ impl CacheCore {
         let id = self.index.push_row(code);
         let handle = self.index.handle_of(id).expect("a fresh id is live");
         let h = handle as usize;
-        if h == self.created_at.len() {
-            self.created_at.push(now);
-            self.last_accessed.push(0);
-            self.access_count.push(0);
+        if h == self.created.len() {
+            self.created.push(0);
             self.payload_at.push(arena::EMPTY);
-            self.partition.push(partition::DEFAULT);
-            self.expires.push(NEVER);
         }
-        self.created_at[h] = now;
-        self.last_accessed[h] = 0;
-        self.access_count[h] = 0;
+        let created = seconds(now);
+        self.created[h] = created;
         self.payload_at[h] = self.arena.push(payload);
-        self.partition[h] = self.partitions.add(name);
-        self.expires[h] = expires;
+        let part = self.partitions.add(name);
+        if part != partition::DEFAULT || !self.partition.is_empty() {
+            grow(&mut self.partition, h, partition::DEFAULT);
+            self.partition[h] = part;
+        }
+        let expires = expiry_after(created, now, expires);
+        if expires != NEVER || !self.expires.is_empty() {
+            grow(&mut self.expires, h, NEVER);
+            self.expires[h] = expires;
+        }
         if expires != NEVER {
             let generation = (id >> 32) as u32;
-            self.expiry_heap().push(Reverse((deadline(now, expires), handle, generation)));
+            self.expiry_heap().push(Reverse((deadline(created, expires), handle, generation)));
         }
         self.payload_bytes = self.payload_bytes.saturating_add(payload.len());
         if key != 0 {
@@ -292,21 +311,26 @@ impl CacheCore {
                 table.insert_unique(key, handle, |&s| keys[s as usize]);
             }
         }
-        self.record_use(handle);
+        self.recency.insert(handle, created);
+        self.prune_marks();
         Ok((id, evicted))
     }
 
     /// The table of live keyed slots, built from the key column on first use.
     fn key_table(&self) -> &HashTable<u32> {
         self.key_map.get_or_init(|| {
-            let (keys, partition): (&[u64], &[u32]) = (&self.keys, &self.partition);
+            let keys: &[u64] = &self.keys;
             let mut table = HashTable::new();
             for (h, &key) in keys.iter().enumerate() {
                 // A file whose live entries repeat a key in a partition (only a crafted one)
                 // keeps the first.
                 if key != 0
                     && self.index.is_live_handle(h as u32)
-                    && table.find(key, |&s| keys[s as usize] == key && partition[s as usize] == partition[h]).is_none()
+                    && table
+                        .find(key, |&s| {
+                            keys[s as usize] == key && self.partition_of(s as usize) == self.partition_of(h)
+                        })
+                        .is_none()
                 {
                     table.insert_unique(key, h as u32, |&s| keys[s as usize]);
                 }
@@ -323,8 +347,9 @@ impl CacheCore {
             return None;
         }
         let wanted = self.partitions.find(name)?;
-        let (keys, partition): (&[u64], &[u32]) = (&self.keys, &self.partition);
-        let h = *self.key_table().find(key, |&s| keys[s as usize] == key && partition[s as usize] == wanted)? as usize;
+        let keys: &[u64] = &self.keys;
+        let h = *self.key_table().find(key, |&s| keys[s as usize] == key && self.partition_of(s as usize) == wanted)?
+            as usize;
         (!self.expired(h, now)).then(|| self.index.id_of_handle(h as u32))
     }
 
@@ -332,7 +357,7 @@ impl CacheCore {
     pub fn find_id(&self, id: Id, name: &[u8], now: f64) -> Option<Id> {
         let wanted = self.partitions.find(name)?;
         let h = self.index.handle_of(id)? as usize;
-        (self.partition[h] == wanted && !self.expired(h, now)).then_some(id)
+        (self.partition_of(h) == wanted && !self.expired(h, now)).then_some(id)
     }
 
     /// Live partitions and how many entries each holds (expired ones not yet removed count).
@@ -343,8 +368,8 @@ impl CacheCore {
     /// Whether the entry in slot `h` has expired at `now`.
     #[inline]
     pub fn expired(&self, h: usize, now: f64) -> bool {
-        let e = self.expires[h];
-        e != NEVER && now >= self.created_at[h] + f64::from(e) / 10.0
+        let e = self.expires_of(h);
+        e != NEVER && now >= f64::from(self.created[h]) + f64::from(e) / 10.0
     }
 
     /// The expiry heap, built from the columns if this cache was loaded from a file.
@@ -360,7 +385,7 @@ impl CacheCore {
             .filter(|&h| self.expires[h] != NEVER && self.index.is_live_handle(h as u32))
             .map(|h| {
                 let generation = (self.index.id_of_handle(h as u32) >> 32) as u32;
-                Reverse((deadline(self.created_at[h], self.expires[h]), h as u32, generation))
+                Reverse((deadline(self.created[h], self.expires[h]), h as u32, generation))
             })
             .collect();
         self.expiry = Some(heap);
@@ -380,7 +405,7 @@ impl CacheCore {
                 break;
             }
             let id = (u64::from(generation) << 32) | u64::from(handle);
-            if self.index.handle_of(id).is_some() && self.expires[handle as usize] != NEVER {
+            if self.index.handle_of(id).is_some() && self.expires_of(handle as usize) != NEVER {
                 if !self.expired(handle as usize, now) {
                     break; // due within this tenth of a second: next time
                 }
@@ -421,10 +446,10 @@ impl CacheCore {
         };
         let partition: &[u32] = &self.partition;
         let expires: &[u32] = &self.expires;
-        let created: &[f64] = &self.created_at;
+        let created: &[u32] = &self.created;
         self.index.search_where(query, k, max_distance, |row| {
-            wanted.is_none_or(|id| partition[row] == id)
-                && (expires[row] == NEVER || now < created[row] + f64::from(expires[row]) / 10.0)
+            wanted.is_none_or(|id| partition.get(row).map_or(id == partition::DEFAULT, |&p| p == id))
+                && expires.get(row).is_none_or(|&e| e == NEVER || now < f64::from(created[row]) + f64::from(e) / 10.0)
         })
     }
 
@@ -433,8 +458,8 @@ impl CacheCore {
         let Some(wanted) = self.partitions.find(name) else {
             return Vec::new();
         };
-        let ids: Vec<Id> = (0..self.partition.len())
-            .filter(|&h| self.partition[h] == wanted && self.index.is_live_handle(h as u32))
+        let ids: Vec<Id> = (0..self.index.slots())
+            .filter(|&h| self.partition_of(h) == wanted && self.index.is_live_handle(h as u32))
             .map(|h| self.index.id_of_handle(h as u32))
             .collect();
         for &id in &ids {
@@ -446,20 +471,21 @@ impl CacheCore {
     /// The partition name and expiry time (seconds since the epoch) of an entry.
     pub fn placement(&self, id: Id) -> Option<(&[u8], Option<f64>)> {
         let h = self.index.handle_of(id)? as usize;
-        let e = self.expires[h];
-        let expires_at = (e != NEVER).then(|| self.created_at[h] + f64::from(e) / 10.0);
-        Some((self.partitions.name(self.partition[h]), expires_at))
+        let e = self.expires_of(h);
+        let expires_at = (e != NEVER).then(|| f64::from(self.created[h]) + f64::from(e) / 10.0);
+        Some((self.partitions.name(self.partition_of(h)), expires_at))
     }
 
     /// Fails only for a response of a loaded file that fails its checksum.
     fn view(&self, id: Id, handle: u32) -> Result<EntryView> {
         let h = handle as usize;
+        let (access_count, last) = self.use_of(h);
         Ok(EntryView {
             id,
             payload: self.arena.get(self.payload_at[h])?.to_vec(),
-            created_at: self.created_at[h],
-            last_accessed: self.created_at[h] + f64::from(self.last_accessed[h]) / 10.0,
-            access_count: self.access_count[h],
+            created_at: f64::from(self.created[h]),
+            last_accessed: f64::from(last),
+            access_count,
         })
     }
 
@@ -470,12 +496,12 @@ impl CacheCore {
             return Ok(None);
         };
         let mut view = self.view(id, handle)?;
-        let h = handle as usize;
-        self.last_accessed[h] = tenths_since(self.created_at[h], now);
-        self.access_count[h] = self.access_count[h].saturating_add(1);
-        self.record_use(handle);
-        view.last_accessed = self.created_at[h] + f64::from(self.last_accessed[h]) / 10.0;
-        view.access_count = self.access_count[h];
+        self.recency.touch(handle, seconds(now));
+        self.prune_marks();
+        (view.access_count, view.last_accessed) = {
+            let (count, last) = self.use_of(handle as usize);
+            (count, f64::from(last))
+        };
         Ok(Some(view))
     }
 
@@ -486,11 +512,11 @@ impl CacheCore {
             let Some(handle) = self.index.handle_of(id) else {
                 continue;
             };
-            let h = handle as usize;
-            self.last_accessed[h] = self.last_accessed[h].max(tenths_since(self.created_at[h], now));
-            self.access_count[h] = self.access_count[h].saturating_add(1);
-            self.record_use(handle);
+            // A queued use keeps the later of its time and the entry's last use.
+            let second = seconds(now).max(self.recency.last_second(handle));
+            self.recency.touch(handle, second);
         }
+        self.prune_marks();
     }
 
     /// An entry's state, without touching it.
@@ -522,7 +548,8 @@ impl CacheCore {
             }
             self.keys[h] = 0;
         }
-        self.partitions.remove(self.partition[h]);
+        self.partitions.remove(self.partition_of(h));
+        self.recency.remove(handle);
         self.index.remove(id);
         if self.arena.wants_compaction() && self.compact_payloads().is_err() {
             // A corrupt response of a loaded file: keep the garbage rather than fail a delete.
@@ -552,8 +579,10 @@ impl CacheCore {
         self.index.clear();
         self.payload_at.fill(arena::EMPTY);
         self.arena.clear();
-        self.lru.clear();
+        self.recency.clear();
         self.partitions.clear();
+        self.partition = Column::default();
+        self.expires = Column::default();
         self.expiry = Some(BinaryHeap::new());
         self.payload_bytes = 0;
         self.keys = Column::default();
@@ -574,9 +603,7 @@ impl CacheCore {
     /// are private copies, not counted), and the responses.
     pub fn mapped_bytes(&self) -> usize {
         self.index.mapped_bytes()
-            + self.created_at.mapped_bytes()
-            + self.last_accessed.mapped_bytes()
-            + self.access_count.mapped_bytes()
+            + self.created.mapped_bytes()
             + self.payload_at.mapped_bytes()
             + self.partition.mapped_bytes()
             + self.expires.mapped_bytes()
@@ -587,10 +614,8 @@ impl CacheCore {
     /// Bytes held on the heap: index buffers, side tables and the response arena (capacity).
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_bytes()
-            + self.lru.memory_bytes()
-            + self.created_at.heap_bytes()
-            + self.last_accessed.heap_bytes()
-            + self.access_count.heap_bytes()
+            + self.recency.memory_bytes()
+            + self.created.heap_bytes()
             + self.payload_at.heap_bytes()
             + self.partition.heap_bytes()
             + self.expires.heap_bytes()
@@ -599,6 +624,13 @@ impl CacheCore {
             + self.keys.heap_bytes()
             + self.key_map.get().map_or(0, HashTable::allocation_size)
             + self.arena.memory_bytes()
+    }
+}
+
+/// Extends `column` with `fill` to cover slot `h`.
+fn grow(column: &mut Column<u32>, h: usize, fill: u32) {
+    if column.len() <= h {
+        column.to_mut().resize(h + 1, fill);
     }
 }
 
@@ -629,16 +661,67 @@ mod tests {
     }
 
     #[test]
-    fn last_access_is_kept_in_tenths_of_a_second_after_creation() {
+    fn times_are_whole_seconds_and_a_ttl_keeps_tenths() {
         let mut cache = CacheCore::new(64, 4).unwrap();
         let (a, _) = cache.put(&[1], b"", 1_700_000_000.25).unwrap();
         let seen = cache.touch(a, 1_700_000_003.99).unwrap().unwrap();
-        assert_eq!(seen.created_at, 1_700_000_000.25);
-        assert!((seen.last_accessed - 1_700_000_003.95).abs() < 1e-6, "{}", seen.last_accessed);
+        assert_eq!((seen.created_at, seen.last_accessed), (1_700_000_000.0, 1_700_000_003.0));
         // A clock that went backwards gives the creation time, never an earlier one.
-        assert_eq!(cache.touch(a, 1.0).unwrap().unwrap().last_accessed, 1_700_000_000.25);
-        assert_eq!(tenths_since(0.0, 1e12), u32::MAX);
-        assert_eq!(tenths_since(0.0, f64::NAN), 0);
+        assert_eq!(cache.touch(a, 1.0).unwrap().unwrap().last_accessed, 1_700_000_000.0);
+        // The deadline is the put's exact time plus the TTL, rounded down to a tenth.
+        let (b, _) = cache.put_in(&[2], b"", 500.97, b"", ttl_tenths(2.0), 0).unwrap();
+        assert_eq!(cache.placement(b).unwrap().1, Some(502.9));
+        assert!(cache.nearest_in(&[2], 0, b"", 502.85).unwrap().is_some());
+        assert!(cache.nearest_in(&[2], 0, b"", 502.9).unwrap().is_none());
+        assert_eq!(expiry_after(10, 10.5, NEVER), NEVER);
+        assert_eq!(expiry_after(10, 9.0, 5), 5);
+        assert_eq!(expiry_after(10, 10.99, NEVER - 2), NEVER - 1);
+    }
+
+    #[test]
+    fn a_large_cache_evicts_old_entries() {
+        let n = 5_000u64;
+        let mut cache = CacheCore::new(64, n as usize).unwrap();
+        let ids: Vec<Id> = (0..n).map(|i| cache.put(&[i], b"", 1.0).unwrap().0).collect();
+        // The first quarter is never used again; the rest is.
+        for &id in &ids[n as usize / 4..] {
+            cache.touch(id, 2.0).unwrap();
+        }
+        let mut old = 0;
+        for i in 0..500 {
+            let (_, evicted) = cache.put(&[n + i], b"", 3.0).unwrap();
+            assert_eq!(evicted.len(), 1);
+            old += usize::from(ids[..n as usize / 4].contains(&evicted[0]));
+        }
+        assert!(old >= 450, "{old} of 500 evictions were of the unused quarter");
+        assert_eq!(cache.len(), n as usize);
+        let order = cache.lru_order();
+        assert_eq!(order.len(), n as usize);
+        assert_eq!(order[0], cache.index.id_of_handle(cache.index.handle_of(order[0]).unwrap()));
+    }
+
+    #[test]
+    fn side_columns_appear_only_when_needed() {
+        let mut cache = CacheCore::new(64, 100).unwrap();
+        for i in 0..10 {
+            cache.put(&[i], b"x", 1.0).unwrap();
+        }
+        assert!(cache.partition.is_empty() && cache.expires.is_empty());
+        let (a, _) = cache.put_in(&[50], b"a", 1.0, b"ns", NEVER, 0).unwrap();
+        assert_eq!(cache.partition.len(), 11);
+        assert!(cache.expires.is_empty());
+        let (b, _) = cache.put_in(&[51], b"b", 1.0, b"", ttl_tenths(5.0), 0).unwrap();
+        assert_eq!((cache.partition.len(), cache.expires.len()), (12, 12));
+        assert_eq!(cache.nearest_in(&[50], 0, b"ns", 2.0).unwrap().map(|h| h.id), Some(a));
+        assert_eq!(cache.nearest_in(&[50], 0, b"", 2.0).unwrap(), None);
+        assert_eq!(
+            cache.nearest_in(&[0], 0, b"", 2.0).unwrap().map(|h| h.id),
+            cache.search_in(&[0], 1, 0, None, 2.0).unwrap().first().map(|h| h.id)
+        );
+        assert_eq!(cache.nearest_in(&[51], 0, b"", 6.0).unwrap(), None);
+        assert!(cache.contains(b));
+        cache.clear();
+        assert!(cache.partition.is_empty() && cache.expires.is_empty());
     }
 
     #[test]

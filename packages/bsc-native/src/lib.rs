@@ -1,7 +1,7 @@
 //! bsc-native: a binary-code index with Hamming search, the engine of bsc.
 //!
 //! Everything but `py` is plain Rust with no Python in it, tested with `cargo test`: the scan
-//! (`scan`), the index (`index`), the cache (`cache`, with `lru`, `arena`, `partition`), the file
+//! (`scan`), the index (`index`), the cache (`cache`, with `recency`, `arena`, `partition`), the file
 //! format (`format`, `mapped`) and the thread-safe objects the binding wraps (`store`, with the
 //! LRU-touch queue in `touch`). The `python` feature adds the thin PyO3 layer (`py`) that maturin
 //! builds into the `bsc_native._core` extension module.
@@ -11,11 +11,11 @@ pub mod cache;
 pub mod error;
 pub mod format;
 pub mod index;
-pub mod lru;
 pub mod mapped;
 pub mod mih;
 pub mod partition;
 pub mod project;
+pub mod recency;
 pub mod scan;
 pub mod store;
 pub mod touch;

@@ -22,7 +22,9 @@ def test_put_lookup_and_metadata():
     assert found is not None
     got_id, distance, payload, created, accessed, count = found
     assert (got_id, distance, payload, count) == (entry_id, 1, b"payload", 1)
-    assert before <= created <= accessed <= time.time()
+    # Times are whole seconds, rounded down.
+    assert int(before) <= created <= accessed <= time.time()
+    assert created == int(created) and accessed == int(accessed)
     assert store.lookup(code(0b0100), max_distance=1) is None
     stats = store.stats()
     assert (stats["hits"], stats["misses"], stats["size"], stats["max_entries"]) == (1, 1, 1, 10)

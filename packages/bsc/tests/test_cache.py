@@ -41,7 +41,8 @@ def test_put_get_hit_and_miss(encoder):
     hit = cache.get(v)
     assert isinstance(hit, CacheEntry)
     assert (hit.response, hit.id, hit.similarity, hit.distance, hit.access_count) == ("Paris", entry_id, 1.0, 0, 1)
-    assert before <= hit.created_at <= hit.last_accessed <= time.time()
+    # The engine keeps whole seconds, rounded down.
+    assert int(before) <= hit.created_at <= hit.last_accessed <= time.time()
     assert cache.get(v).access_count == 2
     assert cache.get(-v) is None
     stats = cache.stats()

@@ -150,12 +150,14 @@ class BinaryIndex:
 
 @final
 class CacheStore:
-    """A bounded store of codes with payload bytes, access metadata and LRU eviction.
+    """A bounded store of codes with payload bytes, access metadata and approximate-LRU eviction.
 
     Entry tuples are ``(id, distance, payload, created_at, last_accessed, access_count)``;
-    times are seconds since the Unix epoch; ``last_accessed`` is kept in tenths of a second after
-    ``created_at`` (rounded down, saturating after about 13.6 years) and ``access_count`` saturates
-    at 2**32 - 1.
+    times are whole seconds since the Unix epoch (rounded down) and ``access_count`` saturates at
+    2**32 - 1. A full store of more than 1,024 slots evicts by sampling (Redis's ``allkeys-lru``
+    design: the oldest of a pool of sampled candidates), within 0.1 percentage point of exact LRU's
+    hit ratio on Zipf traces (``benchmarks/entry_cost.py``); smaller ones evict exactly the least
+    recently used entry.
     """
 
     def __new__(

@@ -12,9 +12,9 @@ use crate::arena::Arena;
 use crate::cache::{CacheCore, NEVER};
 use crate::error::{Error, Result};
 use crate::index::{CodeIndex, FREE};
-use crate::lru::LruQueue;
 use crate::mapped::{Column, MappedBytes};
 use crate::partition::{self, Partitions};
+use crate::recency::{seconds, Recency};
 
 /// The partition and expiry columns and the partition names, as read.
 pub type SavedPlacement = (Column<u32>, Column<u32>, Vec<Option<Box<[u8]>>>);
@@ -220,11 +220,7 @@ impl Opened {
         let slots = self.slots;
         let generation: &[u32] = &index.generation[..slots];
         let live = index.len();
-        let order = std::sync::Mutex::new(Some(order));
-        let restore = || {
-            let order = order.lock().map_err(|_| "the LRU thread failed".to_string())?.take();
-            LruQueue::restore(order.expect("run once"), generation, live)
-        };
+        let restore = || Recency::check_order(&order, generation, live);
         let (lru, checked) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
             let checked = self.check_slots(&index, &created, &payload_at, placement);
@@ -235,7 +231,7 @@ impl Opened {
             (lru, checked)
         });
         let (placement, records, resp_len) = checked?;
-        let lru = lru.map_err(|problem| self.corrupt(problem))?;
+        lru.map_err(|problem| self.corrupt(problem))?;
         if verify_all {
             records.verify_all()?;
         }
@@ -248,20 +244,46 @@ impl Opened {
         if keys.iter().zip(&index.generation[..slots]).any(|(&key, &generation)| key != 0 && generation & FREE != 0) {
             return Err(self.corrupt("an exact-match key (XKEY) belongs to a free slot"));
         }
-        let mut core = CacheCore::from_parts(
+        // The file keeps exact creation times (f64) and last uses in tenths after them; memory
+        // keeps whole seconds. A TTL's deadline stays where it was, to the tenth.
+        let live_slot = |h: usize| generation[h] & FREE == 0;
+        let whole: Vec<u32> = created.iter().map(|&t| seconds(t)).collect();
+        let recency = Recency::restore(
+            &order,
+            |h| seconds(created[h as usize] + f64::from(last_accessed[h as usize]) / 10.0),
+            |h| access_count[h as usize],
+            slots,
+        );
+        let (partition, expires, partitions, expirations) = placement;
+        let partition = if (0..slots).any(|h| live_slot(h) && partition[h] != partition::DEFAULT) {
+            partition
+        } else {
+            Column::default()
+        };
+        let expires = if (0..slots).any(|h| live_slot(h) && expires[h] != NEVER) {
+            let fraction = |h: usize| ((created[h] - f64::from(whole[h])) * 10.0).floor().clamp(0.0, 10.0) as u32;
+            let moved: Vec<u32> = (0..slots)
+                .map(|h| match expires[h] {
+                    NEVER => NEVER,
+                    e if live_slot(h) => e.saturating_add(fraction(h)).min(NEVER - 1),
+                    _ => NEVER,
+                })
+                .collect();
+            Column::from(moved)
+        } else {
+            Column::default()
+        };
+        Ok(CacheCore::from_parts(
             index,
             self.max_entries,
-            created,
-            last_accessed,
-            access_count,
+            Column::from(whole),
+            recency,
             payload_at,
-            placement,
+            (partition, expires, partitions, expirations),
             arena,
             self.response_bytes as usize,
             keys,
-        );
-        core.set_lru(lru);
-        Ok(core)
+        ))
     }
 }
 

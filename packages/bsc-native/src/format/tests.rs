@@ -51,6 +51,30 @@ fn cache_round_trip() {
 }
 
 #[test]
+fn round_trip_keeps_spilled_counts_seconds_ties_and_ttl_deadlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.bsc");
+    let mut core = CacheCore::new(64, 5000).unwrap();
+    let ids: Vec<Id> = (0..3000u64).map(|i| core.put(&[i], b"r", 1_000.0 + (i / 7) as f64).unwrap().0).collect();
+    for n in 0..700 {
+        core.touch(ids[5], 2_000.0 + f64::from(n)).unwrap();
+    }
+    let (ttl, _) = core.put_in(&[9_999], b"t", 3_000.37, b"ns", crate::cache::ttl_tenths(10.0), 0).unwrap();
+    save_cache(&core, &path, &Extras::default());
+    let loaded = open(&path).unwrap().cache(true).unwrap();
+    assert_eq!(loaded.lru_order(), core.lru_order());
+    assert_eq!(loaded.peek(ids[5]).unwrap().unwrap().access_count, 700);
+    for &id in ids.iter().chain([&ttl]) {
+        assert_eq!(loaded.peek(id).unwrap(), core.peek(id).unwrap());
+    }
+    assert_eq!(loaded.placement(ttl), Some((&b"ns"[..], Some(3_010.3))));
+    // A put at a fractional second keeps its deadline to the tenth, not its creation second.
+    let mut old = CacheCore::new(64, 10).unwrap();
+    let (a, _) = old.put_in(&[1], b"a", 500.75, b"", crate::cache::ttl_tenths(2.0), 0).unwrap();
+    assert_eq!(old.placement(a).unwrap().1, Some(502.7));
+}
+
+#[test]
 fn bad_files_give_specific_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.bsc");

@@ -11,9 +11,10 @@ use xxhash_rust::xxh3::Xxh3;
 use super::layout::*;
 use super::verify::header_checksum;
 use crate::arena::{self, BLOCK};
-use crate::cache::CacheCore;
+use crate::cache::{CacheCore, NEVER};
 use crate::error::{Error, Result};
 use crate::index::{CodeIndex, FREE};
+use crate::partition;
 
 #[derive(Clone, Copy, Debug)]
 struct Section {
@@ -208,11 +209,22 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     let mut out = Out::new(path, file, CACHE_SECTIONS.len())?;
     write_index_sections(&mut out, index, extras)?;
     out.begin()?;
-    let created: Vec<u64> = core.created_at[..slots].iter().map(|t| t.to_bits()).collect();
+    // Whole seconds in memory; the file keeps the format's f64 creation times and last uses as
+    // tenths of a second after them.
+    let created: Vec<u64> = core.created[..slots].iter().map(|&t| f64::from(t).to_bits()).collect();
     out.put_u64s(&created)?;
     out.end(CRTD);
-    out.section_u32s(LAST, &core.last_accessed[..slots])?;
-    out.section_u32s(CNTS, &core.access_count[..slots])?;
+    let (counts, last): (Vec<u32>, Vec<u32>) = (0..slots)
+        .map(|h| match index.generation[h] & FREE {
+            0 => {
+                let (count, last) = core.use_of(h);
+                (count, (last - core.created[h]).saturating_mul(10))
+            }
+            _ => (0, 0),
+        })
+        .unzip();
+    out.section_u32s(LAST, &last)?;
+    out.section_u32s(CNTS, &counts)?;
     // New offsets: the live responses packed in slot order.
     let mut offsets = vec![arena::EMPTY; slots];
     let mut cursor = 0usize;
@@ -233,8 +245,13 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     }
     out.section_u32s(PAYL, &offsets)?;
     out.section_u32s(LRUO, &core.lru_handles())?;
-    out.section_u32s(PART, &core.partition[..slots])?;
-    out.section_u32s(EXPR, &core.expires[..slots])?;
+    let filled = |column: &[u32], fill: u32| {
+        let mut values = column[..column.len().min(slots)].to_vec();
+        values.resize(slots, fill);
+        values
+    };
+    out.section_u32s(PART, &filled(&core.partition, partition::DEFAULT))?;
+    out.section_u32s(EXPR, &filled(&core.expires, NEVER))?;
     let mut names = Vec::new();
     for name in core.partitions.names() {
         match name {
