@@ -145,6 +145,11 @@ impl CacheCore {
         }
     }
 
+    /// Recency words, clock and marks (for the file writer).
+    pub(crate) fn recency(&self) -> &Recency {
+        &self.recency
+    }
+
     /// Live handles from most to least recently used.
     pub(crate) fn lru_handles(&self) -> Vec<u32> {
         let index = &self.index;

@@ -23,6 +23,9 @@
 
 use std::collections::HashMap;
 
+use crate::index::FREE;
+use crate::mapped::Column;
+
 const TICK_BITS: u32 = 24;
 const TICK_LIMIT: u32 = 1 << TICK_BITS;
 const TICK_MASK: u32 = TICK_LIMIT - 1;
@@ -43,18 +46,22 @@ fn tick_of(word: u32) -> u32 {
 }
 
 /// Whole seconds since the epoch, rounded down, clamped to `0..=u32::MAX` (NaN: 0).
+#[inline]
 pub fn seconds(now: f64) -> u32 {
-    if now.is_nan() || now <= 0.0 {
-        0
+    // A float-to-int `as` truncates toward zero (floor, for the positive values left), saturates
+    // at u32::MAX and turns NaN into 0; unlike `floor` it is one instruction.
+    if now > 0.0 {
+        now as u32
     } else {
-        now.floor().min(f64::from(u32::MAX)) as u32
+        0
     }
 }
 
 #[derive(Debug)]
 pub struct Recency {
-    /// Per slot: access count (high 8 bits) and tick of last use (low 24).
-    words: Vec<u32>,
+    /// Per slot: access count (high 8 bits) and tick of last use (low 24). Mapped from a
+    /// loaded file until written.
+    words: Column<u32>,
     /// Exact counts of slots whose word holds [`SPILLED`].
     spilled: HashMap<u32, u32>,
     /// The tick of the next use.
@@ -69,7 +76,7 @@ pub struct Recency {
 impl Default for Recency {
     fn default() -> Self {
         Self {
-            words: Vec::new(),
+            words: Column::default(),
             spilled: HashMap::new(),
             clock: 0,
             marks: Vec::new(),
@@ -83,7 +90,6 @@ impl Recency {
     /// Checks a saved order (most recently used first) against the slots' generation words: it
     /// must list every live slot exactly once. The error names the problem.
     pub fn check_order(order: &[u32], generation: &[u32], live: usize) -> Result<(), String> {
-        use crate::index::FREE;
         let slots = generation.len();
         if order.len() != live {
             return Err(format!("the LRU order lists {} of {live} entries", order.len()));
@@ -109,23 +115,41 @@ impl Recency {
     }
 
     /// Recency from a saved order (most recently used first, checked by [`Self::check_order`])
-    /// with each listed slot's last-use second and access count, over `slots` slots.
-    pub fn restore(order: &[u32], second: impl Fn(u32) -> u32, count: impl Fn(u32) -> u32, slots: usize) -> Self {
-        let mut recency = Self { words: vec![0; slots], ..Self::default() };
+    /// over `slots` slots, given each live slot's last-use second and access count. Three passes
+    /// that touch memory in order but one: the ranks scattered to the slots' words, the counts
+    /// and seconds read in slot order, the marks built along the order.
+    pub fn restore(
+        order: &[u32], slots: usize, is_live: impl Fn(usize) -> bool, second: impl Fn(usize) -> u32,
+        count: impl Fn(usize) -> u32,
+    ) -> Self {
+        let mut recency = Self { words: Column::from(vec![0; slots]), ..Self::default() };
         let n = order.len() as u64;
         let span = u64::from(TICK_LIMIT / 2);
+        // Ranks as ticks (the least recent 0), squeezed into half the clock's range when there
+        // are more.
+        let tick = |rank: usize| if n <= span { rank as u32 } else { (rank as u64 * span / n) as u32 };
         for (rank, &slot) in order.iter().rev().enumerate() {
-            // Ranks as ticks, squeezed into half the clock's range when there are more.
-            let tick = if n <= span { rank as u32 } else { (rank as u64 * span / n) as u32 };
-            let s = second(slot);
-            match recency.marks.last() {
-                Some(&(t, last)) if last == s || t == tick => {}
-                _ => recency.marks.push((tick, s)),
-            }
-            recency.words[slot as usize] = tick;
-            recency.set_count(slot, count(slot));
-            recency.clock = tick + 1;
+            recency.words[slot as usize] = tick(rank);
         }
+        let mut seconds = vec![0u32; slots];
+        for (h, word) in recency.words.iter_mut().enumerate() {
+            if is_live(h) {
+                seconds[h] = second(h);
+                let c = count(h);
+                if c >= SPILLED {
+                    recency.spilled.insert(h as u32, c);
+                }
+                *word |= c.min(SPILLED) << TICK_BITS;
+            }
+        }
+        for (rank, &slot) in order.iter().rev().enumerate() {
+            let (t, s) = (tick(rank), seconds[slot as usize]);
+            match recency.marks.last() {
+                Some(&(last_tick, last)) if last == s || last_tick == t => {}
+                _ => recency.marks.push((t, s)),
+            }
+        }
+        recency.clock = order.len().checked_sub(1).map_or(0, |last| tick(last) + 1);
         recency
     }
 
@@ -155,7 +179,7 @@ impl Recency {
     /// down) unless `t = m` is odd, and a use before it stays before (`(m-1)/2 < (m+1)/2`):
     /// a time may round down to the previous mark's, never up. Marks that meet keep the first.
     fn halve(&mut self) {
-        for word in &mut self.words {
+        for word in self.words.iter_mut() {
             *word = (*word & !TICK_MASK) | (tick_of(*word) >> 1);
         }
         for mark in &mut self.marks {
@@ -172,7 +196,7 @@ impl Recency {
     fn ensure(&mut self, slot: u32) {
         let s = slot as usize;
         if s >= self.words.len() {
-            self.words.resize(s + 1, 0);
+            self.words.to_mut().resize(s + 1, 0);
         }
     }
 
@@ -321,7 +345,60 @@ impl Recency {
 
     /// Bytes held (capacity).
     pub fn memory_bytes(&self) -> usize {
-        self.words.capacity() * 4 + self.spilled.capacity() * 9 + self.marks.capacity() * 8 + POOL * 8
+        self.words.heap_bytes() + self.spilled.capacity() * 9 + self.marks.capacity() * 8 + POOL * 8
+    }
+
+    /// Bytes read in place from a loaded file.
+    pub fn mapped_bytes(&self) -> usize {
+        self.words.mapped_bytes()
+    }
+
+    /// What a file keeps: the words of the first `slots` slots (zeros past the last one
+    /// written), the clock, the marks, and the spilled counts by slot.
+    #[allow(clippy::type_complexity)]
+    pub fn saved(&self, slots: usize) -> (Vec<u32>, u32, &[(u32, u32)], Vec<(u32, u32)>) {
+        let mut words = self.words[..slots.min(self.words.len())].to_vec();
+        words.resize(slots, 0);
+        let mut spilled: Vec<(u32, u32)> = self.spilled.iter().map(|(&s, &c)| (s, c)).collect();
+        spilled.sort_unstable();
+        (words, self.clock, &self.marks, spilled)
+    }
+
+    /// Recency as a file kept it (see [`Self::saved`]), checked against the slots' generation
+    /// words: the ticks of live slots and of the marks below the clock, the marks in order, a
+    /// free slot without a count, a live slot's count byte [`SPILLED`] exactly when its count is
+    /// in `spilled` (sorted by slot, each at least [`SPILLED`]). The error names the problem.
+    pub fn from_saved(
+        words: Column<u32>, clock: u32, marks: Vec<(u32, u32)>, spilled: &[(u32, u32)], generation: &[u32],
+    ) -> Result<Self, String> {
+        if clock > TICK_LIMIT {
+            return Err(format!("the use clock {clock} is past its range"));
+        }
+        if marks.windows(2).any(|w| w[0].0 >= w[1].0) || marks.last().is_some_and(|m| m.0 >= clock) {
+            return Err("the second marks are out of order".into());
+        }
+        if words.len() != generation.len() {
+            return Err(format!("{} recency words for {} slots", words.len(), generation.len()));
+        }
+        let mut next = spilled.iter().peekable();
+        for (slot, (&word, &generation)) in words.iter().zip(generation).enumerate() {
+            let live = generation & FREE == 0;
+            let count = word >> TICK_BITS;
+            let bad = if live { tick_of(word) >= clock } else { count != 0 };
+            if bad {
+                return Err(format!("slot {slot}'s recency word {word:#x} does not fit the clock {clock}"));
+            }
+            if live && count == SPILLED {
+                match next.next() {
+                    Some(&(s, c)) if s as usize == slot && c >= SPILLED => {}
+                    _ => return Err(format!("slot {slot}'s access count is missing from the spilled counts")),
+                }
+            }
+        }
+        if next.next().is_some() {
+            return Err("a spilled access count belongs to no slot that needs one".into());
+        }
+        Ok(Self { words, spilled: spilled.iter().copied().collect(), clock, marks, ..Self::default() })
     }
 }
 
@@ -546,7 +623,7 @@ mod tests {
     #[test]
     fn restore_rebuilds_order_times_and_counts() {
         let order = vec![3, 0, 2]; // most recent first; slot 1 is free
-        let r = Recency::restore(&order, |s| 500 + s, |s| s * 200, 4);
+        let r = Recency::restore(&order, 4, |s| s != 1, |s| 500 + s as u32, |s| s as u32 * 200);
         assert_eq!(r.order(4, |s| s != 1), order);
         for &s in &order {
             assert_eq!((r.last_second(s), r.count(s)), (500 + s, s * 200));

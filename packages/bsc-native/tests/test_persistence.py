@@ -397,4 +397,20 @@ def test_a_save_killed_at_any_moment_leaves_the_old_file_or_the_new_one(tmp_path
 
 
 def test_format_version_is_exposed() -> None:
-    assert bsc_native.FORMAT_VERSION == 1
+    assert bsc_native.FORMAT_VERSION == 2
+
+
+def test_version_1_files_load_and_are_saved_as_version_2(tmp_path: Path) -> None:
+    # Written by bsc-native before issue 21 (see src/format/tests.rs for what it holds).
+    old = Path(__file__).parent / "data" / "cache-v1.bsc"
+    store = CacheStore.load(old, verify=True)
+    assert len(store) == 19
+    entry = store.peek(3)
+    assert entry is not None
+    assert (entry[2], entry[3], entry[4], entry[5]) == (b"answer 3", 1_700_000_003.0, 1_700_000_102.0, 300)
+    assert list(store.lru_ids()[:3]) == [0, 7, 3]
+    path = tmp_path / "again.bsc"
+    store.save(path)
+    assert path.read_bytes()[8:12] == (2).to_bytes(4, "little")
+    again = CacheStore.load(path)
+    assert [again.peek(int(i)) for i in again.lru_ids()] == [store.peek(int(i)) for i in store.lru_ids()]

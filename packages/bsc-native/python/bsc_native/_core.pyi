@@ -33,7 +33,8 @@ __version__: str
 KERNEL: str
 MIN_CODE_BITS: int
 MAX_CODE_BITS: int
-#: The file format version ``save`` writes and the newest ``load`` reads.
+#: The newest file format version ``load`` reads, and the one a ``CacheStore`` is saved in (a
+#: ``BinaryIndex`` is saved as version 1; version-1 cache files load and are saved as version 2).
 FORMAT_VERSION: int
 
 class BscError(Exception):

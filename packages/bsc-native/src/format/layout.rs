@@ -4,8 +4,13 @@
 /// The first 8 bytes of every bsc file (PNG-style: a non-ASCII byte, the name, and line
 /// endings that a text-mode transfer would mangle).
 pub const MAGIC: [u8; 8] = *b"\x89BSC\r\n\x1a\n";
-/// The format version this code writes, and the newest it reads.
-pub const VERSION: u32 = 1;
+/// The newest format version this code reads, and the one it writes caches in. Version 2
+/// (issue 21) keeps a cache's creation times in whole seconds and its recency as the engine's
+/// words; version 1 kept `f64` times, last uses in tenths, counts and the LRU order, and is
+/// converted when read. A bare index is the same in both and is written as version 1.
+pub const VERSION: u32 = 2;
+/// The version bare index files are written in.
+pub const INDEX_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 128;
 pub const ENTRY_LEN: usize = 32;
 pub const MAX_SECTIONS: usize = 64;
@@ -51,9 +56,17 @@ pub const PART: Tag = *b"PART";
 pub const EXPR: Tag = *b"EXPR";
 pub const PKEY: Tag = *b"PKEY";
 pub const XKEY: Tag = *b"XKEY";
+pub const SECS: Tag = *b"SECS";
+pub const RCNY: Tag = *b"RCNY";
+pub const RMRK: Tag = *b"RMRK";
+pub const RSPL: Tag = *b"RSPL";
 pub const INDEX_SECTIONS: [Tag; 5] = [META, FPRT, CODE, GENS, FREE_SLOTS];
-pub const CACHE_SECTIONS: [Tag; 16] =
+/// A version-1 cache's sections.
+pub const CACHE_SECTIONS_V1: [Tag; 16] =
     [META, FPRT, CODE, GENS, FREE_SLOTS, CRTD, LAST, CNTS, PAYL, LRUO, RESP, RSUM, PART, EXPR, PKEY, XKEY];
+/// A version-2 cache's sections.
+pub const CACHE_SECTIONS: [Tag; 16] =
+    [META, FPRT, CODE, GENS, FREE_SLOTS, SECS, RCNY, RMRK, RSPL, PAYL, RESP, RSUM, PART, EXPR, PKEY, XKEY];
 /// Cache sections a file written before they existed lacks: defaults apply (every entry in the
 /// default partition, none with a TTL, none with an exact-match key).
 pub const OPTIONAL: [Tag; 4] = [PART, EXPR, PKEY, XKEY];

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::layout::*;
 use super::verify::parse;
-use crate::arena::Arena;
+use crate::arena::{Arena, MappedRecords};
 use crate::cache::{CacheCore, NEVER};
 use crate::error::{Error, Result};
 use crate::index::{CodeIndex, FREE};
@@ -25,6 +25,8 @@ pub struct Opened {
     pub(super) handle: File,
     pub(super) map: MappedBytes,
     pub kind: Kind,
+    /// The format version the file was written in.
+    pub version: u32,
     pub code_bits: usize,
     pub(super) slots: usize,
     pub(super) live: usize,
@@ -133,7 +135,10 @@ impl Opened {
         let slots = self.slots;
         let generation: &[u32] = &index.generation;
         let ids: &[u32] = &partition;
-        let live_partitions = generation[..slots].iter().zip(ids).filter(|(g, _)| *g & FREE == 0).map(|(_, &id)| id);
+        // An empty column (version 2): every entry is in the default partition.
+        let live_partitions = (0..slots)
+            .filter(|&h| generation[h] & FREE == 0)
+            .map(|h| ids.get(h).copied().unwrap_or(partition::DEFAULT));
         let partitions = Partitions::from_saved(names, live_partitions).map_err(|problem| self.corrupt(problem))?;
         Ok((partition, expires, partitions, self.expirations))
     }
@@ -202,9 +207,51 @@ impl Opened {
     /// when first read (all of them now when `verify_all`).
     pub fn cache(&self, verify_all: bool) -> Result<CacheCore> {
         self.expect(Kind::Cache)?;
+        if self.version == 1 {
+            return self.cache_v1(verify_all);
+        }
         // Two threads: this one maps and checksums the slot columns while the other checksums
-        // the codes and the partition columns; then this one validates the columns while the
-        // other checks the LRU order and turns it into a queue.
+        // the codes and the partition columns; then this one validates the slots while the
+        // other checks the recency words. Every column is read in place.
+        let (index, (created, words, marks, spilled, payload_at), placement) = self.index_with(
+            || {
+                Ok((
+                    self.column(SECS, |w| le_u32(w, 0))?,
+                    self.column(RCNY, |w| le_u32(w, 0))?,
+                    u32s(self.checked(RMRK)?),
+                    u32s(self.checked(RSPL)?),
+                    self.column(PAYL, |w| le_u32(w, 0))?,
+                ))
+            },
+            || self.placement_columns(),
+        )?;
+        let generation: &[u32] = &index.generation[..self.slots];
+        let clock = marks[0];
+        let marks: Vec<(u32, u32)> = marks[1..].chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        let spilled: Vec<(u32, u32)> = spilled.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+        let job = std::sync::Mutex::new(Some((words, marks)));
+        let restore = || {
+            let (words, marks) = job.lock().map_err(|_| "the recency thread failed".to_string())?.take().expect("once");
+            Recency::from_saved(words, clock, marks, &spilled, generation)
+        };
+        let (recency, checked) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
+            let checked = self.check_slots(&index, &payload_at, placement);
+            let recency = match helper {
+                Some(thread) => thread.join().unwrap_or_else(|_| Err("the recency thread failed".into())),
+                None => restore(),
+            };
+            (recency, checked)
+        });
+        let checked = checked?;
+        let recency = recency.map_err(|problem| self.corrupt(problem))?;
+        self.assemble(index, created, recency, payload_at, checked, verify_all)
+    }
+
+    /// Decodes a version-1 cache: `f64` creation times, last uses in tenths after them,
+    /// access counts and the LRU order, converted to the engine's whole seconds and recency
+    /// words (a TTL's deadline stays where it was, to the tenth).
+    fn cache_v1(&self, verify_all: bool) -> Result<CacheCore> {
         let (index, (created, last_accessed, access_count, payload_at, order), placement) = self.index_with(
             || {
                 Ok((
@@ -220,18 +267,63 @@ impl Opened {
         let slots = self.slots;
         let generation: &[u32] = &index.generation[..slots];
         let live = index.len();
-        let restore = || Recency::check_order(&order, generation, live);
-        let (lru, checked) = std::thread::scope(|scope| {
+        let live_slot = |h: usize| generation[h] & FREE == 0;
+        // Every live slot has a creation time within ±1e11 s of the epoch.
+        if let Some(slot) = (0..slots).find(|&h| live_slot(h) && !(-1e11..1e11).contains(&created[h])) {
+            return Err(self.corrupt(format!("slot {slot} has creation time {}, which does not fit", created[slot])));
+        }
+        let restore = || {
+            Recency::check_order(&order, generation, live)?;
+            Ok(Recency::restore(
+                &order,
+                slots,
+                live_slot,
+                |h| seconds(created[h] + f64::from(last_accessed[h]) / 10.0),
+                |h| access_count[h],
+            ))
+        };
+        let (recency, checked) = std::thread::scope(|scope| {
             let helper = std::thread::Builder::new().spawn_scoped(scope, restore).ok();
-            let checked = self.check_slots(&index, &created, &payload_at, placement);
-            let lru = match helper {
+            let checked = self.check_slots(&index, &payload_at, placement);
+            let recency: std::result::Result<Recency, String> = match helper {
                 Some(thread) => thread.join().unwrap_or_else(|_| Err("the LRU thread failed".into())),
                 None => restore(),
             };
-            (lru, checked)
+            (recency, checked)
         });
-        let (placement, records, resp_len) = checked?;
-        lru.map_err(|problem| self.corrupt(problem))?;
+        let ((partition, expires, partitions, expirations), records, resp_len) = checked?;
+        let recency = recency.map_err(|problem| self.corrupt(problem))?;
+        let whole: Vec<u32> = created.iter().map(|&t| seconds(t)).collect();
+        // Columns of defaults are left out, as a new store leaves them.
+        let partition = if (0..slots).any(|h| live_slot(h) && partition[h] != partition::DEFAULT) {
+            partition
+        } else {
+            Column::default()
+        };
+        let expires = if (0..slots).any(|h| live_slot(h) && expires[h] != NEVER) {
+            let fraction = |h: usize| ((created[h] - f64::from(whole[h])) * 10.0).floor().clamp(0.0, 10.0) as u32;
+            let moved: Vec<u32> = (0..slots)
+                .map(|h| match expires[h] {
+                    e if e != NEVER && live_slot(h) => e.saturating_add(fraction(h)).min(NEVER - 1),
+                    _ => NEVER,
+                })
+                .collect();
+            Column::from(moved)
+        } else {
+            Column::default()
+        };
+        let checked = ((partition, expires, partitions, expirations), records, resp_len);
+        self.assemble(index, Column::from(whole), recency, payload_at, checked, verify_all)
+    }
+
+    /// The cache from its checked parts, with the exact-match keys.
+    #[allow(clippy::type_complexity)]
+    fn assemble(
+        &self, index: CodeIndex, created: Column<u32>, recency: Recency, payload_at: Column<u32>,
+        (placement, records, resp_len): ((Column<u32>, Column<u32>, Partitions, u64), MappedRecords, usize),
+        verify_all: bool,
+    ) -> Result<CacheCore> {
+        let slots = self.slots;
         if verify_all {
             records.verify_all()?;
         }
@@ -244,42 +336,13 @@ impl Opened {
         if keys.iter().zip(&index.generation[..slots]).any(|(&key, &generation)| key != 0 && generation & FREE != 0) {
             return Err(self.corrupt("an exact-match key (XKEY) belongs to a free slot"));
         }
-        // The file keeps exact creation times (f64) and last uses in tenths after them; memory
-        // keeps whole seconds. A TTL's deadline stays where it was, to the tenth.
-        let live_slot = |h: usize| generation[h] & FREE == 0;
-        let whole: Vec<u32> = created.iter().map(|&t| seconds(t)).collect();
-        let recency = Recency::restore(
-            &order,
-            |h| seconds(created[h as usize] + f64::from(last_accessed[h as usize]) / 10.0),
-            |h| access_count[h as usize],
-            slots,
-        );
-        let (partition, expires, partitions, expirations) = placement;
-        let partition = if (0..slots).any(|h| live_slot(h) && partition[h] != partition::DEFAULT) {
-            partition
-        } else {
-            Column::default()
-        };
-        let expires = if (0..slots).any(|h| live_slot(h) && expires[h] != NEVER) {
-            let fraction = |h: usize| ((created[h] - f64::from(whole[h])) * 10.0).floor().clamp(0.0, 10.0) as u32;
-            let moved: Vec<u32> = (0..slots)
-                .map(|h| match expires[h] {
-                    NEVER => NEVER,
-                    e if live_slot(h) => e.saturating_add(fraction(h)).min(NEVER - 1),
-                    _ => NEVER,
-                })
-                .collect();
-            Column::from(moved)
-        } else {
-            Column::default()
-        };
         Ok(CacheCore::from_parts(
             index,
             self.max_entries,
-            Column::from(whole),
+            created,
             recency,
             payload_at,
-            (partition, expires, partitions, expirations),
+            placement,
             arena,
             self.response_bytes as usize,
             keys,

@@ -50,6 +50,62 @@ fn cache_round_trip() {
     assert_eq!(loaded.response_bytes(), core.response_bytes());
 }
 
+/// A file written by the version-1 code (`tests/data/cache-v1.bsc`: 20 entries, one deleted,
+/// in two namespaces, some with a TTL or a key, touched at fractional seconds) loads with its
+/// times rounded down to the second, its TTL deadlines to the tenth, its counts and order.
+#[test]
+fn version_1_files_are_converted() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cache-v1.bsc");
+    let opened = open(&path).unwrap();
+    assert_eq!(opened.version, 1);
+    assert_eq!(opened.extras().unwrap().counters, Counters { hits: 5, misses: 6, evictions: 0 });
+    let mut core = opened.cache(true).unwrap();
+    let mut order: Vec<Id> = vec![0, 7, 3];
+    order.extend((0..20).rev().filter(|i| ![0, 7, 3, 11].contains(i)));
+    assert_eq!(core.lru_order(), order);
+    let base = 1_700_000_000u32;
+    for i in 0..20u64 {
+        let Some(view) = core.peek(i).unwrap() else {
+            assert_eq!(i, 11);
+            continue;
+        };
+        assert_eq!(view.payload, format!("answer {i}").into_bytes());
+        assert_eq!(view.created_at, f64::from(base + i as u32));
+        let (last, count) = match i {
+            0 => (base + 201, 1),
+            7 => (base + 200, 1),
+            3 => (base + 102, 300),
+            _ => (base + i as u32, 0),
+        };
+        assert_eq!((view.last_accessed, view.access_count), (f64::from(last), count), "entry {i}");
+        let name: &[u8] = if i % 3 == 0 { b"tenant" } else { b"" };
+        // Deadlines were created + 100 s at .25: kept to the tenth, rounded down.
+        let deadline = (i % 4 == 0).then(|| f64::from(base + 100 + i as u32) + 0.2);
+        let (got_name, got_deadline) = core.placement(i).unwrap();
+        assert_eq!(got_name, name);
+        assert_eq!(got_deadline.map(|d| (d * 10.0).round() / 10.0), deadline, "entry {i}");
+        if i % 5 == 0 {
+            assert_eq!(core.find_key(i + 1, name, f64::from(base + 50)), Some(i));
+        }
+    }
+    // Saved again, it is a version-2 file with the same contents.
+    let dir = tempfile::tempdir().unwrap();
+    let again = dir.path().join("v2.bsc");
+    save_cache(&core, &again, &Extras::default());
+    let reopened = open(&again).unwrap();
+    assert_eq!(reopened.version, VERSION);
+    let loaded = reopened.cache(true).unwrap();
+    assert_eq!(loaded.lru_order(), core.lru_order());
+    for id in core.lru_order() {
+        assert_eq!(loaded.peek(id).unwrap(), core.peek(id).unwrap());
+        assert_eq!(loaded.placement(id), core.placement(id));
+    }
+    // And it keeps working: a put evicts nothing (room for 100), a touch moves an entry first.
+    core.touch(19, f64::from(base + 300)).unwrap();
+    assert_eq!(core.lru_order()[0], 19);
+    assert!(core.put(&[5], b"new", f64::from(base + 301)).unwrap().1.is_empty());
+}
+
 #[test]
 fn round_trip_keeps_spilled_counts_seconds_ties_and_ttl_deadlines() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +146,7 @@ fn bad_files_give_specific_errors() {
     assert!(matches!(check(&good[..100]), Err(Error::Truncated { .. })));
     assert!(matches!(check(&good[..5]), Err(Error::Truncated { .. })));
     let mut future = good.clone();
-    future[8] = 2;
+    future[8] = VERSION as u8 + 1;
     assert!(matches!(check(&future), Err(Error::UnsupportedVersion { .. })));
     let mut flipped = good.clone();
     let last = flipped.len() - 20;
@@ -158,11 +214,18 @@ fn crafted_files_with_valid_checksums_are_refused() {
     let first = shared[payl + 4..payl + 8].to_vec();
     shared[payl + 8..payl + 12].copy_from_slice(&first);
     assert!(matches!(load(&mut shared), Err(Error::Corrupt { .. })));
-    // A creation time that would overflow a deadline.
-    let mut ancient = good.clone();
-    let crtd = section(CRTD);
-    ancient[crtd..crtd + 8].copy_from_slice(&1e300f64.to_le_bytes());
-    assert!(matches!(load(&mut ancient), Err(Error::Corrupt { .. })));
+    // A recency word past the clock, and one whose count claims a spilled count not kept.
+    let rcny = section(RCNY);
+    for word in [0x00ff_ffffu32, 0xff00_0000] {
+        let mut odd = good.clone();
+        odd[rcny + 4..rcny + 8].copy_from_slice(&word.to_le_bytes());
+        assert!(matches!(load(&mut odd), Err(Error::Corrupt { .. })), "{word:#x}");
+    }
+    // Marks out of order.
+    let rmrk = section(RMRK);
+    let mut unordered = good.clone();
+    unordered[rmrk..rmrk + 4].copy_from_slice(&0u32.to_le_bytes()); // the clock before every mark
+    assert!(matches!(load(&mut unordered), Err(Error::Corrupt { .. })));
     // A header that counts more response bytes than the section holds.
     let mut lying = good.clone();
     lying[72..80].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -65,40 +65,34 @@ impl Opened {
     /// checked placement and the (still unread) responses.
     #[allow(clippy::type_complexity)]
     pub(super) fn check_slots(
-        &self, index: &CodeIndex, created: &[f64], payload_at: &[u32], placement: SavedPlacement,
+        &self, index: &CodeIndex, payload_at: &[u32], placement: SavedPlacement,
     ) -> Result<((Column<u32>, Column<u32>, Partitions, u64), MappedRecords, usize)> {
         let slots = self.slots;
         let sums: Vec<u64> = self.checked(RSUM)?.chunks_exact(8).map(|w| le_u64(w, 0)).collect();
         let (resp_offset, resp_len, resp_sum) = self.sections[&RESP];
-        // Every live slot has a finite creation time; every response offset belongs to a live
-        // slot and lies in the responses section. One branch-free pass, then a search for the
-        // culprit only if something is wrong.
         let gens: &[u32] = &index.generation[..slots];
-        // Every live slot has a creation time within ±1e11 s of the epoch (so deadlines fit
-        // an i64); every response offset belongs to a live slot, lies in the responses section,
-        // and is above the previous live slot's (the writer packs them in slot order, so
-        // entries never share a record). One branch-free pass, then a search for the culprit
-        // only if something is wrong.
+        // Every response offset belongs to a live slot, lies in the responses section, and is
+        // above the previous live slot's (the writer packs them in slot order, so entries
+        // never share a record). One branch-free pass, then a search for the culprit only if
+        // something is wrong.
         let checker = || {
             let mut previous: i64 = -1;
-            move |(&generation, &time, &at): (&u32, &f64, &u32)| {
+            move |(&generation, &at): (&u32, &u32)| {
                 let live = generation & FREE == 0;
                 let has = at != arena::EMPTY;
                 let order_ok = !has || i64::from(at) > previous;
                 if live & has {
                     previous = i64::from(at);
                 }
-                (live & !(-1e11..1e11).contains(&time))
-                    | (has & (!live | !order_ok | ((at as u64) * arena::UNIT as u64 + 4 > resp_len as u64)))
+                has & (!live | !order_ok | ((at as u64) * arena::UNIT as u64 + 4 > resp_len as u64))
             }
         };
-        let rows = || gens.iter().zip(created).zip(payload_at).map(|((g, t), a)| (g, t, a));
+        let rows = || gens.iter().zip(payload_at);
         let mut bad = checker();
         if rows().fold(false, |any, row| any | bad(row)) {
             let slot = rows().position(checker()).expect("a bad slot");
             return Err(self.corrupt(format!(
-                "slot {slot} has creation time {} and response offset {}, which do not fit a {} slot",
-                created[slot],
+                "slot {slot} has response offset {}, which does not fit a {} slot",
                 payload_at[slot],
                 if gens[slot] & FREE == 0 { "live" } else { "free" }
             )));
@@ -209,9 +203,10 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
             return Err(corrupt(format!("section {} lies outside the file", tag_str(&tag))));
         }
         ranges.push((offset, offset + len));
-        let known = match kind {
-            Kind::Index => INDEX_SECTIONS.contains(&tag),
-            Kind::Cache => CACHE_SECTIONS.contains(&tag),
+        let known = match (kind, version) {
+            (Kind::Index, _) => INDEX_SECTIONS.contains(&tag),
+            (Kind::Cache, 1) => CACHE_SECTIONS_V1.contains(&tag),
+            (Kind::Cache, _) => CACHE_SECTIONS.contains(&tag),
         };
         if !known {
             if flags & REQUIRED != 0 {
@@ -243,15 +238,16 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         }
         gap_start = end;
     }
-    let expected: &[Tag] = match kind {
-        Kind::Index => &INDEX_SECTIONS,
-        Kind::Cache => &CACHE_SECTIONS,
+    let expected: &[Tag] = match (kind, version) {
+        (Kind::Index, _) => &INDEX_SECTIONS,
+        (Kind::Cache, 1) => &CACHE_SECTIONS_V1,
+        (Kind::Cache, _) => &CACHE_SECTIONS,
     };
     // Lengths the counts imply, checked before anything is decoded (u128: no overflow).
     let (slots_w, live_w) = (slots as u128, live as u128);
     for tag in expected {
         let Some(&(_, len, _)) = sections.get(tag) else {
-            if OPTIONAL.contains(tag) {
+            if version == 1 && OPTIONAL.contains(tag) {
                 continue;
             }
             return Err(corrupt(format!("section {} is missing", tag_str(tag))));
@@ -259,8 +255,15 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         let want: Option<u128> = match *tag {
             CODE => Some(slots_w * words as u128 * 8),
             GENS => Some(handles as u128 * 4),
-            LAST | CNTS | PAYL | PART | EXPR => Some(slots_w * 4),
+            LAST | CNTS | PAYL | SECS | RCNY => Some(slots_w * 4),
+            // Version 2 leaves them empty while every entry has the default.
+            PART | EXPR if version == 1 => Some(slots_w * 4),
+            PART | EXPR => (len != 0 && len as u128 != slots_w * 4).then_some(u128::MAX),
             XKEY => (len != 0 && len as u128 != slots_w * 8).then_some(u128::MAX),
+            // The clock, then (tick, second) pairs: at most one per tick.
+            RMRK => (len < 4 || (len - 4) % 8 != 0 || (len - 4) / 8 > 1 << 24).then_some(u128::MAX),
+            // (slot, count) pairs, at most one per live entry.
+            RSPL => (len % 8 != 0 || len as u128 / 8 > live_w).then_some(u128::MAX),
             CRTD => Some(slots_w * 8),
             // Retired slots (index.rs) are free but not listed.
             FREE_SLOTS => (len % 4 != 0 || len as u128 > (slots_w - live_w) * 4).then_some(u128::MAX),
@@ -288,6 +291,7 @@ pub fn parse(handle: File, map: MappedBytes, name: String) -> Result<Opened> {
         handle,
         map,
         kind,
+        version,
         code_bits,
         slots,
         live,

@@ -127,7 +127,11 @@ impl<'a> Out<'a> {
         let file_len = self.pos;
         let mut head = vec![0u8; HEADER_LEN + self.sections.len() * ENTRY_LEN];
         head[0..8].copy_from_slice(&MAGIC);
-        head[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        let version = match kind {
+            Kind::Index => INDEX_VERSION,
+            Kind::Cache => VERSION,
+        };
+        head[8..12].copy_from_slice(&version.to_le_bytes());
         head[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
         head[16..20].copy_from_slice(&(code_bits as u32).to_le_bytes());
         head[20..24].copy_from_slice(&(self.sections.len() as u32).to_le_bytes());
@@ -208,23 +212,15 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
     let slots = index.slots();
     let mut out = Out::new(path, file, CACHE_SECTIONS.len())?;
     write_index_sections(&mut out, index, extras)?;
-    out.begin()?;
-    // Whole seconds in memory; the file keeps the format's f64 creation times and last uses as
-    // tenths of a second after them.
-    let created: Vec<u64> = core.created[..slots].iter().map(|&t| f64::from(t).to_bits()).collect();
-    out.put_u64s(&created)?;
-    out.end(CRTD);
-    let (counts, last): (Vec<u32>, Vec<u32>) = (0..slots)
-        .map(|h| match index.generation[h] & FREE {
-            0 => {
-                let (count, last) = core.use_of(h);
-                (count, (last - core.created[h]).saturating_mul(10))
-            }
-            _ => (0, 0),
-        })
-        .unzip();
-    out.section_u32s(LAST, &last)?;
-    out.section_u32s(CNTS, &counts)?;
+    // The engine's own columns: creation seconds and recency words, read back in place.
+    out.section_u32s(SECS, &core.created[..slots])?;
+    let (words, clock, marks, spilled) = core.recency().saved(slots);
+    out.section_u32s(RCNY, &words)?;
+    let mut clock_and_marks = vec![clock];
+    clock_and_marks.extend(marks.iter().flat_map(|&(tick, second)| [tick, second]));
+    out.section_u32s(RMRK, &clock_and_marks)?;
+    let spilled: Vec<u32> = spilled.iter().flat_map(|&(slot, count)| [slot, count]).collect();
+    out.section_u32s(RSPL, &spilled)?;
     // New offsets: the live responses packed in slot order.
     let mut offsets = vec![arena::EMPTY; slots];
     let mut cursor = 0usize;
@@ -244,8 +240,11 @@ pub fn write_cache(path: &Path, file: &File, core: &CacheCore, extras: &Extras) 
         }
     }
     out.section_u32s(PAYL, &offsets)?;
-    out.section_u32s(LRUO, &core.lru_handles())?;
+    // Empty while every entry has the default namespace, or no TTL.
     let filled = |column: &[u32], fill: u32| {
+        if column.is_empty() {
+            return Vec::new();
+        }
         let mut values = column[..column.len().min(slots)].to_vec();
         values.resize(slots, fill);
         values
