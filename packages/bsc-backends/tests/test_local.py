@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -17,19 +18,26 @@ import numpy as np
 import pytest
 
 from bsc_backends import Embedder, LocalEmbedder, default_embedder
+from bsc_backends.local import BUILDS, DEFAULT_BUILD
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text(encoding="utf-8"))
+#: Least and median cosine to the fp32 reference vectors that each build must reach.
+#: int8-weights: ordinary sentences agree to >= 0.9995; one-token and punctuation-only inputs
+#: to >= 0.996 (measured by the script's author; see docs/EMBEDDINGS.md). int8-dynamic: measured
+#: 0.9808 and 0.9959 (scripts/build_quantized_model.py prints both).
+AGREEMENT = {"int8-weights": (0.995, 0.999), "int8-dynamic": (0.97, 0.993)}
 
 
-@pytest.fixture(scope="module")
-def embedder() -> LocalEmbedder:
-    return default_embedder()
+@pytest.fixture(scope="module", params=BUILDS)
+def embedder(request) -> LocalEmbedder:
+    return LocalEmbedder(build=request.param)
 
 
 def test_is_an_embedder(embedder):
     assert isinstance(embedder, Embedder)
     assert embedder.embedding_dim == 384 and embedder.model_name == "all-MiniLM-L6-v2"
-    assert default_embedder() is embedder
+    assert default_embedder() is default_embedder()
+    assert default_embedder().build == (os.environ.get("BSC_LOCAL_BUILD") or DEFAULT_BUILD)
 
 
 def test_matches_the_fp32_reference_vectors(embedder):
@@ -38,10 +46,9 @@ def test_matches_the_fp32_reference_vectors(embedder):
     vectors = embedder.embed_texts([item["text"] for item in items])
     reference = np.array([item["vector"] for item in items])
     cosines = np.sum(vectors * reference, axis=1) / np.linalg.norm(reference, axis=1)
-    # int8 weights: ordinary sentences agree to >= 0.9995; one-token and punctuation-only inputs
-    # to >= 0.996 (measured by the script's author; see docs/EMBEDDINGS.md).
-    assert cosines.min() >= 0.995, list(zip([i["text"][:30] for i in items], cosines.round(5), strict=True))
-    assert np.median(cosines) >= 0.999
+    least, median = AGREEMENT[embedder.build]
+    assert cosines.min() >= least, list(zip([i["text"][:30] for i in items], cosines.round(5), strict=True))
+    assert np.median(cosines) >= median
     for item in items:
         assert embedder.token_count(item["text"]) == item["tokens"], item["text"][:40]
 
@@ -119,7 +126,7 @@ def test_bad_arguments():
 
 
 def test_threads_are_set(embedder):
-    assert LocalEmbedder(threads=1).threads == 1
+    assert LocalEmbedder(threads=1, build=embedder.build).threads == 1
     assert 1 <= embedder.threads <= 4
 
 
