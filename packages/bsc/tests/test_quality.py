@@ -233,6 +233,26 @@ def test_replay_with_rescoring_and_the_gate_runs_the_real_cache() -> None:
     assert gated["hits"] <= plain["hits"]
 
 
+def test_the_embeddings_cache_tells_builds_of_one_model_apart(tmp_path: Path) -> None:
+    from bsc.quality import embed_pairs
+    from bsc_backends.testing import WordEmbedder
+
+    class Build(WordEmbedder):
+        def __init__(self, dim: int, build: str, scale: float) -> None:
+            super().__init__(dim)
+            self.build, self.scale = build, scale
+
+        def embed_texts(self, texts: list[str]) -> Any:
+            return super().embed_texts(texts) * self.scale
+
+    pairs = _word_pairs(20, 3)
+    cache = str(tmp_path / "e.npz")
+    first, _ = embed_pairs(pairs, Build(16, "one", 1.0), cache)
+    again, _ = embed_pairs(pairs, Build(16, "one", 2.0), cache)  # read back: the same build
+    other, _ = embed_pairs(pairs, Build(16, "two", 2.0), cache)  # recomputed: another build
+    assert np.array_equal(again, first) and np.allclose(other, 2 * first)
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     from bsc.quality import plot
 

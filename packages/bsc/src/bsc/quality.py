@@ -364,9 +364,13 @@ def embed_pairs(
         raise ValueError("no pairs to embed")
     texts = [normalize_prompt(p.text_a) for p in pairs] + [normalize_prompt(p.text_b) for p in pairs]
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+    # Builds of one model (the local embedder's int8-dynamic and int8-weights) share its name but
+    # not its vectors.
+    build = getattr(embedder, "build", None)
+    model = f"{embedder.model_name}#{build}" if build else embedder.model_name
     if cache_file is not None and os.path.exists(cache_file):
         with np.load(cache_file) as saved:
-            if str(saved["model"]) == embedder.model_name and str(saved["texts"]) == digest:
+            if str(saved["model"]) == model and str(saved["texts"]) == digest:
                 return saved["a"], saved["b"]
     rows = []
     for start in tqdm(range(0, len(texts), 256), desc="embedding", unit="batch", disable=not progress):
@@ -374,7 +378,7 @@ def embed_pairs(
     vectors = np.concatenate(rows)
     a, b = vectors[: len(pairs)], vectors[len(pairs) :]
     if cache_file is not None:
-        np.savez(cache_file, a=a, b=b, model=embedder.model_name, texts=digest)
+        np.savez(cache_file, a=a, b=b, model=model, texts=digest)
     return a, b
 
 
