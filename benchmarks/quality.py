@@ -647,6 +647,7 @@ def render(r: dict[str, Any], machine: dict[str, Any], plot_path: Path) -> str:
         - test["scoring"][f"bits={bits}"]["precision_at_recall_0.5"]
     )
     m = dev["margins"][str(margin)]["bits=256"]
+    library_margin = SemanticCache.__init__.__kwdefaults__["rescore_margin"]
     w(
         f"- **Code length {bits} bits** (unchanged). Rule: the shortest code whose best F1 without rescoring is "
         f"within 0.01 of float cosine on dev. Dev best F1: "
@@ -656,7 +657,15 @@ def render(r: dict[str, Any], machine: dict[str, Any], plot_path: Path) -> str:
         "can pass `code_bits=128` for a scan twice as fast.\n"
         f"- **Rescoring margin {margin}**. Rule: the smallest margin at which 256-bit rescoring is within 0.001 of "
         f"the int8 cosine in best F1 and precision at recall 0.5 on dev (at {margin}: {fmt(m['best_f1'])} / "
-        f"{fmt(m['precision_at_recall_0.5'])}; margins tried: {', '.join(map(str, MARGINS))}).\n"
+        f"{fmt(m['precision_at_recall_0.5'])}; margins tried: {', '.join(map(str, MARGINS))})."
+        + (
+            ""
+            if margin == library_margin
+            else f" `SemanticCache`'s default is still {library_margin}, chosen by this rule with an earlier "
+            "embedder build: a wider margin only rescores more candidates (this page's tables use the rule's "
+            "choice)."
+        )
+        + "\n"
         f"- **{k} rescored candidates**. Rule: the fewest whose replay recall on dev is within 0.001 of the most "
         "tried (" + ", ".join(f"{c}: {pct(v['recall'], 2)}" for c, v in dev["candidates"].items()) + ").\n"
         f"- **Rescoring and the gate are on by default** in `SemanticCache` (off in `BinarySemanticCache`). "

@@ -58,7 +58,7 @@ Build = Literal["int8-weights", "int8-dynamic"]
 #: The packaged builds of the model, for ``LocalEmbedder(build=...)``.
 BUILDS: tuple[str, ...] = get_args(Build)
 #: The build used when neither ``build=`` nor ``$BSC_LOCAL_BUILD`` names one.
-DEFAULT_BUILD: Build = "int8-dynamic"
+DEFAULT_BUILD: Build = "int8-weights"
 #: Environment variable naming the build a ``LocalEmbedder()`` without ``build=`` loads (so also
 #: ``default_embedder()``, ``SemanticCache()`` and ``bsc serve``).
 BUILD_ENV = "BSC_LOCAL_BUILD"
