@@ -500,13 +500,11 @@ impl CacheCore {
         let Some(handle) = self.index.handle_of(id) else {
             return Ok(None);
         };
-        let mut view = self.view(id, handle)?;
+        // The view after this use is what `touched` computes: the use's own second is the one
+        // its tick is marked with.
+        let view = touched(self.view(id, handle)?, now);
         self.recency.touch(handle, seconds(now));
         self.prune_marks();
-        (view.access_count, view.last_accessed) = {
-            let (count, last) = self.use_of(handle as usize);
-            (count, f64::from(last))
-        };
         Ok(Some(view))
     }
 
